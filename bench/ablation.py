@@ -1,0 +1,129 @@
+"""A recipe becomes ordered runs (teachers first); finished runs are skipped, others resumed."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from bench import runs
+from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
+from bench.errors import BenchError, ConfigError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an ablation, with where it lives under the results directory."""
+
+    model: str
+    role: str                 # "student" or "teacher"
+    step: str
+    step_index: int           # 1-based position in the recipe; 0 for teachers
+    parent_step: Optional[str]  # the step this one is compared with
+    seed: int
+    config: RunConfig
+    path: Path                # relative to the results directory
+    teacher_path: Optional[Path] = None
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def record(self) -> dict[str, Any]:
+        """The identifying fields every row about this run carries."""
+        return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
+                "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
+                "teacher": str(self.teacher_path) if self.teacher_path else None}
+
+
+def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
+         overrides: tuple[tuple[str, Any], ...] = (), smoke: bool = False, where: str = "recipe") -> list[RunSpec]:
+    """Every run the recipe asks for, teachers first, then models × steps × seeds."""
+    step_names = [s.name for s in recipe.steps]
+    for name in only or ():
+        if name not in step_names:
+            raise ConfigError(f"--only {name}: no such step in {where} (steps: {', '.join(step_names)})")
+    if overrides:
+        check_recipe(recipe, where, overrides)
+    shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
+    students, teachers_needed = [], {}
+    for seed in seeds if seeds is not None else recipe.seeds:
+        for model in model_names(recipe):
+            for i, step in enumerate(recipe.steps, start=1):
+                if only and step.name not in only:
+                    continue
+                cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
+                teacher_path = None
+                if cfg.distill is not None:
+                    teacher_path = Path("teachers", cfg.distill.teacher, f"seed{seed}")
+                    teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
+                parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
+                students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
+                                        Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path))
+    teachers = []
+    for path, (name, seed) in teachers_needed.items():
+        cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))
+        teachers.append(RunSpec(cfg.model.name, "teacher", name, 0, None, seed, cfg, path))
+    return teachers + students
+
+
+def run_state(out: Path, spec: RunSpec) -> str:
+    """"finished", "partial" (a checkpoint to resume), "new", or "conflict" (another config)."""
+    run_dir = out / spec.path
+    final = runs.read_json(run_dir / runs.FINAL)
+    if final is not None:
+        return "finished" if final.get("config_hash") == spec.config.config_hash() else "conflict"
+    if not (run_dir / runs.CHECKPOINT).exists():
+        return "new"
+    saved = runs.read_yaml(run_dir / "config.yaml")
+    return "partial" if saved is not None and RunConfig.model_validate(saved) == spec.config else "conflict"
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BenchError(f"results directory {out}: not writable ({err.strerror})") from None
+
+
+def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> list[dict]:
+    """Train every spec in order (skipping finished ones); returns their final records."""
+    from bench.train import pick_device, train
+
+    out = Path(out)
+    check_writable(out)
+    states = {spec.path: run_state(out, spec) for spec in specs}
+    conflicts = [str(out / p) for p, s in states.items() if s == "conflict"]
+    if conflicts:
+        raise BenchError(f"{conflicts[0]}: holds a run of a different config; choose another --out or move it away")
+    by_path = {spec.path: spec for spec in specs}
+    finals = []
+    for n, spec in enumerate(specs, start=1):
+        run_dir = out / spec.path
+        state = states[spec.path]
+        if state == "finished":
+            echo(f"[{n}/{len(specs)}] {spec.label}: finished, skipped")
+            finals.append(runs.read_json(run_dir / runs.FINAL))
+            continue
+        echo(f"[{n}/{len(specs)}] {spec.label}: {'resuming' if state == 'partial' else 'training'}")
+        runs.write_yaml(run_dir / "config.yaml", spec.config.model_dump(mode="json"))
+        device = pick_device(spec.config.runtime.device)
+        runs.write_json(run_dir / "env.json", runs.env_info(device))
+        teacher_run = None
+        if spec.teacher_path is not None:
+            teacher_dir = out / spec.teacher_path
+            if runs.read_json(teacher_dir / runs.FINAL) is None:
+                raise BenchError(f"{teacher_dir}: teacher run not finished")
+            teacher_run = (by_path[spec.teacher_path].config, teacher_dir / runs.WEIGHTS)
+        t0 = time.perf_counter()
+        result = train(spec.config, run_dir, teacher_run=teacher_run, label=spec.label, progress=progress)
+        final = {**spec.record(), **result, "wall_time_s": time.perf_counter() - t0}
+        runs.write_json(run_dir / runs.FINAL, final)
+        echo(f"    top-1 {final['top1']:.2f}  top-5 {final['top5']:.2f}  ({final['train_time_s']:.1f} s)")
+        finals.append(final)
+    return finals
+

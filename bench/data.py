@@ -1,0 +1,119 @@
+"""Data sets as batch iterators with a deterministic order per (seed, epoch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.config import DataConfig
+from bench.errors import BenchError
+
+SPLIT_SEED = 20190101  # fixes the train/val split, independently of the run's seed
+
+
+@dataclass
+class TensorBatches:
+    """Batches of an in-memory (images, labels) set.
+
+    The order of epoch e is a permutation drawn from (seed, e), so a resumed run sees exactly
+    the batches an uninterrupted one would. With `world_size` > 1 each rank takes its share of
+    every global batch.
+
+    Args:
+        images: (N, C, H, W) float, normalized.
+        labels: (N,) int64.
+        batch_size: global batch size.
+        shuffle: draw a new order each epoch (training) or keep the stored order.
+        shift_px: random translation by up to this many pixels (training augmentation).
+        max_batches: stop each epoch after this many batches.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool = False
+    shift_px: int = 0
+    max_batches: Optional[int] = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        n = len(self.labels) // self.batch_size if self.shuffle else -(-len(self.labels) // self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
+            images = self.images[idx]
+            if self.shift_px:
+                images = random_shift(images, self.shift_px, g)
+            yield images, self.labels[idx]
+
+
+def random_shift(images: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_px` pixels (zero padding, then a random crop)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_px,) * 4)
+    dy = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+@dataclass
+class Data:
+    train: TensorBatches
+    val: TensorBatches
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits: (1797, 8, 8) in [0, 16] and labels 0-9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a deterministic split that keeps each class's share in train and val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> Data:
+    """The data set named by `cfg.dataset`, split, normalized with train statistics."""
+    if cfg.dataset != "digits":
+        raise BenchError(f"data.dataset = {cfg.dataset!r}: unknown data set (known: digits)")
+    if cfg.global_batch_size % world_size:
+        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} is not divisible by the world size {world_size}")
+    images, labels = load_digits_arrays()
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction)
+    x = torch.from_numpy(images).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    mean, std = x[train_idx].mean(), x[train_idx].std()
+    x = (x - mean) / std
+    if len(train_idx) < cfg.global_batch_size:
+        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} exceeds the {len(train_idx)} training images")
+    common = dict(seed=seed, rank=rank, world_size=world_size)
+    train = TensorBatches(x[train_idx], y[train_idx], cfg.global_batch_size, shuffle=True, shift_px=1,
+                          max_batches=cfg.max_train_batches, **common)
+    val = TensorBatches(x[val_idx], y[val_idx], cfg.eval_batch_size, max_batches=cfg.max_val_batches, **common)
+    return Data(train=train, val=val, num_classes=10, in_chans=1, image_size=8)

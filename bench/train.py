@@ -1,0 +1,185 @@
+"""The training engine: one loss where every trick meets, one short loop, evaluation."""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench import runs
+from bench.config import RunConfig
+from bench.data import build_data
+from bench.models import build_model
+from bench.tricks import (autocast_dtype, combine_distill, distill_loss, lr_at, mix_batch, param_groups,
+                          sample_mixing, smooth_targets, soft_cross_entropy)
+
+
+def training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig,
+                  num_classes: int, mixing: Optional[tuple[float, torch.Tensor]] = None,
+                  teacher: Optional[nn.Module] = None) -> torch.Tensor:
+    """The loss of one batch, tricks in a fixed order: one-hot → smooth → mix → soft CE,
+    plus the distillation term from the teacher on the same (mixed) images (Eq. 6).
+
+    Args:
+        images: (N, C, H, W); labels: (N,) class indices.
+        mixing: (λ, perm) when mixup is on for this batch.
+        teacher: an eval-mode model when `cfg.distill` is set.
+    """
+    if cfg.label_smoothing is not None:
+        targets = smooth_targets(labels, num_classes, cfg.label_smoothing.eps, cfg.label_smoothing.form)
+    else:
+        targets = F.one_hot(labels, num_classes).float()
+    if mixing is not None:
+        images, targets = mix_batch(images, targets, *mixing)
+    logits = model(images)
+    loss = soft_cross_entropy(logits, targets)
+    if cfg.distill is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        soft = distill_loss(logits, teacher_logits, cfg.distill.temperature)
+        loss = combine_distill(loss, soft, cfg.distill.hard_weight)
+    return loss
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device) -> dict:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over the validation batches."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = torch.zeros((), device=device)
+    for images, labels in batches.epoch(0):
+        images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
+        with autocast(device, cfg.efficient.precision):
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+        total += len(labels)
+    return {"val_top1": 100.0 * correct1 / total, "val_top5": 100.0 * correct5 / total,
+            "val_loss": float(loss_sum) / total}
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def load_teacher(teacher_cfg: RunConfig, weights: Path, num_classes: int, in_chans: int,
+                 device: torch.device) -> nn.Module:
+    """The teacher of a distillation run, from its run's final weights, frozen in eval mode."""
+    model = build_model(teacher_cfg.model, num_classes, in_chans)
+    model.load_state_dict(runs.load_torch(weights))
+    model = model.to(device, memory_format=torch.channels_last if teacher_cfg.runtime.channels_last else torch.contiguous_format)
+    return model.eval().requires_grad_(False)
+
+
+def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, Path]] = None,
+          label: str = "", progress: bool = True) -> dict:
+    """Train one run in `run_dir`, resuming from its checkpoint; returns what final.json holds.
+
+    Args:
+        teacher_run: the teacher's config and final weights, when `cfg.distill` is set.
+    """
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.runtime.device)
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
+    data = build_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, data.num_classes, data.in_chans, cfg.efficient.zero_gamma)
+    model = model.to(device, memory_format=torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
+    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    teacher = None
+    if cfg.distill is not None:
+        teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.efficient.precision == "fp16")
+    mix_rng = np.random.default_rng(cfg.seed)
+
+    steps_per_epoch = len(data.train)
+    total_steps = cfg.schedule.epochs * steps_per_epoch
+    schedule = dict(peak_lr=cfg.peak_lr(), total_steps=total_steps, kind=cfg.schedule.kind,
+                    warmup_steps=cfg.schedule.warmup_epochs * steps_per_epoch, gamma=cfg.schedule.gamma,
+                    milestones=[m * steps_per_epoch for m in cfg.schedule.milestones])
+    start_epoch, train_time_s = 0, 0.0
+    if (run_dir / runs.CHECKPOINT).is_file():
+        state = runs.load_torch(run_dir / runs.CHECKPOINT)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        mix_rng.bit_generator.state = state["mix_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
+    runs.truncate_metrics(run_dir / runs.METRICS, start_epoch)
+
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=label, unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    val = {}
+    for epoch in range(start_epoch, cfg.schedule.epochs):
+        model.train()
+        mixing_on = cfg.mixup is not None and epoch < cfg.schedule.epochs - cfg.mixup.off_epochs
+        loss_sum, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        for i, (images, labels) in enumerate(data.train.epoch(epoch)):
+            step = epoch * steps_per_epoch + i
+            lr = lr_at(step, **schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
+            mixing = sample_mixing(len(labels), cfg.mixup.alpha, mix_rng) if mixing_on else None
+            with autocast(device, cfg.efficient.precision):
+                loss = training_loss(model, images, labels, cfg, data.num_classes, mixing, teacher)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
+            bar.update()
+        epoch_time_s = time.perf_counter() - t0
+        train_time_s += epoch_time_s
+        val = evaluate(model, data.val, cfg, device)
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": lr, "epoch_time_s": epoch_time_s,
+               "images_per_s": seen / epoch_time_s, **val}
+        runs.append_metrics(run_dir / runs.METRICS, row)
+        runs.save_torch(run_dir / runs.CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "epoch": epoch, "train_time_s": train_time_s})
+        bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
+    bar.close()
+    if not val:  # resumed after the last epoch's checkpoint: evaluate the restored weights
+        val = evaluate(model, data.val, cfg, device)
+    runs.save_torch(run_dir / runs.WEIGHTS, model.state_dict())
+    train_images = cfg.schedule.epochs * steps_per_epoch * cfg.data.global_batch_size
+    return {"top1": val["val_top1"], "top5": val["val_top5"], "val_loss": val["val_loss"],
+            "epochs": cfg.schedule.epochs, "train_time_s": train_time_s,
+            "images_per_s": train_images / train_time_s if train_time_s else None,
+            "config_hash": cfg.config_hash()}
