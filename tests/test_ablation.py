@@ -1,0 +1,107 @@
+"""End to end: the CLI runs a smoke ablation, tabulates it, skips finished runs, fails cleanly."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import bench.train as engine
+from bench import runs
+from bench.ablation import plan, run_ablation
+from bench.cli import main
+from bench.config import load_recipe
+from bench.errors import BenchError
+from bench.results import load_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_recipe_smoke_end_to_end_through_the_cli(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "run_ablation.py", "--smoke", "--out", str(out), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out / "runs.csv")
+    assert {"model", "role", "step", "step_index", "seed", "top1", "top5"} <= set(df.columns)
+    assert sorted(df[df.role == "teacher"].step) == ["teacher", "teacher_mixup"]
+    students = df[df.role == "student"].sort_values("step_index")
+    assert list(students.step) == ["efficient", "cosine", "label_smoothing", "distill", "mixup", "distill_mixup"]
+    assert students.top1.between(0, 100).all() and (students.top5 >= students.top1).all()
+    table = (out / "table.md").read_text()
+    for step in students.step:
+        assert f"| {step} |" in table
+    assert "| distill_mixup |" in proc.stdout  # the table is printed at the end
+    for step_dir in (out / "resnet18d").iterdir():
+        files = {p.name for p in (step_dir / "seed0").iterdir()}
+        assert {"config.yaml", "env.json", "metrics.jsonl", "final.json", "last.pt"} <= files
+
+
+def test_rerun_skips_finished_runs_and_resumes_partial_ones(write_recipe, tmp_path, monkeypatch):
+    recipe = load_recipe(write_recipe())
+    specs = plan(recipe, only=["efficient", "cosine"])
+    out = tmp_path / "out"
+    run_ablation(specs[:1], out, progress=False)
+    first = (out / specs[0].path / runs.FINAL).read_text()
+
+    trained = []
+    real_train = engine.train
+    monkeypatch.setattr(engine, "train", lambda cfg, run_dir, **kw: (trained.append(run_dir), real_train(cfg, run_dir, **kw))[1])
+    lines = []
+    run_ablation(specs, out, progress=False, echo=lines.append)
+    assert trained == [out / specs[1].path]
+    assert "finished, skipped" in lines[0]
+    assert (out / specs[0].path / runs.FINAL).read_text() == first
+
+
+def test_a_finished_run_of_another_config_is_never_overwritten(write_recipe, tmp_path):
+    recipe = load_recipe(write_recipe())
+    out = tmp_path / "out"
+    specs = plan(recipe, only=["efficient"])
+    run_ablation(specs, out, progress=False)
+    before = (out / specs[0].path / runs.FINAL).read_bytes()
+    from bench.config import parse_override
+    changed = plan(recipe, only=["efficient"], overrides=(parse_override("optim.lr_per_256=0.2"),))
+    with pytest.raises(BenchError, match="different config"):
+        run_ablation(changed, out, progress=False)
+    assert (out / specs[0].path / runs.FINAL).read_bytes() == before
+
+
+def test_distillation_steps_train_their_teacher_first(write_recipe, tmp_path):
+    out = tmp_path / "out"
+    run_ablation(plan(load_recipe(write_recipe()), only=["distill"]), out, progress=False)
+    df = load_runs(out)
+    assert list(df.role) == ["teacher", "student"]
+    assert df.loc[1, "teacher"] == "teachers/teacher/seed0" and df.loc[0, "model"] == "resnet26d"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["recipes/nope.yaml"], "recipe file not found"),
+    (["--only", "warp"], "--only warp: no such step"),
+    (["--set", "schedule.epoch=3"], "unknown key 'epoch'"),
+    (["--set", "mixup.alpha=-1", "--smoke"], "mixup.alpha = -1"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_results_directory(write_recipe, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([str(write_recipe()), "--smoke", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_report_regenerates_tables_from_run_dirs(write_recipe, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_ablation(plan(load_recipe(write_recipe()), only=["efficient", "cosine"], seeds=[0, 1]), out, progress=False)
+    assert main(["report", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "| cosine |" in table and " ± " in table and "2 seeds" in table
+    assert len(pd.read_csv(out / "runs.csv")) == 4

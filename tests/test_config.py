@@ -1,0 +1,190 @@
+"""Recipes: strict validation with one-line errors, cumulative steps, --set, derived values."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.ablation import plan
+from bench.config import RunConfig, apply_override, load_recipe, parse_override, resolve_step, smoke_config
+from bench.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def error_of(write_recipe, text: str) -> str:
+    path = write_recipe(text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_default_recipe_has_the_papers_six_rows():
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml")
+    assert [s.name for s in recipe.steps] == ["efficient", "cosine", "label_smoothing", "distill", "mixup", "distill_mixup"]
+    cfg = {s.name: resolve_step(recipe, "resnet18d", s.name) for s in recipe.steps}
+    assert cfg["efficient"].schedule.kind == "step" and cfg["efficient"].label_smoothing is None
+    assert cfg["cosine"].schedule.kind == "cosine"
+    assert cfg["label_smoothing"].label_smoothing.eps == 0.1 and cfg["label_smoothing"].mixup is None
+    assert cfg["distill"].distill.teacher == "teacher" and cfg["distill"].mixup is None
+    # siblings on top of label smoothing: mixup alone, then mixup with distillation
+    assert cfg["mixup"].distill is None and cfg["mixup"].mixup.alpha == 0.2
+    assert cfg["distill_mixup"].distill.teacher == "teacher_mixup" and cfg["distill_mixup"].mixup is not None
+    assert cfg["mixup"].schedule.epochs > cfg["label_smoothing"].schedule.epochs  # mixup trains longer
+
+
+def test_null_switches_a_trick_off(write_recipe, tiny_cfg):
+    path = write_recipe("""
+        name: t
+        base: {label_smoothing: {eps: 0.1}}
+        steps: [{name: a}, {name: b, set: {label_smoothing: null}}]
+    """)
+    recipe = load_recipe(path)
+    assert resolve_step(recipe, "resnet18d", "a").label_smoothing.eps == 0.1
+    assert resolve_step(recipe, "resnet18d", "b").label_smoothing is None
+
+
+def test_peak_lr_is_derived_from_the_global_batch():
+    cfg = RunConfig.model_validate({"data": {"global_batch_size": 1024}, "optim": {"lr_per_256": 0.1}})
+    assert cfg.peak_lr() == pytest.approx(0.4)
+
+
+def test_unknown_key_names_the_key_a_suggestion_and_the_file(write_recipe):
+    msg = error_of(write_recipe, """
+        name: t
+        base: {label_smoothin: {eps: 0.1}}
+        steps: [{name: a}]
+    """)
+    assert "unknown key 'label_smoothin'" in msg and "did you mean 'label_smoothing'" in msg
+
+
+def test_unknown_nested_key_in_a_step(write_recipe):
+    msg = error_of(write_recipe, """
+        name: t
+        steps: [{name: a, set: {mixup: {alpah: 0.2}}}]
+    """)
+    assert "step 'a'" in msg and "mixup" in msg and "'alpah'" in msg and "did you mean 'alpha'" in msg
+
+
+def test_unknown_top_level_key(write_recipe):
+    assert "unknown key 'step'" in error_of(write_recipe, "name: t\nstep: [{name: a}]\nsteps: [{name: a}]\n")
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("optim: {lr_per_256: -0.1}", "optim.lr_per_256 = -0.1"),
+    ("label_smoothing: {eps: 1.0}", "label_smoothing.eps = 1.0"),
+    ("label_smoothing: {eps: -0.1}", "label_smoothing.eps = -0.1"),
+    ("mixup: {alpha: 0}", "mixup.alpha = 0"),
+    ("schedule: {epochs: ten}", "schedule.epochs = 'ten'"),
+    ("schedule: {kind: linear}", "schedule.kind = 'linear'"),
+    ("efficient: {precision: fp8}", "efficient.precision = 'fp8'"),
+])
+def test_wrong_type_or_out_of_range_names_key_and_value(write_recipe, setting, fragment):
+    msg = error_of(write_recipe, f"name: t\nbase: {{{setting}}}\nsteps: [{{name: a}}]\n")
+    assert fragment in msg
+
+
+def test_distill_temperature_must_be_positive(write_recipe):
+    msg = error_of(write_recipe, """
+        name: t
+        teachers: [{name: big}]
+        steps: [{name: a, set: {distill: {teacher: big, temperature: 0}}}]
+    """)
+    assert "distill.temperature = 0" in msg
+
+
+def test_distill_needs_a_known_teacher(write_recipe):
+    msg = error_of(write_recipe, "name: t\nsteps: [{name: a, set: {distill: {teacher: nobody}}}]\n")
+    assert "'nobody' is not a teacher" in msg
+
+
+def test_parent_must_be_an_earlier_step(write_recipe):
+    msg = error_of(write_recipe, "name: t\nsteps: [{name: a, parent: b}, {name: b}]\n")
+    assert "parent 'b'" in msg
+
+
+def test_duplicate_step_names(write_recipe):
+    assert "duplicate step name 'a'" in error_of(write_recipe, "name: t\nsteps: [{name: a}, {name: a}]\n")
+
+
+def test_malformed_yaml_names_the_line(write_recipe):
+    msg = error_of(write_recipe, "name: t\nsteps: [{name: a}\nbase: {\n")
+    assert "malformed YAML" in msg and "line" in msg
+
+
+def test_inconsistent_schedule(write_recipe):
+    msg = error_of(write_recipe, "name: t\nbase: {schedule: {epochs: 10, milestones: [5, 20]}}\nsteps: [{name: a}]\n")
+    assert "milestones" in msg
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_env_interpolation(write_recipe, monkeypatch):
+    monkeypatch.setenv("BENCH_TEST_ROOT", "/data/x")
+    recipe = load_recipe(write_recipe("name: t\nbase: {data: {root: '${oc.env:BENCH_TEST_ROOT}'}}\nsteps: [{name: a}]\n"))
+    assert resolve_step(recipe, "resnet18d", "a").data.root == "/data/x"
+
+
+# ---- --set ----------------------------------------------------------------------------------------
+
+def test_set_parses_yaml_values_and_checks_the_path():
+    assert parse_override("schedule.epochs=5") == ("schedule.epochs", 5)
+    assert parse_override("label_smoothing=null") == ("label_smoothing", None)
+    assert parse_override("model.kwargs.channels=[8, 16]") == ("model.kwargs.channels", [8, 16])
+    with pytest.raises(ConfigError, match="unknown key 'epoch'.*did you mean 'epochs'"):
+        parse_override("schedule.epoch=5")
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("schedule.epochs")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        parse_override("seed.x=1")
+
+
+def test_set_applies_to_every_run_but_leaves_off_tricks_off(write_recipe):
+    recipe = load_recipe(write_recipe())
+    overrides = (parse_override("schedule.epochs=4"), parse_override("label_smoothing.eps=0.2"))
+    specs = plan(recipe, overrides=overrides)
+    by_step = {s.step: s.config for s in specs}
+    assert all(s.config.schedule.epochs == 4 for s in specs)
+    assert by_step["efficient"].label_smoothing is None
+    assert by_step["label_smoothing"].label_smoothing.eps == 0.2
+
+
+def test_set_with_a_bad_value_is_reported_as_set(write_recipe):
+    recipe = load_recipe(write_recipe())
+    with pytest.raises(ConfigError, match=r"with --set: schedule.epochs = -1"):
+        plan(recipe, overrides=(parse_override("schedule.epochs=-1"),))
+
+
+def test_apply_override_does_not_mutate_its_input():
+    raw = {"schedule": {"epochs": 3}}
+    assert apply_override(raw, "schedule.epochs", 9) == {"schedule": {"epochs": 9}}
+    assert raw == {"schedule": {"epochs": 3}}
+
+
+def test_only_rejects_unknown_steps(write_recipe):
+    with pytest.raises(ConfigError, match="--only nope: no such step.*efficient"):
+        plan(load_recipe(write_recipe()), only=["nope"])
+
+
+def test_plan_orders_teachers_first_and_names_run_dirs(write_recipe):
+    specs = plan(load_recipe(write_recipe()), seeds=[0, 1])
+    assert [s.role for s in specs[:2]] == ["teacher", "teacher"]
+    assert str(specs[0].path) == "teachers/teacher/seed0"
+    students = [str(s.path) for s in specs if s.role == "student"]
+    assert students[:2] == ["resnet18d/01-efficient/seed0", "resnet18d/02-cosine/seed0"]
+    mixup = next(s for s in specs if s.step == "mixup")
+    assert mixup.parent_step == "label_smoothing"
+    only = plan(load_recipe(write_recipe()), only=["distill"])
+    assert [s.step for s in only] == ["teacher", "distill"]
+
+
+def test_smoke_shrinks_epochs_and_batches(tiny_cfg):
+    cfg = smoke_config(RunConfig.model_validate({"schedule": {"epochs": 120, "warmup_epochs": 5, "milestones": [30, 60, 90]}}))
+    assert cfg.schedule.epochs == 2 and cfg.schedule.warmup_epochs == 1
+    assert cfg.schedule.milestones == [1, 2] and cfg.data.max_train_batches == 3
+    RunConfig.model_validate(cfg.model_dump())  # still a valid config
