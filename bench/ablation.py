@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from bench import runs
+from bench import dist, runs
 from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
 from bench.errors import BenchError, ConfigError
 
@@ -95,7 +95,12 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
     from bench.train import pick_device, train
 
     out = Path(out)
-    check_writable(out)
+    if specs:   # under torchrun / SLURM every rank runs this loop; rank 0 alone writes and logs
+        dist.init(specs[0].config.runtime.device)
+    main = dist.is_main()
+    echo = echo if main else (lambda _: None)
+    if main:
+        check_writable(out)
     states = {spec.path: run_state(out, spec) for spec in specs}
     conflicts = [str(out / p) for p, s in states.items() if s == "conflict"]
     if conflicts:
@@ -110,9 +115,10 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
             finals.append(runs.read_json(run_dir / runs.FINAL))
             continue
         echo(f"[{n}/{len(specs)}] {spec.label}: {'resuming' if state == 'partial' else 'training'}")
-        runs.write_yaml(run_dir / "config.yaml", spec.config.model_dump(mode="json"))
         device = pick_device(spec.config.runtime.device)
-        runs.write_json(run_dir / "env.json", runs.env_info(device))
+        if main:
+            runs.write_yaml(run_dir / "config.yaml", spec.config.model_dump(mode="json"))
+            runs.write_json(run_dir / "env.json", runs.env_info(device, dist.current().world_size))
         teacher_run = None
         if spec.teacher_path is not None:
             teacher_dir = out / spec.teacher_path
@@ -122,7 +128,9 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
         t0 = time.perf_counter()
         result = train(spec.config, run_dir, teacher_run=teacher_run, label=spec.label, progress=progress)
         final = {**spec.record(), **result, "wall_time_s": time.perf_counter() - t0}
-        runs.write_json(run_dir / runs.FINAL, final)
+        if main:
+            runs.write_json(run_dir / runs.FINAL, final)
+        dist.barrier()   # the next run may read this one's final.json (a teacher's)
         echo(f"    top-1 {final['top1']:.2f}  top-5 {final['top5']:.2f}  ({final['train_time_s']:.1f} s)")
         finals.append(final)
     return finals

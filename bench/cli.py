@@ -38,6 +38,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     out = Path(args.out or Path("results") / (recipe.name + ("-smoke" if args.smoke else "")))
     print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
     run_ablation(specs, out, progress=not args.no_progress)
+    from bench import dist
+    if not dist.is_main():   # under torchrun / SLURM, rank 0 writes the report
+        return 0
     print(write_report(out))
     print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
     return 0

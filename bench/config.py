@@ -57,6 +57,7 @@ class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
     deterministic: bool = True
+    sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
 
 
 class RunConfig(Strict):

@@ -49,11 +49,11 @@ class TensorBatches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             images = self.images[idx]
-            if self.shift_px:
+            if self.shift_px:   # drawn for the global batch, so any world size sees the same pixels
                 images = random_shift(images, self.shift_px, g)
-            yield images, self.labels[idx]
+            yield images[self.rank::self.world_size], self.labels[idx][self.rank::self.world_size]
 
 
 def random_shift(images: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench import runs
+from bench import dist, runs
 from bench.config import RunConfig
 from bench.data import build_data
 from bench.models import build_model
@@ -49,9 +49,7 @@ def training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return dist.local_device(name)   # cuda:LOCAL_RANK under torchrun / SLURM
 
 
 def autocast(device: torch.device, precision: str):
@@ -82,6 +80,7 @@ def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device) ->
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
         total += len(labels)
+    correct1, correct5, total, loss_sum = dist.all_reduce_sum([correct1, correct5, total, float(loss_sum)], device)
     return {"val_top1": 100.0 * correct1 / total, "val_top5": 100.0 * correct5 / total,
             "val_loss": float(loss_sum) / total}
 
@@ -111,13 +110,17 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         teacher_run: the teacher's config and final weights, when `cfg.distill` is set.
     """
     run_dir = Path(run_dir)
+    ctx = dist.init(cfg.runtime.device)
+    main = dist.is_main()   # only rank 0 writes files and shows progress
     device = pick_device(cfg.runtime.device)
     seed_everything(cfg.seed, cfg.runtime.deterministic)
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
     model = build_model(cfg.model, data.num_classes, data.in_chans, cfg.efficient.zero_gamma)
     model = model.to(device, memory_format=torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format)
     groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
     optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    net = dist.wrap_model(model, device, cfg.runtime.sync_bn)   # DDP: gradients averaged over ranks
+    model = dist.unwrap(net)   # evaluated and saved
     teacher = None
     if cfg.distill is not None:
         teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device)
@@ -138,13 +141,14 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         mix_rng.bit_generator.state = state["mix_rng"]
         torch.set_rng_state(state["torch_rng"])
         start_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
-    runs.truncate_metrics(run_dir / runs.METRICS, start_epoch)
+    if main:
+        runs.truncate_metrics(run_dir / runs.METRICS, start_epoch)
 
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=label, unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=not (progress and main), leave=False, dynamic_ncols=True)
     val = {}
     for epoch in range(start_epoch, cfg.schedule.epochs):
-        model.train()
+        net.train()
         mixing_on = cfg.mixup is not None and epoch < cfg.schedule.epochs - cfg.mixup.off_epochs
         loss_sum, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
         for i, (images, labels) in enumerate(data.train.epoch(epoch)):
@@ -155,7 +159,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
             mixing = sample_mixing(len(labels), cfg.mixup.alpha, mix_rng) if mixing_on else None
             with autocast(device, cfg.efficient.precision):
-                loss = training_loss(model, images, labels, cfg, data.num_classes, mixing, teacher)
+                loss = training_loss(net, images, labels, cfg, data.num_classes, mixing, teacher)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -166,18 +170,21 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         epoch_time_s = time.perf_counter() - t0
         train_time_s += epoch_time_s
         val = evaluate(model, data.val, cfg, device)
+        loss_sum, seen = dist.all_reduce_sum([float(loss_sum), seen], device)
         row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": lr, "epoch_time_s": epoch_time_s,
                "images_per_s": seen / epoch_time_s, **val}
-        runs.append_metrics(run_dir / runs.METRICS, row)
-        runs.save_torch(run_dir / runs.CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "epoch": epoch, "train_time_s": train_time_s})
+        if main:
+            runs.append_metrics(run_dir / runs.METRICS, row)
+            runs.save_torch(run_dir / runs.CHECKPOINT, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "epoch": epoch, "train_time_s": train_time_s})
         bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
     bar.close()
     if not val:  # resumed after the last epoch's checkpoint: evaluate the restored weights
         val = evaluate(model, data.val, cfg, device)
-    runs.save_torch(run_dir / runs.WEIGHTS, model.state_dict())
+    if main:
+        runs.save_torch(run_dir / runs.WEIGHTS, model.state_dict())
     train_images = cfg.schedule.epochs * steps_per_epoch * cfg.data.global_batch_size
     return {"top1": val["val_top1"], "top5": val["val_top5"], "val_loss": val["val_loss"],
             "epochs": cfg.schedule.epochs, "train_time_s": train_time_s,
