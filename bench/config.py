@@ -16,25 +16,52 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from bench.errors import ConfigError
 from bench.schema import Strict
+from bench.tracking import WandbConfig
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixupConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
 class ModelConfig(Strict):
-    name: str = "resnet18d"            # a timm model name
+    name: str = "resnet18d"            # a timm model name, or resnet50_v1 (bench.models.LOCAL_MODELS)
     small_input: bool = False          # stride-1 stem and no max-pool, for 8-32 px images
     kwargs: dict[str, Any] = {}        # passed to timm.create_model (e.g. channels, stem_width)
+    pretrained: Optional[str] = None   # a timm pretrained tag (e.g. resnet152d.ra2_in1k), for teachers
+    checkpoint: Optional[str] = None   # a file of weights (a state dict, or a run's model.pt), for teachers
 
 
 class DataConfig(Strict):
-    dataset: Literal["digits"] = "digits"
-    root: Optional[str] = None
+    dataset: Literal["digits", "imagenet", "imagefolder", "cifar10", "cifar100", "fashion_mnist"] = "digits"
+    root: Optional[str] = None                  # None: the data set's default places (bench/data.py)
+    download: bool = False                      # cifar10/100, fashion_mnist: fetch when absent
     global_batch_size: int = Field(128, gt=0)   # summed over all devices
     eval_batch_size: int = Field(512, gt=0)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)   # digits only: the others have a val split
     max_train_batches: Optional[int] = Field(None, gt=0)  # per epoch; None = the whole set
     max_val_batches: Optional[int] = Field(None, gt=0)
+    image_size: Optional[int] = Field(None, ge=8)   # train and eval crop; None: 224 / 32 / 28 / 8
+    eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
+    workers: int = Field(8, ge=0)               # DataLoader processes per device (ImageFolder)
+    pin_memory: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
+    color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
+    lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
+    pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
+    hflip: bool = True                          # random horizontal flip (not for digits)
+
+    def smoke(self) -> "DataConfig":
+        """3 training and 2 validation batches; for photographs also batches of at most 8 images
+        of a quarter of the size (at least 32 px, and 75 px for Inception-V3's 299)."""
+        update: dict[str, Any] = {"max_train_batches": 3, "max_val_batches": 2}
+        if self.dataset in ("imagenet", "imagefolder"):
+            size = self.image_size or 224
+            update.update(global_batch_size=min(self.global_batch_size, 8), eval_batch_size=min(self.eval_batch_size, 8),
+                          image_size=max(32, -(-size // 4)), eval_resize=max(32, -(-(self.eval_resize or round(size / 0.875)) // 4)),
+                          workers=0)
+        elif self.dataset != "digits":
+            update.update(global_batch_size=min(self.global_batch_size, 16), eval_batch_size=min(self.eval_batch_size, 16))
+        return self.model_copy(update=update)
 
 
 class OptimConfig(Strict):
@@ -57,6 +84,7 @@ class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
     deterministic: bool = True
+    compile: bool = False              # torch.compile the model (in place); opt-in, measured both ways
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
 
 
@@ -106,13 +134,15 @@ class Variant(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    paper_table: Optional[str] = None
+    paper_table: Optional[str] = None           # compare against results/paper/<paper_table>.csv
+    paper_models: dict[str, str] = {}           # model column -> the paper's model it stands in for
     description: str = ""
     seeds: list[int] = Field([0], min_length=1)
     base: dict[str, Any] = {}
     models: list[Variant] = []                  # one column each; empty: just base.model
     teachers: list[Variant] = []                # trained first, from base + their `set`
     steps: list[StepSpec] = Field(min_length=1)
+    wandb: Optional[WandbConfig] = None         # Weights & Biases logging; absent: off (see --wandb)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -208,6 +238,9 @@ def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], .
         if step.parent is not None and step.parent not in seen:
             raise ConfigError(f"{where}: step '{step.name}': parent '{step.parent}' is not an earlier step ({', '.join(seen) or 'none'})")
         seen.append(step.name)
+    for model in recipe.paper_models:
+        if model not in model_names(recipe):
+            raise ConfigError(f"{where}: paper_models: '{model}' is not a model of this recipe ({', '.join(model_names(recipe))})")
     teachers = [t.name for t in recipe.teachers]
     for teacher in recipe.teachers:
         cfg = resolve_teacher(recipe, teacher.name, where, overrides)
@@ -317,7 +350,7 @@ def smoke_config(cfg: RunConfig) -> RunConfig:
     update: dict[str, Any] = {
         "schedule": s.model_copy(update={"epochs": epochs, "warmup_epochs": min(s.warmup_epochs, 1),
                                          "milestones": milestones}),
-        "data": cfg.data.model_copy(update={"max_train_batches": 3, "max_val_batches": 2}),
+        "data": cfg.data.smoke(),
     }
     if cfg.mixup is not None:
         update["mixup"] = cfg.mixup.model_copy(update={"off_epochs": 0})
