@@ -24,6 +24,8 @@ class RunSpec:
     config: RunConfig
     path: Path                # relative to the results directory
     teacher_path: Optional[Path] = None
+    paper_table: Optional[str] = None   # the recipe's paper_table, for the report
+    paper_model: Optional[str] = None   # the paper's model this column stands in for
 
     @property
     def label(self) -> str:
@@ -33,7 +35,8 @@ class RunSpec:
         """The identifying fields every row about this run carries."""
         return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
                 "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
-                "teacher": str(self.teacher_path) if self.teacher_path else None}
+                "teacher": str(self.teacher_path) if self.teacher_path else None,
+                "paper_table": self.paper_table, "paper_model": self.paper_model}
 
 
 def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
@@ -59,7 +62,8 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                     teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
                 parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
                 students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
-                                        Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path))
+                                        Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path,
+                                        recipe.paper_table, recipe.paper_models.get(model, model)))
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))

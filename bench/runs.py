@@ -18,6 +18,7 @@ FINAL = "final.json"
 CHECKPOINT = "last.pt"
 WEIGHTS = "model.pt"
 METRICS = "metrics.jsonl"
+LOGIT_GAPS = "val_logit_gaps.npy"   # per validation image: max logit − mean of the others
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -52,6 +53,12 @@ def write_text(path: Path, text: str) -> None:
 
 def write_yaml(path: Path, obj: Any) -> None:
     _atomic(path, lambda f: yaml.safe_dump(obj, f, sort_keys=False), "w")
+
+
+def write_npy(path: Path, array: Any) -> None:
+    import numpy as np
+
+    _atomic(path, lambda f: np.save(f, np.asarray(array)))
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -64,9 +64,17 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
+def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K) logits → (N,): the max logit minus the mean of the other K − 1 (paper Fig. 4b)."""
+    top = logits.max(dim=1).values
+    return top - (logits.sum(dim=1) - top) / (logits.shape[1] - 1)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device) -> dict:
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy over the validation batches."""
+def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device,
+             gaps: Optional[list] = None) -> dict:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over the validation batches;
+    with a `gaps` list, also appends each batch's `logit_gaps` (on the CPU) to it."""
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = torch.zeros((), device=device)
@@ -74,6 +82,8 @@ def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device) ->
         images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
         with autocast(device, cfg.efficient.precision):
             logits = model(images).float()
+        if gaps is not None:
+            gaps.append(logit_gaps(logits).cpu())
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
@@ -147,6 +157,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=label, unit="step",
                disable=not (progress and main), leave=False, dynamic_ncols=True)
     val = {}
+    gaps: list = []   # of the last epoch's evaluation, for the report's Fig. 4b
     for epoch in range(start_epoch, cfg.schedule.epochs):
         net.train()
         mixing_on = cfg.mixup is not None and epoch < cfg.schedule.epochs - cfg.mixup.off_epochs
@@ -169,7 +180,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             bar.update()
         epoch_time_s = time.perf_counter() - t0
         train_time_s += epoch_time_s
-        val = evaluate(model, data.val, cfg, device)
+        val = evaluate(model, data.val, cfg, device, gaps if epoch == cfg.schedule.epochs - 1 else None)
         loss_sum, seen = dist.all_reduce_sum([float(loss_sum), seen], device)
         row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": lr, "epoch_time_s": epoch_time_s,
                "images_per_s": seen / epoch_time_s, **val}
@@ -182,11 +193,12 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
     bar.close()
     if not val:  # resumed after the last epoch's checkpoint: evaluate the restored weights
-        val = evaluate(model, data.val, cfg, device)
+        val = evaluate(model, data.val, cfg, device, gaps)
     if main:
         runs.save_torch(run_dir / runs.WEIGHTS, model.state_dict())
+        runs.write_npy(run_dir / runs.LOGIT_GAPS, torch.cat(gaps).numpy())
     train_images = cfg.schedule.epochs * steps_per_epoch * cfg.data.global_batch_size
     return {"top1": val["val_top1"], "top5": val["val_top5"], "val_loss": val["val_loss"],
             "epochs": cfg.schedule.epochs, "train_time_s": train_time_s,
             "images_per_s": train_images / train_time_s if train_time_s else None,
-            "config_hash": cfg.config_hash()}
+            "config_hash": cfg.config_hash(), "num_classes": data.num_classes, "steps_per_epoch": steps_per_epoch}

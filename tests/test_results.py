@@ -1,0 +1,176 @@
+"""The report: run directories → DataFrames → tables (Markdown, CSV, LaTeX), figures, notebook."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench import plots, results, runs
+from bench.ablation import plan, run_ablation
+from bench.cli import main
+from bench.config import load_recipe
+from bench.errors import BenchError, ConfigError
+from bench.train import logit_gaps
+from conftest import TINY_RECIPE
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ["staircase", "curves", "fig3a_lr", "fig3b_val_top1", "fig4a_gap_theory", "fig4b_logit_gaps"]
+RECIPE = TINY_RECIPE.replace("name: tiny\n", "name: tiny\npaper_table: table6\npaper_models: {resnet18d: resnet50d}\n")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """A 2-seed smoke ablation of the tiny recipe's first three steps, reported."""
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "recipe.yaml").write_text(RECIPE)
+    specs = plan(load_recipe(tmp / "recipe.yaml"), seeds=[0, 1], only=["efficient", "cosine", "label_smoothing"])
+    out = tmp / "out"
+    run_ablation(specs, out, progress=False, echo=lambda _: None)
+    results.write_report(out)
+    return out
+
+
+def test_runs_csv_has_one_row_per_run_with_the_report_columns(smoke):
+    df = pd.read_csv(smoke / "runs.csv")
+    assert len(df) == 6
+    assert set(results.RUN_COLUMNS) <= set(df.columns)
+    assert {"config.schedule.kind", "config.data.global_batch_size"} <= set(df.columns)
+    assert sorted(df.groupby("step")["seed"].apply(sorted).tolist()) == [[0, 1]] * 3
+    assert (df["paper_table"] == "table6").all() and (df["paper_model"] == "resnet50d").all()
+    assert (df["num_classes"] == 10).all() and (df["steps_per_epoch"] == 3).all()
+
+
+def test_table_shows_mean_std_n_deltas_intervals_and_the_paper(smoke):
+    df = results.load_runs(smoke)
+    md = (smoke / "table.md").read_text()
+    lines = [l for l in md.splitlines() if l.startswith("| ") and not l.startswith("| step")]
+    assert [l.split(" | ")[0][2:] for l in lines] == ["efficient", "cosine", "label_smoothing"]
+    cosine = df[df.step == "cosine"].sort_values("seed")
+    efficient = df[df.step == "efficient"].sort_values("seed")
+    mean, std = cosine.top1.mean(), cosine.top1.std()
+    assert f"| cosine | 2 | {mean:.2f} ± {std:.2f} | {mean - efficient.top1.mean():+.2f} [" in md
+    assert f"77.91 ({mean - 77.91:+.2f})" in md          # Table 6, ResNet-50-D, + cosine decay
+    assert "2 seeds" in md and "95% t-interval" in md
+    table = pd.read_csv(smoke / "table.csv", index_col=0)
+    assert list(table.index) == ["efficient", "cosine", "label_smoothing"]
+    assert table.loc["cosine", "resnet18d/paper_top1"] == 77.91
+    assert table.loc["label_smoothing", "resnet18d/n"] == 2
+    tex = (smoke / "table.tex").read_text()
+    assert "\\begin{tabular}" in tex and "label\\_smoothing" in tex and "$\\pm$" in tex
+    deltas = pd.read_csv(smoke / "deltas.csv")
+    assert list(deltas.step) == ["efficient", "cosine", "label_smoothing"] and deltas.n_pairs.tolist() == [0, 2, 2]
+
+
+def test_every_figure_is_written_as_png_and_pdf_with_content(smoke):
+    for stem in FIGURES:
+        png, pdf = smoke / "figures" / f"{stem}.png", smoke / "figures" / f"{stem}.pdf"
+        assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 5_000, stem
+        image = mpimg.imread(png)
+        assert image.shape[0] > 400 and image.shape[1] > 600, stem
+        assert image[..., :3].std() > 0.05, f"{stem}: blank figure"
+
+
+def test_each_run_stores_its_validation_logit_gaps(smoke):
+    run_dir = smoke / "resnet18d" / "03-label_smoothing" / "seed0"
+    gaps = np.load(run_dir / runs.LOGIT_GAPS)
+    val_images = len(results.load_curves(smoke, [str(run_dir.relative_to(smoke))]))  # sanity: a curve exists
+    assert val_images == 2 and gaps.ndim == 1 and len(gaps) > 100 and np.isfinite(gaps).all()
+
+
+def test_logit_gap_is_max_minus_mean_of_the_others():
+    logits = torch.tensor([[3.0, 1.0, -1.0], [0.0, 0.0, 6.0]])
+    assert logit_gaps(logits).tolist() == pytest.approx([3.0, 6.0])
+
+
+def test_theoretical_gap_matches_the_paper():
+    assert plots.logit_gap_theory(0.1, 1000) == pytest.approx(math.log(999 * 0.9 / 0.1))
+    assert float(plots.logit_gap_theory(0.1, 1000)) == pytest.approx(9.1, abs=0.05)   # paper, Section 5.2
+    assert float(plots.logit_gap_theory(0.5, 2)) == pytest.approx(0.0)
+
+
+def test_fig3a_is_computed_by_the_schedule_with_the_runs_settings(smoke):
+    df = results.load_runs(smoke)
+    assert plots.schedule_steps(df) == ("efficient", "cosine")
+    assert plots.smoothing_steps(df) == ("cosine", "label_smoothing")
+    fig = plots.plot_lr_schedules(df)
+    step, cosine = (line.get_ydata() for line in fig.axes[0].get_lines())
+    peak = 0.4 * 64 / 256   # lr_per_256 × global batch / 256 of the tiny recipe
+    assert max(step) == pytest.approx(peak) and max(cosine) == pytest.approx(peak)
+    assert step[0] == pytest.approx(peak / 3)           # warmup over 1 epoch of 3 iterations
+    assert step[-1] == pytest.approx(peak * 0.1) and cosine[-1] < peak / 2
+
+
+def _synthetic(top1: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for i, (step, values) in enumerate(top1.items(), start=1):
+        for seed, v in enumerate(values):
+            rows.append({"model": "m", "role": "student", "step": step, "step_index": i,
+                         "parent_step": list(top1)[i - 2] if i > 1 else None, "seed": seed, "top1": v,
+                         "top5": 99.0, "paper_table": None, "paper_model": None, "path": f"m/{i}/seed{seed}"})
+    return results.runs_frame(rows)
+
+
+def test_paired_interval_uses_t_quantiles_over_seed_differences():
+    df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [61.0, 72.0, 80.0]})
+    d = results.paired_deltas(df).set_index("step")
+    diffs = np.array([1.0, 2.0, 0.0])
+    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)    # t(0.975, 2 dof)
+    assert d.loc["b", "delta_top1"] == pytest.approx(1.0)
+    assert (d.loc["b", "ci_low"], d.loc["b", "ci_high"]) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-5)
+    assert not d.loc["b", "excludes_zero"]               # seed noise swamps +1
+    assert d.loc["c", "excludes_zero"] and d.loc["c", "ci_low"] == pytest.approx(10.0)  # +10 on every seed
+    assert "+10.00 [+10.00, +10.00]*" in results.table_markdown(results.ablation_table(df))
+
+
+def test_a_dataframe_from_records_gives_the_same_tables(smoke, tmp_path):
+    loaded = results.load_results(smoke)
+    rebuilt = results.Results(results.runs_frame(loaded.runs.to_dict("records")), loaded.curves, loaded.gaps)
+    assert results.write_tables(rebuilt, tmp_path) == (smoke / "table.md").read_text()
+
+
+def test_paper_tables_2_to_6_load_in_long_form():
+    for table in ("table2", "table3", "table4", "table5", "table6"):
+        paper = results.load_paper(table)
+        assert {"table", "step", "model", "top1", "top5"} <= set(paper.columns) and (paper["table"] == table).all()
+    t6 = results.load_paper("table6").set_index(["model", "step"])
+    assert len(t6) == 18 and t6.loc[("inception_v3", "distill_mixup"), "top1"] == 78.34
+    assert results.load_paper("table4").query("batch_size == 1024 and step == 'zero_gamma'")["top1"].item() == 76.37
+    with pytest.raises(BenchError, match="table9"):
+        results.load_paper("table9")
+
+
+def test_report_command_rebuilds_from_run_dirs_and_rejects_a_missing_dir(smoke, tmp_path, capsys):
+    before = (smoke / "table.md").read_text()
+    (smoke / "table.md").unlink()
+    assert main(["report", str(smoke), "--no-figures"]) == 0
+    assert (smoke / "table.md").read_text() == before and "| label_smoothing |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no such results directory" in capsys.readouterr().err
+
+
+def test_paper_models_must_name_a_model_of_the_recipe(write_recipe):
+    with pytest.raises(ConfigError, match="paper_models: 'resnet99'"):
+        load_recipe(write_recipe(RECIPE.replace("resnet18d: resnet50d", "resnet99: resnet50d")))
+
+
+def test_notebook_runs_top_to_bottom_on_a_results_dir(smoke, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "ablation_report.ipynb", as_version=4)
+    assert not any("train" in c.source and "import" in c.source and "bench.train" in c.source for c in nb.cells)
+    monkeypatch.setenv("BENCH_RESULTS", str(smoke))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == len(FIGURES)
+    assert any("| cosine |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert json.dumps(nb.cells[1].outputs).count("6 finished runs") == 1
