@@ -14,7 +14,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.y
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_ablation.py", description=(
         "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
-        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', 'models', 'fake-data DIR'."))
+        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench'."))
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
     p.add_argument("--out", help="results directory (default: results/<recipe name>[-smoke])")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
@@ -113,7 +113,13 @@ def cmd_status(argv: Sequence[str]) -> int:
     return status(argv)
 
 
-COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models, "fake-data": cmd_fake_data}
+def cmd_bench(argv: Sequence[str]) -> int:
+    from bench.benchmark import cmd_bench as bench
+    return bench(argv)
+
+
+COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models, "fake-data": cmd_fake_data,
+            "bench": cmd_bench}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

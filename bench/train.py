@@ -41,8 +41,9 @@ def training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     logits = model(images)
     loss = soft_cross_entropy(logits, targets)
     if cfg.distill is not None:
-        with torch.no_grad():
+        with torch.inference_mode():   # no autograd bookkeeping for the frozen teacher
             teacher_logits = teacher(images)
+        teacher_logits = teacher_logits.clone()   # an ordinary tensor again, usable under autograd
         soft = distill_loss(logits, teacher_logits, cfg.distill.temperature)
         loss = combine_distill(loss, soft, cfg.distill.hard_weight)
     return loss
@@ -62,6 +63,41 @@ def autocast(device: torch.device, precision: str):
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Nesterov SGD over the recipe's param groups, the lr set per step by the loop.
+
+    One fused kernel for all parameters where PyTorch has it (CUDA, CPU), else the multi-tensor
+    (foreach) path: the same update as the per-parameter loop, fewer kernel launches.
+    """
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, **fast)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: RunConfig, num_classes: int,
+               device: torch.device, mixing: Optional[tuple[float, torch.Tensor]] = None,
+               teacher: Optional[nn.Module] = None) -> torch.Tensor:
+    """One optimizer step on one batch; returns the detached loss without a device sync.
+
+    Args:
+        images: (N, C, H, W) and labels: (N,) as the loader gives them (moved to `device` here).
+        lr: this step's learning rate, from `lr_at`.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device, non_blocking=True)
+    if mixing is not None:
+        mixing = (mixing[0], mixing[1].to(device, non_blocking=True))
+    with autocast(device, cfg.efficient.precision):
+        loss = training_loss(model, images, labels, cfg, num_classes, mixing, teacher)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
@@ -127,13 +163,15 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
     data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
     model = build_model(cfg.model, data.num_classes, data.in_chans, cfg.efficient.zero_gamma)
     model = model.to(device, memory_format=torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format)
-    groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
-    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    if cfg.runtime.compile:
+        model.compile()   # in place: state_dict keys stay those of the plain model
+    optimizer = build_optimizer(model, cfg, device)
     net = dist.wrap_model(model, device, cfg.runtime.sync_bn)   # DDP: gradients averaged over ranks
     model = dist.unwrap(net)   # evaluated and saved
     teacher = None
     if cfg.distill is not None:
         teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device)
+        teacher = teacher.to(memory_format=torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.efficient.precision == "fp16")
     mix_rng = np.random.default_rng(cfg.seed)
 
@@ -163,19 +201,11 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         mixing_on = cfg.mixup is not None and epoch < cfg.schedule.epochs - cfg.mixup.off_epochs
         loss_sum, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
         for i, (images, labels) in enumerate(data.train.epoch(epoch)):
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, **schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
+            lr = lr_at(epoch * steps_per_epoch + i, **schedule)
             mixing = sample_mixing(len(labels), cfg.mixup.alpha, mix_rng) if mixing_on else None
-            with autocast(device, cfg.efficient.precision):
-                loss = training_loss(net, images, labels, cfg, data.num_classes, mixing, teacher)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach() * len(labels)
+            loss = train_step(net, optimizer, scaler, images, labels, lr, cfg, data.num_classes, device,
+                              mixing, teacher)
+            loss_sum += loss * len(labels)
             seen += len(labels)
             bar.update()
         epoch_time_s = time.perf_counter() - t0
