@@ -1,0 +1,146 @@
+"""Every bad-input case of docs/errors.md: one line naming what and where, exit 2, nothing written."""
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import runs
+from bench.ablation import plan
+from bench.cli import main
+from bench.config import load_recipe
+from bench.fakedata import write_imagefolder
+from bench.models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "errors.md"
+IMAGES = ["--set", "data.dataset=imagefolder", "--set", "data.image_size=16", "--set", "data.workers=0",
+          "--set", "data.global_batch_size=8", "--set", "model.name=resnet18d"]
+
+
+def fake_teacher(recipe: Path, out: Path, weights) -> None:
+    """A teacher run that looks finished, holding `weights` (a state dict or bytes) as its model.pt."""
+    teacher = plan(load_recipe(recipe), only=["distill"], smoke=True)[0]
+    run_dir = out / teacher.path
+    runs.write_json(run_dir / runs.FINAL, {**teacher.record(), "top1": 50.0, "top5": 90.0})
+    if isinstance(weights, bytes):
+        (run_dir / runs.WEIGHTS).write_bytes(weights)
+    else:
+        torch.save(weights, run_dir / runs.WEIGHTS)
+
+
+def teacher_state(name: str, classes: int) -> dict:
+    from bench.config import ModelConfig
+    return build_model(ModelConfig(name=name, small_input=True, kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}),
+                       classes, 1).state_dict()
+
+
+def setup(case: str, tmp: Path, recipe: Path, monkeypatch) -> list[str]:
+    """The command line (after writing whatever files the case needs) that triggers `case`."""
+    r = str(recipe)
+    if case == "malformed YAML":
+        recipe.write_text("name: tiny\nbase: {model: [resnet\nsteps: []\n")
+        return [r]
+    if case == "unknown key":
+        recipe.write_text(recipe.read_text().replace("{alpha: 0.2}", "{alpah: 0.2}"))
+        return [r]
+    if case == "wrong type":
+        return [r, "--set", "schedule.epochs=ten"]
+    if case == "out-of-range value":
+        return [r, "--set", "label_smoothing.eps=1.5"]
+    if case == "unknown model":
+        return [r, "--set", "model.name=resnet9000"]
+    if case == "unknown data set":
+        return [r, "--set", "data.dataset=imagenet22k"]
+    if case == "missing data directory":
+        return [r, *IMAGES, "--set", f"data.root={tmp / 'nowhere'}", "--only", "efficient"]
+    if case == "empty data directory":
+        (tmp / "empty").mkdir()
+        return [r, *IMAGES, "--set", f"data.root={tmp / 'empty'}", "--only", "efficient"]
+    if case == "class folders differ":
+        write_imagefolder(tmp / "img", classes=2, train_per_class=2, val_per_class=1)
+        (tmp / "img" / "val" / "n00000001").rename(tmp / "img" / "val" / "n00000009")
+        return [r, *IMAGES, "--set", f"data.root={tmp / 'img'}", "--only", "efficient"]
+    if case == "corrupt image":
+        write_imagefolder(tmp / "img", classes=2, train_per_class=4, val_per_class=2)
+        bad = sorted((tmp / "img" / "train" / "n00000000").iterdir())[0]
+        bad.write_bytes(b"\xff\xd8\xff not really a JPEG")
+        return [r, *IMAGES, "--set", f"data.root={tmp / 'img'}", "--only", "efficient"]
+    if case == "teacher for another number of classes":
+        fake_teacher(recipe, tmp / "o", teacher_state("resnet26d", 5))
+        return [r, "--only", "distill"]
+    if case == "teacher of another architecture":
+        fake_teacher(recipe, tmp / "o", teacher_state("resnet18d", 10))
+        return [r, "--only", "distill"]
+    if case == "teacher file is not a checkpoint":
+        fake_teacher(recipe, tmp / "o", b"these are not weights\n")
+        return [r, "--only", "distill"]
+    if case == "--set with a bad path":
+        return [r, "--set", "optim.lr_per_256.x=1"]
+    if case == "--set with a bad value":
+        return [r, "--set", "schedule.milestones=[1,"]
+    if case == "results directory not writable":
+        (tmp / "file").write_text("")
+        return [r, "--out", str(tmp / "file" / "sub")]
+    if case == "disk full during a checkpoint write":
+        real_save = torch.save
+
+        def full_disk(obj, f, *a, **k):
+            if isinstance(obj, dict) and "optimizer" in obj and obj["epoch"] == 1:
+                f.write(b"half")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(obj, f, *a, **k)
+        monkeypatch.setattr(torch, "save", full_disk)
+        return [r, "--only", "efficient"]
+    if case == "unknown step in --only":
+        return [r, "--only", "warp"]
+    raise AssertionError(case)
+
+
+def documented() -> dict[str, str]:
+    """case → message, from the table of docs/errors.md (`| case | trigger | message |`)."""
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].startswith("`error: "):
+            rows[cells[0]] = cells[2].strip("`")
+    return rows
+
+
+def pattern(message: str) -> str:
+    """The documented message as a regex: `<...>` stands for a path or a detail."""
+    return "".join(".+?" if part.startswith("<") else re.escape(part) for part in re.split(r"(<[^>]*>)", message))
+
+
+CASES = list(documented())
+
+
+def test_the_table_lists_every_required_case():
+    required = {"malformed YAML", "unknown key", "wrong type", "out-of-range value", "unknown model",
+                "unknown data set", "missing data directory", "empty data directory", "class folders differ",
+                "corrupt image", "teacher for another number of classes", "teacher of another architecture",
+                "teacher file is not a checkpoint", "--set with a bad path", "--set with a bad value",
+                "results directory not writable", "disk full during a checkpoint write", "unknown step in --only"}
+    assert required <= set(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, monkeypatch, capsys, write_recipe):
+    recipe = write_recipe()
+    argv = setup(case, tmp_path, recipe, monkeypatch)
+    out = tmp_path / "o"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    ckpt = out / "resnet18d" / "01-efficient" / "seed0" / runs.CHECKPOINT
+    code = main([*argv, "--smoke", "--no-progress"] + ([] if "--out" in argv else ["--out", str(out)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and re.fullmatch(pattern(documented()[case]), err[0]), err
+    if case == "disk full during a checkpoint write":   # the epoch-0 checkpoint stays, whole
+        assert runs.load_torch(ckpt)["epoch"] == 0 and not list(ckpt.parent.glob(".*.tmp"))
+        return
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".locks" not in p.parts)
+    assert set(after) - set(before) <= {Path("o")}   # at most the results folder (and its .locks/)
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".locks"] or (out / "teachers").exists()
