@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 from bench import dist, runs
 from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
 from bench.errors import BenchError, ConfigError
+from bench.tracking import WandbConfig, start_run
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ def check_writable(out: Path) -> None:
 
 
 def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> list[dict]:
-    """Train every spec in order (skipping finished ones); returns their final records."""
+                 echo: Callable[[str], None] = print, wandb: Optional[WandbConfig] = None) -> list[dict]:
+    """Train every spec in order (skipping finished ones); returns their final records.
+    With `wandb` settings, each run trained is mirrored to a W&B run (`bench.tracking`)."""
     from bench.train import pick_device, train
 
     out = Path(out)
@@ -130,10 +132,13 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
                 raise BenchError(f"{teacher_dir}: teacher run not finished")
             teacher_run = (by_path[spec.teacher_path].config, teacher_dir / runs.WEIGHTS)
         t0 = time.perf_counter()
-        result = train(spec.config, run_dir, teacher_run=teacher_run, label=spec.label, progress=progress)
+        with start_run(wandb, spec, run_dir, out) as tracker:   # an exception closes the W&B run as failed
+            result = train(spec.config, run_dir, teacher_run=teacher_run, label=spec.label, progress=progress,
+                           tracker=tracker)
         final = {**spec.record(), **result, "wall_time_s": time.perf_counter() - t0}
         if main:
             runs.write_json(run_dir / runs.FINAL, final)
+        tracker.finish(final)
         dist.barrier()   # the next run may read this one's final.json (a teacher's)
         echo(f"    top-1 {final['top1']:.2f}  top-5 {final['top5']:.2f}  ({final['train_time_s']:.1f} s)")
         finals.append(final)

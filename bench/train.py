@@ -17,6 +17,7 @@ from bench import dist, runs
 from bench.config import RunConfig
 from bench.data import build_data
 from bench.models import build_model
+from bench.tracking import Tracker
 from bench.tricks import (autocast_dtype, combine_distill, distill_loss, lr_at, mix_batch, param_groups,
                           sample_mixing, smooth_targets, soft_cross_entropy)
 
@@ -149,13 +150,15 @@ def load_teacher(teacher_cfg: RunConfig, weights: Path, num_classes: int, in_cha
 
 
 def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, Path]] = None,
-          label: str = "", progress: bool = True) -> dict:
+          label: str = "", progress: bool = True, tracker: Optional[Tracker] = None) -> dict:
     """Train one run in `run_dir`, resuming from its checkpoint; returns what final.json holds.
 
     Args:
         teacher_run: the teacher's config and final weights, when `cfg.distill` is set.
+        tracker: receives each batch's lr and loss and each epoch's metrics row (W&B).
     """
     run_dir = Path(run_dir)
+    tracker = tracker or Tracker()
     ctx = dist.init(cfg.runtime.device)
     main = dist.is_main()   # only rank 0 writes files and shows progress
     device = pick_device(cfg.runtime.device)
@@ -205,6 +208,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             mixing = sample_mixing(len(labels), cfg.mixup.alpha, mix_rng) if mixing_on else None
             loss = train_step(net, optimizer, scaler, images, labels, lr, cfg, data.num_classes, device,
                               mixing, teacher)
+            tracker.log_step(epoch * steps_per_epoch + i, lr, loss)
             loss_sum += loss * len(labels)
             seen += len(labels)
             bar.update()
@@ -216,6 +220,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
                "images_per_s": seen / epoch_time_s, **val}
         if main:
             runs.append_metrics(run_dir / runs.METRICS, row)
+            tracker.log_epoch(row)
             runs.save_torch(run_dir / runs.CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),

@@ -1,0 +1,300 @@
+"""Weights & Biases: offline runs read back from their .wandb files, and tables rebuilt from a
+stand-in of `wandb.Api()` identical to those built from the run directories."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import bench.train as engine
+from bench import results as res
+from bench import runs, tracking
+from bench.ablation import plan, run_ablation
+from bench.cli import main
+from bench.config import load_recipe
+from bench.errors import BenchError, ConfigError
+from bench.wandb_report import load_wandb_results, log_report, write_wandb_report
+
+# ---- a reader of wandb's offline run files: LevelDB-log framing of protobuf Records ----------
+BLOCK, HEADER = 32 * 1024, 7          # each chunk: crc32c (4), length (2, little-endian), type (1)
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list:
+    """The `wandb_internal_pb2.Record`s of a .wandb file. The file opens with its own 7-byte
+    header (":W&B", a 2-byte magic, a version byte); blocks are counted from the file's start."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, parts, payloads = HEADER, [], []
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:                 # the block's tail is too short for a header: padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + HEADER:pos + HEADER + length]
+        pos += HEADER + length
+        if kind == FULL:
+            payloads.append(chunk)
+        elif kind == FIRST:
+            parts = [chunk]
+        elif kind == MIDDLE:
+            parts.append(chunk)
+        elif kind == LAST:
+            payloads.append(b"".join(parts + [chunk]))
+        else:
+            raise AssertionError(f"{path}: chunk type {kind} at byte {pos}")
+    records = []
+    for payload in payloads:
+        record = pb.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def read_offline_run(run_dir: Path) -> dict:
+    """An offline run folder as run attributes, config, summary, history rows and files."""
+    (file,) = Path(run_dir).glob("run-*.wandb")
+    run, config, summary, history = None, {}, {}, []
+    for record in read_records(file):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "summary":
+            for item in record.summary.update:
+                summary["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            history.append({"/".join(i.nested_key) if i.nested_key else i.key: json.loads(i.value_json)
+                            for i in record.history.item})
+    assert run is not None, f"{file}: no run record"
+    return {"id": run.run_id, "group": run.run_group, "job_type": run.job_type, "name": run.display_name,
+            "tags": list(run.tags), "project": run.project, "config": config, "summary": summary,
+            "history": history, "files": Path(run_dir) / "files"}
+
+
+def offline_runs(wandb_root: Path) -> list[dict]:
+    """The offline runs under `wandb_root`/wandb, oldest first, once wandb has written them out."""
+    import wandb
+
+    wandb.teardown()   # run.finish() returns before wandb's service has flushed the files
+    return [read_offline_run(d) for d in sorted(Path(wandb_root).glob("wandb/offline-run-*"))]
+
+
+# ---- a stand-in for wandb.Api(), shaped like its runs: config, summary, history, files ------
+class StandInFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def download(self, root: str, replace: bool = False):
+        if not self.path.is_file():
+            raise ValueError(f"{self.path.name}: no such file")
+        shutil.copyfile(self.path, Path(root) / self.path.name)
+
+
+class StandInRun:
+    def __init__(self, offline: dict):
+        self.id, self.group, self.job_type = offline["id"], offline["group"], offline["job_type"]
+        self.name, self.tags = offline["name"], offline["tags"]
+        self.config = {k: v for k, v in offline["config"].items() if not k.startswith("_")}
+        self.summary = offline["summary"]
+        self._history, self._files = offline["history"], offline["files"]
+
+    def scan_history(self, keys=None, page_size=1000):
+        return iter([dict(row) for row in self._history])
+
+    def file(self, name: str) -> StandInFile:
+        return StandInFile(self._files / name)
+
+
+class StandInApi:
+    def __init__(self, offline: list[dict]):
+        self.offline, self.queries = offline, []
+
+    def runs(self, path: str, filters=None, **kwargs):
+        self.queries.append((path, filters))
+        return [StandInRun(o) for o in self.offline if o["group"] == (filters or {}).get("group")]
+
+
+# ---- tests --------------------------------------------------------------------------------
+FAST = (("efficient.precision", "fp32"), ("data.max_train_batches", 2))   # bf16 is slow on CPUs
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A tiny ablation (a teacher, efficient, distill) trained with W&B offline, and its report."""
+    tmp = tmp_path_factory.mktemp("wandb")
+    recipe = tmp / "recipe.yaml"
+    from conftest import TINY_RECIPE
+    recipe.write_text(TINY_RECIPE + "wandb: {project: bench-test, log_every_steps: 1}\n")
+    out = tmp / "out"
+    mp = pytest.MonkeyPatch()
+    for var in ("WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        mp.delenv(var, raising=False)
+    mp.setenv("WANDB_MODE", "offline")
+    loaded = load_recipe(recipe)
+    specs = plan(loaded, only=["efficient", "distill"], overrides=FAST)
+    run_ablation(specs, out, progress=False, wandb=loaded.wandb)
+    res.write_report(out, figures=False)
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(1, 1))
+    (out / "figures").mkdir()
+    fig.savefig(out / "figures" / "curves.png")
+    plt.close(fig)
+    log_report(loaded.wandb, out)
+    mp.undo()
+    return out, specs, offline_runs(out)
+
+
+def test_one_offline_run_per_training_run_with_group_tags_config_and_metrics(logged):
+    out, specs, offline = logged
+    trained = [o for o in offline if o["job_type"] != "summary"]
+    assert len(trained) == len(specs) == 3
+    by_path = {o["config"]["path"]: o for o in trained}
+    assert set(by_path) == {str(s.path) for s in specs}
+    for spec in specs:
+        o = by_path[str(spec.path)]
+        final = runs.read_json(out / spec.path / runs.FINAL)
+        assert o["group"] == "out" and o["project"] == "bench-test"
+        assert o["job_type"] == spec.model and o["name"] == f"{spec.step}/seed{spec.seed}"
+        assert o["id"] == (out / spec.path / tracking.ID_FILE).read_text().strip()
+        assert o["config"]["step"] == spec.step and o["config"]["role"] == spec.role
+        assert o["config"]["config.schedule.kind"] == spec.config.schedule.kind
+        assert o["config"]["config.optim.lr_per_256"] == spec.config.optim.lr_per_256
+        assert o["summary"]["final"] == final and o["summary"]["top1"] == final["top1"]
+        steps = spec.config.schedule.epochs * 2   # max_train_batches: 2
+        batches = [h for h in o["history"] if "batch/train_loss" in h]
+        assert [h["global_step"] for h in batches] == list(range(steps))
+        assert all(h["batch/train_loss"] > 0 for h in batches)
+        epochs = [h for h in o["history"] if "val_top1" in h]
+        local = runs.read_metrics(out / spec.path / runs.METRICS)
+        assert [h["val_top1"] for h in epochs] == [r["val_top1"] for r in local]
+        assert [h["epoch"] for h in epochs] == [r["epoch"] for r in local]
+    tags = {o["config"]["step"]: set(o["tags"]) for o in trained}
+    assert tags["efficient"] == {"warmup", "zero_gamma", "no_bias_decay"}
+    assert tags["distill"] == {"warmup", "zero_gamma", "no_bias_decay", "cosine", "label_smoothing", "distill"}
+    assert tags["teacher"] == {"warmup", "zero_gamma", "no_bias_decay", "cosine"}
+    cfg = specs[0].config
+    bf16 = cfg.model_copy(update={"efficient": cfg.efficient.model_copy(update={"precision": "bf16"})})
+    assert "bf16" in tracking.tricks_on(bf16)
+
+
+def test_the_summary_run_holds_the_tables(logged):
+    out, _, offline = logged
+    (summary,) = [o for o in offline if o["job_type"] == "summary"]
+    assert summary["group"] == "out" and summary["name"] == "summary"
+    logged_ = summary["summary"]
+    assert logged_["runs/_type"] == logged_["table/_type"] == "table-file"
+    assert logged_["runs/nrows"] == 3 and logged_["table/nrows"] == 2   # efficient, distill
+    assert logged_["figures/curves/_type"] == "image-file"
+
+
+def test_tables_rebuilt_from_the_api_are_identical_to_the_local_ones(logged, tmp_path):
+    out, _, offline = logged
+    api = StandInApi(offline)
+    remote = load_wandb_results("me/bench-test", "out", api=api)
+    local = res.load_results(out)
+    assert api.queries == [("me/bench-test", {"group": "out"})]
+    pd.testing.assert_frame_equal(remote.runs, local.runs)
+    pd.testing.assert_frame_equal(remote.curves, local.curves)
+    pd.testing.assert_frame_equal(remote.gaps, local.gaps)
+    markdown = write_wandb_report("me/bench-test", "out", tmp_path / "from-wandb", api=api, figures=False)
+    assert markdown == (out / "table.md").read_text()
+    for name in ("runs.csv", "table.csv", "deltas.csv"):
+        assert (tmp_path / "from-wandb" / name).read_text() == (out / name).read_text(), name
+
+
+def test_from_wandb_errors_are_one_line(logged, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="expected ENTITY/PROJECT"):
+        load_wandb_results("bench-test", "out", api=StandInApi([]))
+    with pytest.raises(BenchError, match="no finished runs in this group"):
+        load_wandb_results("me/bench-test", "other", api=StandInApi(logged[2]))
+    assert main(["report", "--group", "out"]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    specs = plan(load_recipe(write_recipe()), only=["efficient"], overrides=FAST)
+    out, calls = tmp_path / "out", []
+    real_evaluate = engine.evaluate
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # killed during the second epoch
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(specs, out, progress=False, wandb=tracking.WandbConfig())
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    run_ablation(specs, out, progress=False, wandb=tracking.WandbConfig())
+    first, second = offline_runs(out)
+    assert first["id"] == second["id"] == (out / specs[0].path / tracking.ID_FILE).read_text().strip()
+    assert "final" not in first["summary"] and second["summary"]["final"]["top1"] >= 0
+    assert [h["epoch"] for h in second["history"] if "val_top1" in h] == [1]   # epoch 0 came from the checkpoint
+
+
+def test_a_wandb_failure_never_stops_training(write_recipe, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    specs = plan(load_recipe(write_recipe()), only=["efficient", "cosine"], overrides=FAST)
+
+    def broken_init(**kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    finals = run_ablation(specs[:1], tmp_path / "a", progress=False, wandb=tracking.WandbConfig())
+    assert len(finals) == 1 and "could not start a run" in capsys.readouterr().err
+
+    class BrokenRun:
+        summary, dir = {}, str(tmp_path)
+
+        def log(self, data):
+            raise OSError("disk full")
+
+        def finish(self, exit_code=0):
+            pass
+
+    tracker = tracking.WandbTracker(BrokenRun(), 1, tmp_path)
+    monkeypatch.setattr(tracking, "start_run", lambda *a, **k: tracker)
+    import bench.ablation as ablation
+    monkeypatch.setattr(ablation, "start_run", lambda *a, **k: tracker)
+    finals = run_ablation(specs[1:], tmp_path / "b", progress=False, wandb=tracking.WandbConfig())
+    err = capsys.readouterr().err
+    assert len(finals) == 1 and err.count("logging stops, training goes on") == 1 and tracker.run is None
+
+
+def test_wandb_settings_from_recipe_and_cli(write_recipe, monkeypatch):
+    from conftest import TINY_RECIPE
+
+    assert load_recipe(write_recipe()).wandb is None
+    on = load_recipe(write_recipe(TINY_RECIPE + "wandb: {entity: lab}\n")).wandb
+    assert on == tracking.WandbConfig(entity="lab")
+    assert tracking.choose_settings(None, True) == tracking.WandbConfig()
+    assert tracking.choose_settings(on, None) is on and tracking.choose_settings(on, False) is None
+    with pytest.raises(ConfigError, match="wandb: unknown key 'api_key'"):
+        load_recipe(write_recipe(TINY_RECIPE + "wandb: {api_key: secret}\n"))
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert tracking.resolve_mode(tracking.WandbConfig()) == "offline"
+    assert tracking.resolve_mode(tracking.WandbConfig(mode="online")) == "online"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ConfigError, match="WANDB_MODE"):
+        tracking.resolve_mode(tracking.WandbConfig())
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setattr(tracking, "_has_api_key", lambda host: False)
+    assert tracking.resolve_mode(tracking.WandbConfig()) == "offline"   # no key: offline, no network asked
