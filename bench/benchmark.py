@@ -49,6 +49,7 @@ class BenchSettings:
     warmup_steps: int = 3           # per variant, before the first timed round
     steps: int = 5                  # per variant and round
     rounds: int = 5
+    probe_s: float = 1.0            # time spent measuring the loader and the matmul peak, each
     model_kwargs: dict = field(default_factory=dict)     # e.g. narrow widths for a tiny CI run
     teacher_kwargs: dict = field(default_factory=dict)
 
@@ -165,9 +166,9 @@ def matmul_peak_flop_per_s(device: torch.device, dtype: torch.dtype, n: int, sec
     """Best FLOP/s of an n×n @ n×n matmul in `dtype`: the device's practical peak."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    best, t_end = 0.0, time.perf_counter() + seconds
     a @ b
-    while time.perf_counter() < t_end:
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while best == 0.0 or time.perf_counter() < t_end:
         sync(device)
         t0 = time.perf_counter()
         a @ b
@@ -192,7 +193,7 @@ def time_rounds(runners: dict[str, Callable], s: BenchSettings, device) -> dict[
     """Warm every runner up, then time `s.steps` calls of each, round-robin, `s.rounds` times."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     peak_mib: dict[str, float] = {}
-    for run in runners.values():
+    for run in runners.values() if s.warmup_steps else ():
         run(s.warmup_steps)
         sync(device)
     for _ in range(s.rounds):
@@ -244,9 +245,9 @@ def run_benchmark(s: BenchSettings, progress: Callable[[str], None] = lambda msg
     progress(f"timing {len(runners)} variants: {s.warmup_steps} warm-up steps, {s.rounds} rounds of {s.steps} steps")
     timed = time_rounds(runners, s, device)
     progress("measuring the loader and the matmul peak")
-    loader_ips = measure_loader(s, batches, device)
+    loader_ips = measure_loader(s, batches, device, s.probe_s)
     dtype = autocast_dtype(s.precision) or torch.float32
-    peak = matmul_peak_flop_per_s(device, dtype, 8192 if device.type == "cuda" else 1024)
+    peak = matmul_peak_flop_per_s(device, dtype, 8192 if device.type == "cuda" else 1024, s.probe_s)
     return summarize(s, device, timed, flops, peak, loader_ips)
 
 

@@ -1,0 +1,107 @@
+"""The throughput benchmark: it runs the harness's own step, reports every variant, refuses bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bench.benchmark as bm
+import bench.train as engine
+from bench.cli import main
+from bench.errors import ConfigError
+
+TINY = dict(model="resnet18d", teacher="resnet18d", image_size=16, batch_size=4, num_classes=5,
+            warmup_steps=0, steps=1, rounds=2, precision="fp32", device="cpu", probe_s=0.05,
+            model_kwargs={"channels": [4, 8, 16, 32], "stem_width": 4},
+            teacher_kwargs={"channels": [4, 8, 16, 32], "stem_width": 4})
+
+
+def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
+    seen = []
+    real = engine.train_step
+
+    def spy(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing=None, teacher=None):
+        seen.append((cfg.label_smoothing is not None, mixing is not None, cfg.distill is not None, teacher is not None))
+        return real(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing, teacher)
+
+    monkeypatch.setattr(bm, "train_step", spy)
+    result = bm.run_benchmark(bm.BenchSettings(**TINY))
+    assert set(seen) == {(False, False, False, True), (True, False, False, True), (False, True, False, True),
+                         (False, False, True, True), (True, True, True, True)}
+    variants = result["variants"]
+    assert list(variants) == ["pytorch", "plain", "label_smoothing", "mixup", "distill", "all", "teacher_forward", "eval"]
+    assert variants["plain"]["ratio_to_plain"] == 1.0 and variants["pytorch"]["ratio_to_pytorch"] == 1.0
+    assert all(v["images_per_s_min"] <= v["images_per_s"] <= v["images_per_s_max"] for v in variants.values())
+    assert result["train_flop_per_step"] > 0 and 0 < result["flop_utilization"]
+    assert result["loader_images_per_s"] > 0 and set(result["targets_met"]) >= {"harness_within_3pct_of_pytorch"}
+
+
+def test_train_flops_are_three_forward_passes_of_the_convolutions_and_linear():
+    s = bm.BenchSettings(**{**TINY, "model": "resnet18d"})
+    cfg = s.run_config({})
+    model = bm.build_models(s, cfg, torch.device("cpu"))[0]
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as fwd:
+        model(torch.randn(s.batch_size, 3, s.image_size, s.image_size))
+    runner = bm.harness_runner(s, cfg, model, engine.build_optimizer(model, cfg, torch.device("cpu")),
+                               torch.amp.GradScaler("cpu", enabled=False), bm.synthetic_batches(s, 1),
+                               torch.device("cpu"), None)
+    # backward costs two forward passes, less the input gradient of the first convolution
+    assert 2.5 * fwd.get_total_flops() < bm.count_train_flops(runner) <= 3 * fwd.get_total_flops()
+
+
+def test_summary_ratios_are_paired_per_round():
+    s = bm.BenchSettings(**{**TINY, "steps": 1, "batch_size": 10, "rounds": 3})
+    t = lambda *x: {"times_s": list(x), "peak_mem_mib": None}
+    timed = {"pytorch": t(1.0, 2.0, 1.0), "plain": t(1.0, 2.0, 1.0), "label_smoothing": t(1.1, 2.2, 1.1),
+             "mixup": t(1.0, 2.0, 1.0), "distill": t(2.0, 3.0, 2.0), "all": t(2.0, 3.0, 2.0),
+             "teacher_forward": t(0.5, 0.5, 0.5), "eval": t(0.1, 0.1, 0.1)}
+    r = bm.summarize(s, torch.device("cpu"), timed, flops=10**9, peak=10**10, loader_ips=100.0)
+    assert r["variants"]["label_smoothing"]["ratio_to_plain"] == pytest.approx(1 / 1.1)
+    assert r["variants"]["plain"]["images_per_s"] == pytest.approx(10.0)
+    assert r["distill_extra_s_per_step"] == pytest.approx(1.0)
+    assert r["targets_met"] == {"harness_within_3pct_of_pytorch": True, "label_smoothing_under_2pct": False,
+                                "mixup_under_2pct": True, "distill_at_most_teacher_forward": False,
+                                "loader_at_least_1_5x_step": True}
+    assert "label_smoothing_under_2pct NO" in bm.format_table(r)
+
+
+def test_bench_command_writes_json_and_never_overwrites(tmp_path, capsys, monkeypatch):
+    measured = []
+    real = bm.run_benchmark
+    monkeypatch.setattr(bm, "run_benchmark", lambda s, progress: measured.append(s) or real(
+        bm.BenchSettings(**{**TINY, "precision": s.precision, "rounds": 1}), progress))
+    out = tmp_path / "b.json"
+    args = ["bench", "--model", "resnet18d", "--teacher", "resnet18d", "--width", "4", "--image-size", "16",
+            "--batch-size", "4", "--num-classes", "5", "--precision", "bf16", "--device", "cpu",
+            "--warmup-steps", "0", "--steps", "1", "--rounds", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert measured[0].model_kwargs == {"channels": [4, 8, 16, 32], "stem_width": 4} and measured[0].num_classes == 5
+    result = json.loads(out.read_text())
+    assert result["settings"]["precision"] == "bf16" and result["settings"]["channels_last"] is True
+    assert all("ratio_to_plain" in v and v["images_per_s"] > 0 for v in result["variants"].values())
+    assert "| mixup |" in capsys.readouterr().out
+    before = out.read_text()
+    assert main(args) == 2
+    assert "never overwritten" in capsys.readouterr().err and out.read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "bench --batch-size = 0: must be at least 1"),
+    (["--width", "0"], "bench --width = 0: must be at least 1"),
+    (["--model", "resnet5o"], "unknown timm model"),
+])
+def test_bad_bench_input_is_one_line(args, message, capsys):
+    assert main(["bench", "--steps", "1", "--rounds", "1", "--image-size", "16", "--batch-size", "2",
+                 "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_settings_reach_the_harness_config():
+    cfg = bm.BenchSettings(**{**TINY, "precision": "bf16", "compile": True, "channels_last": False}).run_config(
+        bm.TRICKS["all"])
+    assert cfg.efficient.precision == "bf16" and cfg.runtime.compile and not cfg.runtime.channels_last
+    assert cfg.label_smoothing.eps == 0.1 and cfg.mixup.alpha == 0.2 and cfg.distill.temperature == 20.0
+    with pytest.raises(ConfigError, match="--steps"):
+        bm.BenchSettings(steps=0)
