@@ -1,6 +1,7 @@
 """On a real SLURM (the single-node cluster of .ci/slurm-up.sh): launch a smoke ablation with a
 teacher dependency, force a requeue of a running job, and see every run finish, the requeued
-one with the weights of an uninterrupted run. In CI (CI=true) a missing SLURM is a failure."""
+one with the weights of an uninterrupted run. In CI (CI=true) a missing SLURM is a failure.
+The waits are generous because other jobs may share the queue and the CPUs."""
 from __future__ import annotations
 
 import json
@@ -87,19 +88,19 @@ def test_slurm_launch_with_teacher_dependency_and_forced_requeue(slurm, tmp_path
     assert jobs["teachers/teacher/seed0"]["dependency"] is None
 
     long_dir, long_id = out / "resnet18d/01-long/seed0", jobs["resnet18d/01-long/seed0"]["job_id"]
-    wait_for(lambda: (long_dir / "last.pt").exists(), 120, "the first epoch checkpoint of the long run")
+    wait_for(lambda: (long_dir / "last.pt").exists(), 600, "the first epoch checkpoint of the long run")
     assert not (long_dir / "final.json").exists(), "the long run finished before it could be requeued"
     subprocess.run(["scontrol", "requeue", long_id], check=True, timeout=30)
     # SLURM holds a requeued job for about 2 minutes before it is eligible again; release it now
     wait_for(lambda: subprocess.run(["squeue", "-h", "-j", long_id, "-o", "%T"], capture_output=True,
-                                    text=True).stdout.strip() == "PENDING", 60, "the requeued job to be pending")
+                                    text=True).stdout.strip() == "PENDING", 120, "the requeued job to be pending")
     subprocess.run(["scontrol", "update", f"JobId={long_id}", "StartTime=now"], check=True, timeout=30)
 
     def all_finished():
         proc = cli("status", str(out), check=False)
-        assert "failed" not in proc.stdout.splitlines()[-1] if "runs finished" not in proc.stdout else True, proc.stdout
+        assert proc.returncode == 0, proc.stdout + proc.stderr   # 1: a run failed
         return proc if "all 3 runs finished" in proc.stdout else None
-    final_status = wait_for(all_finished, 180, "every run to finish")
+    final_status = wait_for(all_finished, 600, "every run to finish")
     assert (out / "table.md").is_file() and (out / "runs.csv").is_file()
     assert "| distill |" in final_status.stdout
 
