@@ -23,6 +23,9 @@ def run_parser() -> argparse.ArgumentParser:
                    help="override a config value in every run, e.g. --set schedule.epochs=5")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 batches per run: check the pipeline")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--on-failure", choices=["continue", "stop"], default="continue",
+                   help="when a run's loss becomes NaN/inf: go on with the runs that do not need it "
+                        "(default), or stop; either way the exit status is 1")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="log every run to Weights & Biases (default: on when the recipe has a wandb: section)")
     return p
@@ -41,11 +44,19 @@ def cmd_run(argv: Sequence[str]) -> int:
     print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
     from bench.tracking import choose_settings
     wandb = choose_settings(recipe.wandb, args.wandb)
-    run_ablation(specs, out, progress=not args.no_progress, wandb=wandb)
+    from bench.ablation import RunsFailed
+    try:
+        run_ablation(specs, out, progress=not args.no_progress, wandb=wandb, on_failure=args.on_failure)
+        failure = None
+    except RunsFailed as err:   # the finished runs are still tabulated
+        failure = err
     from bench import dist
     if not dist.is_main():   # under torchrun / SLURM, rank 0 writes the report
-        return 0
+        return 1 if failure else 0
     print(write_report(out))
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
     from bench.wandb_report import log_report
     log_report(wandb, out)

@@ -33,8 +33,11 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):   # disk full, quota, read-only: the previous file is intact
+            kept = "the previous version is kept" if path.exists() else "nothing was written"
+            raise BenchError(f"{path}: write failed ({err.strerror or err}); {kept}") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -73,6 +76,26 @@ def load_torch(path: Path) -> Any:
         raise BenchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
 
 
+def load_weights(model: torch.nn.Module, path: Path, what: str) -> None:
+    """Load a state dict saved by this project into `model`; a file of another architecture or
+    number of classes is a one-line error naming the first mismatch."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchError(f"{path}: not a state dict of model weights ({type(state).__name__})")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise BenchError(f"{path}: weights do not fit the {what}: {k} has shape {tuple(state[k].shape)}, "
+                         f"the model expects {tuple(expected[k].shape)}")
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BenchError(f"{path}: weights do not fit the {what} (another architecture: {len(missing)} keys missing, "
+                         f"{len(unexpected)} unexpected, e.g. {detail})")
+    model.load_state_dict(state)
+
+
 def read_json(path: Path) -> Optional[dict]:
     path = Path(path)
     if not path.is_file():
@@ -89,7 +112,14 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):   # a row cut short by a killed process: not a row
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def append_metrics(path: Path, row: dict) -> None:

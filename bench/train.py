@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 from bench import dist, runs
 from bench.config import RunConfig
 from bench.data import build_data
+from bench.guard import LossGuard
 from bench.models import build_model
+from bench.resume import capture_rng, restore_rng
 from bench.tracking import Tracker
 from bench.tricks import (autocast_dtype, combine_distill, distill_loss, lr_at, mix_batch, param_groups,
                           sample_mixing, smooth_targets, soft_cross_entropy)
@@ -144,7 +146,7 @@ def load_teacher(teacher_cfg: RunConfig, weights: Path, num_classes: int, in_cha
                  device: torch.device) -> nn.Module:
     """The teacher of a distillation run, from its run's final weights, frozen in eval mode."""
     model = build_model(teacher_cfg.model, num_classes, in_chans)
-    model.load_state_dict(runs.load_torch(weights))
+    runs.load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
     model = model.to(device, memory_format=torch.channels_last if teacher_cfg.runtime.channels_last else torch.contiguous_format)
     return model.eval().requires_grad_(False)
 
@@ -191,13 +193,15 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         scaler.load_state_dict(state["scaler"])
         mix_rng.bit_generator.state = state["mix_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:   # Python, NumPy, torch and CUDA generators
+            restore_rng(state["rng"])
         start_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     if main:
         runs.truncate_metrics(run_dir / runs.METRICS, start_epoch)
 
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=label, unit="step",
                disable=not (progress and main), leave=False, dynamic_ncols=True)
-    val = {}
+    val, guard = {}, LossGuard(device)
     gaps: list = []   # of the last epoch's evaluation, for the report's Fig. 4b
     for epoch in range(start_epoch, cfg.schedule.epochs):
         net.train()
@@ -208,10 +212,12 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             mixing = sample_mixing(len(labels), cfg.mixup.alpha, mix_rng) if mixing_on else None
             loss = train_step(net, optimizer, scaler, images, labels, lr, cfg, data.num_classes, device,
                               mixing, teacher)
+            guard.update(loss, epoch * steps_per_epoch + i)
             tracker.log_step(epoch * steps_per_epoch + i, lr, loss)
             loss_sum += loss * len(labels)
             seen += len(labels)
             bar.update()
+        guard.check(steps_per_epoch, run_dir / runs.CHECKPOINT)   # a NaN/inf epoch is never saved
         epoch_time_s = time.perf_counter() - t0
         train_time_s += epoch_time_s
         val = evaluate(model, data.val, cfg, device, gaps if epoch == cfg.schedule.epochs - 1 else None)
@@ -224,6 +230,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             runs.save_torch(run_dir / runs.CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "rng": capture_rng(),
                 "epoch": epoch, "train_time_s": train_time_s})
         bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
     bar.close()
