@@ -1,0 +1,185 @@
+"""Data sets in their real on-disk formats, the paper's models, and every recipe."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench.cli import main
+from bench.config import DataConfig, ModelConfig, load_recipe
+from bench.data import build_data
+from bench.errors import BenchError
+from bench.fakedata import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
+from bench.images import Lighting
+from bench.smalldata import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
+
+RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").glob("*.yaml"))
+
+
+def folder_cfg(root, workers: int = 0) -> DataConfig:
+    return DataConfig(dataset="imagefolder", root=str(root), global_batch_size=8, eval_batch_size=8,
+                      image_size=32, workers=workers)
+
+
+def test_imagefolder_batches_are_deterministic_and_split_by_rank(tmp_path):
+    write_imagefolder(tmp_path)
+    data = build_data(folder_cfg(tmp_path), seed=3)
+    assert (data.num_classes, data.in_chans, len(data.train), len(data.val)) == (4, 3, 4, 2)
+    images, labels = next(data.train.epoch(0))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    again, _ = next(build_data(folder_cfg(tmp_path), seed=3).train.epoch(0))
+    assert torch.equal(images, again)                       # same (seed, epoch): same pixels
+    other, _ = next(data.train.epoch(1))
+    assert not torch.equal(images, other)
+    halves = [next(build_data(folder_cfg(tmp_path), 3, rank=r, world_size=2).train.epoch(0)) for r in (0, 1)]
+    assert torch.equal(torch.cat([halves[0][1], halves[1][1]]).sort().values, labels.sort().values)
+    assert torch.equal(halves[0][0], images[0::2])          # a rank's share: the same augmented images
+    val_images, _ = next(data.val.epoch(0))
+    assert torch.equal(val_images, next(data.val.epoch(5))[0])  # eval has no randomness
+
+
+def test_imagefolder_errors_name_the_place(tmp_path):
+    with pytest.raises(BenchError, match="data.root is not set for imagenet: set IMAGENET_ROOT"):
+        build_data(DataConfig(dataset="imagenet"), 0)
+    with pytest.raises(BenchError, match=f"no directory {tmp_path}/train"):
+        build_data(folder_cfg(tmp_path), 0)
+    write_imagefolder(tmp_path)
+    shutil.move(tmp_path / "val" / "n00000003", tmp_path / "val" / "n00000009")
+    with pytest.raises(BenchError, match="differ between train and val .only in train: n00000003; only in val: n00000009"):
+        build_data(folder_cfg(tmp_path), 0)
+    shutil.move(tmp_path / "val" / "n00000009", tmp_path / "val" / "n00000003")
+    empty = tmp_path / "train" / "n00000003"
+    shutil.rmtree(empty)
+    empty.mkdir()
+    with pytest.raises(BenchError, match="Found no valid file for the classes n00000003"):
+        build_data(folder_cfg(tmp_path), 0)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_named_in_one_line(tmp_path, workers):
+    write_imagefolder(tmp_path, train_per_class=2)
+    bad = tmp_path / "train" / "n00000001" / "train_1_0.JPEG"
+    bad.write_bytes(b"not a jpeg")
+    data = build_data(folder_cfg(tmp_path, workers=workers), 0)
+    with pytest.raises(BenchError) as err:
+        list(data.train.epoch(0))
+    assert str(err.value).startswith(f"{bad}: unreadable image") and "\n" not in str(err.value)
+
+
+def test_lighting_adds_one_colour_along_the_principal_components():
+    image = torch.rand(3, 5, 6)
+    assert torch.equal(Lighting(0.0)(image), image)
+    torch.manual_seed(0)
+    shift = Lighting(0.1)(image) - image
+    assert shift.abs().max() > 0 and torch.allclose(shift, shift[:, :1, :1].expand_as(shift))
+
+
+@pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_reads_pickled_batches(tmp_path, name, classes):
+    write_cifar(tmp_path, name, per_batch=20)
+    data = build_data(DataConfig(dataset=name, root=str(tmp_path), global_batch_size=16, eval_batch_size=16), 0)
+    n_train = 100 if name == "cifar10" else 20
+    assert (data.num_classes, data.image_size, len(data.train.labels), len(data.val.labels)) == (classes, 32, n_train, 20)
+    images, labels = next(data.train.epoch(0))
+    assert images.shape == (16, 3, 32, 32) and labels.max() < classes
+    assert abs(float(data.val.images.float().mean()) - 127.5) < 10       # stored raw, normalized per batch
+    assert abs(float(next(data.val.epoch(0))[0].mean())) < 0.2
+
+
+def test_cifar_missing_and_corrupt(tmp_path):
+    with pytest.raises(BenchError, match=f"no CIFAR-10 batches in {tmp_path}/cifar-10-batches-py; add --set data.download=true"):
+        build_data(DataConfig(dataset="cifar10", root=str(tmp_path)), 0)
+    write_cifar(tmp_path, "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(BenchError, match="cifar-10-batches-py: unreadable CIFAR-10 batches"):
+        build_data(DataConfig(dataset="cifar10", root=str(tmp_path), global_batch_size=8), 0)
+
+
+def test_idx_round_trip_and_errors(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.idx", "a.idx.gz"):
+        write_idx(tmp_path / name, array)
+        assert np.array_equal(read_idx(tmp_path / name), array)
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01")
+    with pytest.raises(BenchError, match="bad: not an IDX file of unsigned bytes"):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_from_idx_files_and_missing(tmp_path):
+    write_fashion_mnist(tmp_path / "fm", n_train=32, n_test=16)
+    data = build_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), global_batch_size=16), 0)
+    assert (data.in_chans, data.image_size, len(data.train.labels), len(data.val.labels)) == (1, 28, 32, 16)
+    assert next(data.train.epoch(0))[0].shape == (16, 1, 28, 28)
+    with pytest.raises(BenchError, match=rf"Fashion-MNIST: no train-images-idx3-ubyte\[.gz\] in {tmp_path}.*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(str(tmp_path), download=False)
+
+
+@pytest.mark.skipif(not Path(DEBIAN_FASHION_MNIST).is_dir() and not os.environ.get("CI"), reason="apt-get install dataset-fashion-mnist (CI does)")
+def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # no ./data: the files must come from Debian's place
+    x_train, y_train, x_val, y_val = load_fashion_mnist(None, download=False)
+    assert x_train.shape == (60000, 1, 28, 28) and x_val.shape == (10000, 1, 28, 28)
+    assert torch.equal(torch.bincount(y_train), torch.full((10,), 6000))
+
+
+def test_resnet50_v1_strides_in_the_first_1x1():
+    from bench.models import build_model
+    model = build_model(ModelConfig(name="resnet50_v1", kwargs={"channels": [8, 16, 32, 64]}), 10)
+    block = model.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name,gflops", [("resnet50_v1", 3.8), ("resnet50", 4.1), ("resnet50c", 4.3), ("resnet50d", 4.3)])
+def test_table5_parameters_and_flops(name, gflops):
+    from bench.model_info import measure_model
+    m = measure_model(ModelConfig(name=name), 224)
+    assert 25.5 < m["params_m"] < 25.7 and abs(m["gflops"] - gflops) < 0.1
+
+
+def test_weights_from_a_checkpoint(tmp_path):
+    from bench.models import build_model
+    cfg = ModelConfig(name="resnet18d", small_input=True, kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
+    source = build_model(cfg, 10)
+    nn.init.normal_(source.fc.weight)
+    ddp_state = {"model": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(ddp_state, tmp_path / "last.pt")
+    loaded = build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "last.pt")}), 10)
+    assert torch.equal(loaded.fc.weight, source.fc.weight)
+    with pytest.raises(BenchError, match="does not fit the model"):
+        build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "last.pt")}), 7)
+    with pytest.raises(BenchError, match="model.checkpoint = .*nope.pt: no such file"):
+        build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "nope.pt")}), 10)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_resolves_and_names_its_table(recipe):
+    from bench.ablation import plan
+    loaded = load_recipe(recipe)
+    assert loaded.paper_table in ("table2", "table3", "table4", "table5", "table6")
+    specs = plan(loaded, smoke=True, where=str(recipe))
+    assert specs and all(s.config.data.max_train_batches == 3 for s in specs)
+
+
+SMALL_DATA = {"cifar10-table6", "cifar100-table6", "fashion-mnist-table6", "default"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch, capsys):
+    """The first step of every recipe through the CLI on generated files in the real formats;
+    the ImageNet-sized models take minutes on a CPU, so those run with BENCH_SMOKE_ALL=1."""
+    if recipe.stem not in SMALL_DATA and not os.environ.get("BENCH_SMOKE_ALL"):
+        pytest.skip("ImageNet-sized models: set BENCH_SMOKE_ALL=1")
+    paths = write_fake_data(tmp_path / "data")
+    monkeypatch.setenv("IMAGENET_ROOT", str(paths["imagenet"]))
+    monkeypatch.setenv("CIFAR_ROOT", str(paths["cifar"]))
+    monkeypatch.setenv("FASHION_MNIST_ROOT", str(paths["fashion_mnist"]))
+    first = load_recipe(recipe).steps[0].name
+    out = tmp_path / "out"
+    assert main([str(recipe), "--smoke", "--only", first, "--out", str(out), "--no-progress"]) == 0
+    assert (out / "runs.csv").is_file()
