@@ -33,6 +33,7 @@ class RunSpec:
     teacher_path: Optional[Path] = None
     paper_table: Optional[str] = None   # the recipe's paper_table, for the report
     paper_model: Optional[str] = None   # the paper's model this column stands in for
+    teacher_config: Optional[RunConfig] = None   # a teacher given as weights (train: false)
 
     @property
     def label(self) -> str:
@@ -42,8 +43,15 @@ class RunSpec:
         """The identifying fields every row about this run carries."""
         return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
                 "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
-                "teacher": str(self.teacher_path) if self.teacher_path else None,
+                "teacher": str(self.teacher_path) if self.teacher_path else _given_teacher(self.teacher_config),
                 "paper_table": self.paper_table, "paper_model": self.paper_model}
+
+
+def _given_teacher(cfg: Optional[RunConfig]) -> Optional[str]:
+    """How a teacher that is not trained here is named in the records."""
+    if cfg is None:
+        return None
+    return cfg.model.checkpoint or f"{cfg.model.name}.{cfg.model.pretrained}"
 
 
 def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
@@ -57,20 +65,23 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
         check_recipe(recipe, where, overrides)
     shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
     students, teachers_needed = [], {}
+    trained = {t.name: t.train for t in recipe.teachers}
     for seed in seeds if seeds is not None else recipe.seeds:
         for model in model_names(recipe):
             for i, step in enumerate(recipe.steps, start=1):
                 if only and step.name not in only:
                     continue
                 cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
-                teacher_path = None
-                if cfg.distill is not None:
+                teacher_path, teacher_cfg = None, None
+                if cfg.distill is not None and trained[cfg.distill.teacher]:
                     teacher_path = Path("teachers", cfg.distill.teacher, f"seed{seed}")
                     teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
+                elif cfg.distill is not None:   # given weights: loaded, not trained
+                    teacher_cfg = resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)
                 parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
                 students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
                                         Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path,
-                                        recipe.paper_table, recipe.paper_models.get(model, model)))
+                                        recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg))
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))
@@ -194,6 +205,8 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
         if runs.read_json(teacher_dir / runs.FINAL) is None:
             raise BenchError(f"{teacher_dir}: teacher run not finished")
         teacher_run = (by_path[spec.teacher_path].config, teacher_dir / runs.WEIGHTS)
+    elif spec.teacher_config is not None:
+        teacher_run = (spec.teacher_config, None)   # weights from model.checkpoint / model.pretrained
     t0 = time.perf_counter()
     try:
         with start_run(wandb, spec, run_dir, out) as tracker:   # an exception closes the W&B run as failed

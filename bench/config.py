@@ -132,6 +132,10 @@ class Variant(Strict):
     set: dict[str, Any] = {}
 
 
+class TeacherSpec(Variant):
+    train: bool = True   # False: use the weights of model.checkpoint or model.pretrained as they are
+
+
 class Recipe(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     paper_table: Optional[str] = None           # compare against results/paper/<paper_table>.csv
@@ -140,7 +144,7 @@ class Recipe(Strict):
     seeds: list[int] = Field([0], min_length=1)
     base: dict[str, Any] = {}
     models: list[Variant] = []                  # one column each; empty: just base.model
-    teachers: list[Variant] = []                # trained first, from base + their `set`
+    teachers: list[TeacherSpec] = []            # trained first (unless train: false), from base + their `set`
     steps: list[StepSpec] = Field(min_length=1)
     wandb: Optional[WandbConfig] = None         # Weights & Biases logging; absent: off (see --wandb)
 
@@ -243,6 +247,9 @@ def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], .
             raise ConfigError(f"{where}: paper_models: '{model}' is not a model of this recipe ({', '.join(model_names(recipe))})")
     teachers = [t.name for t in recipe.teachers]
     for teacher in recipe.teachers:
+        model = resolve_teacher(recipe, teacher.name, where, overrides).model
+        if not teacher.train and not (model.checkpoint or model.pretrained):
+            raise ConfigError(f"{where}: teacher '{teacher.name}': train: false needs model.checkpoint or model.pretrained")
         cfg = resolve_teacher(recipe, teacher.name, where, overrides)
         if cfg.distill is not None:
             raise ConfigError(f"{where}: teacher '{teacher.name}': a teacher cannot itself distil")

@@ -142,11 +142,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def load_teacher(teacher_cfg: RunConfig, weights: Path, num_classes: int, in_chans: int,
+def load_teacher(teacher_cfg: RunConfig, weights: Optional[Path], num_classes: int, in_chans: int,
                  device: torch.device) -> nn.Module:
-    """The teacher of a distillation run, from its run's final weights, frozen in eval mode."""
+    """The teacher of a distillation run, frozen in eval mode: from its run's final `weights`,
+    or, when None, from its config's model.checkpoint or model.pretrained (build_model loads them)."""
     model = build_model(teacher_cfg.model, num_classes, in_chans)
-    runs.load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
+    if weights is not None:
+        runs.load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
     model = model.to(device, memory_format=torch.channels_last if teacher_cfg.runtime.channels_last else torch.contiguous_format)
     return model.eval().requires_grad_(False)
 

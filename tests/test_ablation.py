@@ -105,3 +105,50 @@ def test_report_regenerates_tables_from_run_dirs(write_recipe, tmp_path, capsys)
     table = (out / "table.md").read_text()
     assert "| cosine |" in table and " ± " in table and "2 seeds" in table
     assert len(pd.read_csv(out / "runs.csv")) == 4
+
+
+def test_a_teacher_given_as_a_checkpoint_is_loaded_not_trained(write_recipe, tmp_path, monkeypatch):
+    import torch
+
+    from bench.config import ModelConfig
+    from bench.models import build_model
+
+    teacher_model = build_model(ModelConfig(name="resnet18d", small_input=True,
+                                            kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 10, 1)
+    weights = tmp_path / "teacher.pt"
+    torch.save(teacher_model.state_dict(), weights)
+    recipe = load_recipe(write_recipe(f"""
+        name: given
+        base:
+          model: {{name: resnet18d, small_input: true, kwargs: {{channels: [8, 16, 32, 64], stem_width: 8}}}}
+          data: {{dataset: digits, global_batch_size: 64, max_train_batches: 2, max_val_batches: 1}}
+          schedule: {{kind: cosine, epochs: 1}}
+        teachers:
+          - name: given
+            train: false
+            set: {{model: {{checkpoint: {weights}}}}}
+        steps:
+          - name: distill
+            set: {{distill: {{teacher: given, temperature: 4}}}}
+    """))
+    specs = plan(recipe)
+    assert [s.role for s in specs] == ["student"]           # no teacher run is planned
+    seen = []
+    real_load = engine.load_teacher
+    monkeypatch.setattr(engine, "load_teacher", lambda *a: (seen.append(a), real_load(*a))[1])
+    run_ablation(specs, tmp_path / "out", progress=False)
+    teacher = real_load(*seen[0])
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_model.state_dict().items())
+    assert load_runs(tmp_path / "out").loc[0, "teacher"] == str(weights)
+
+
+def test_a_teacher_not_trained_needs_weights(write_recipe):
+    from bench.errors import ConfigError
+
+    path = write_recipe("""
+        name: t
+        teachers: [{name: big, train: false}]
+        steps: [{name: a, set: {distill: {teacher: big}}}]
+    """)
+    with pytest.raises(ConfigError, match="teacher 'big': train: false needs model.checkpoint or model.pretrained"):
+        load_recipe(path)
