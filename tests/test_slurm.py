@@ -35,7 +35,7 @@ teachers:
     set: {label_smoothing: {eps: 0.1}}
 steps:
   - name: long                  # long enough to be caught running, then requeued
-    set: {schedule: {epochs: 40}}
+    set: {schedule: {epochs: 100}}   # outlives the requeue signal and KillWait, even on a fast machine
   - name: distill
     parent: long
     set: {schedule: {epochs: 2}, distill: {teacher: teacher, temperature: 20}}
@@ -109,7 +109,7 @@ def test_slurm_launch_with_teacher_dependency_and_forced_requeue(slurm, tmp_path
     log = Path(jobs["resnet18d/01-long/seed0"]["stdout"]).read_text()
     assert "resuming" in log, log[-2000:]   # the requeued job re-entered the run from last.pt
     epochs = [json.loads(line)["epoch"] for line in (long_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(40))
+    assert epochs == list(range(100))
 
     # an uninterrupted run of the same config ends with the same weights and result
     local = tmp_path / "local"
