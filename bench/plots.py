@@ -257,7 +257,7 @@ def write_figures(results: Results, out_dir: Path) -> list[Path]:
     for stem, fig in make_figures(results).items():
         for ext in ("png", "pdf"):
             path = out_dir / f"{stem}.{ext}"
-            with mpl.rc_context(STYLE):   # _atomic: a reader never sees half a figure
-                run_files._atomic(path, lambda f: fig.savefig(f, format=ext))
+            with mpl.rc_context(STYLE):   # atomic_write: a reader never sees half a figure
+                run_files.atomic_write(path, lambda f: fig.savefig(f, format=ext))
             written.append(path)
     return written

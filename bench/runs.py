@@ -21,7 +21,7 @@ METRICS = "metrics.jsonl"
 LOGIT_GAPS = "val_logit_gaps.npy"   # per validation image: max logit − mean of the others
 
 
-def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same directory, fsync, then rename over `path`:
     a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
@@ -47,25 +47,25 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text), "w")
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def write_yaml(path: Path, obj: Any) -> None:
-    _atomic(path, lambda f: yaml.safe_dump(obj, f, sort_keys=False), "w")
+    atomic_write(path, lambda f: yaml.safe_dump(obj, f, sort_keys=False), "w")
 
 
 def write_npy(path: Path, array: Any) -> None:
     import numpy as np
 
-    _atomic(path, lambda f: np.save(f, np.asarray(array)))
+    atomic_write(path, lambda f: np.save(f, np.asarray(array)))
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_torch(path: Path) -> Any:

@@ -149,8 +149,7 @@ def load_teacher(teacher_cfg: RunConfig, weights: Optional[Path], num_classes: i
     model = build_model(teacher_cfg.model, num_classes, in_chans)
     if weights is not None:
         runs.load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
-    model = model.to(device, memory_format=torch.channels_last if teacher_cfg.runtime.channels_last else torch.contiguous_format)
-    return model.eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False)   # the caller sets the student's memory format
 
 
 def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, Path]] = None,
@@ -194,9 +193,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         mix_rng.bit_generator.state = state["mix_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if "rng" in state:   # Python, NumPy, torch and CUDA generators
-            restore_rng(state["rng"])
+        restore_rng(state["rng"])   # Python, NumPy, torch and CUDA generators
         start_epoch, train_time_s = state["epoch"] + 1, state["train_time_s"]
     if main:
         runs.truncate_metrics(run_dir / runs.METRICS, start_epoch)
@@ -231,8 +228,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher_run: Optional[tuple[RunConfig, 
             tracker.log_epoch(row)
             runs.save_torch(run_dir / runs.CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "mix_rng": mix_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "rng": capture_rng(),
+                "mix_rng": mix_rng.bit_generator.state, "rng": capture_rng(),
                 "epoch": epoch, "train_time_s": train_time_s})
         bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
     bar.close()
