@@ -14,7 +14,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.y
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_ablation.py", description=(
         "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
-        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench'."))
+        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]'."))
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
     p.add_argument("--out", help="results directory (default: results/<recipe name>[-smoke])")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
@@ -129,8 +129,13 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return bench(argv)
 
 
+def cmd_bench_loader(argv: Sequence[str]) -> int:
+    from bench.loaderbench import cmd_bench_loader as bench_loader
+    return bench_loader(argv)
+
+
 COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models, "fake-data": cmd_fake_data,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "bench-loader": cmd_bench_loader}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

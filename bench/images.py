@@ -151,6 +151,12 @@ def _samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
         raise DataError(f"{split_dir}: {str(err).splitlines()[0]}") from None
 
 
+def scan_split(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folders and (path, label) samples of one split directory (DIR/<class>/*)."""
+    classes = _class_folders(split_dir)
+    return classes, _samples(split_dir, {c: i for i, c in enumerate(classes)})
+
+
 def scan_imagefolder(root: Optional[str], dataset: str) -> tuple[list[str], list, list]:
     """Classes and (path, label) samples of root/train and root/val, checked to match."""
     if root is None:

@@ -1,0 +1,162 @@
+"""Images/s of the ImageFolder training pipeline (JPEG decode, the paper's augmentation, the
+DataLoader), against the rate a GPU trains at in the paper.
+
+Three numbers, each through the harness's own code: decoding alone (`read_image`), the train
+transform alone on decoded images, and whole batches from `LoaderBatches` with 0..N worker
+processes (timed after the first batch, so worker start-up is left out). A GPU in Table 3 of
+the paper consumes 1,281,167 / (minutes per epoch × 60) / 8 images per second; dividing by the
+per-worker rate gives the CPU cores one GPU needs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.config import DataConfig
+from bench.errors import ConfigError
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+# Table 3, efficient training (batch 1024, FP16) on 8 V100s: minutes per epoch.
+PAPER_MINUTES_PER_EPOCH = {"resnet50d": 4.4, "inception_v3": 8.0, "mobilenet": 3.7}
+
+
+def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
+    return IMAGENET_TRAIN_IMAGES / (minutes * 60) / gpus
+
+
+def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375),
+                     quality: int = 90, seed: int = 0) -> Path:
+    """root/train/<class>/*.JPEG of ILSVRC's typical size (500×375): smooth random colour
+    fields plus mild noise, so that they compress and decode like photographs, not like noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(images):
+        folder = Path(root, "train", f"n{i % classes:08d}")
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        pixels = np.asarray(coarse, dtype=np.int16) + rng.normal(0, 6, size=(h, w, 3)).astype(np.int16)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:06d}.JPEG", quality=quality)
+    return Path(root)
+
+
+def _rate(fn: Callable[[], int], seconds: float) -> float:
+    """Items per second of `fn` (which returns how many items it handled), run for `seconds`."""
+    done, start = 0, time.perf_counter()
+    while True:
+        done += fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image_size: int, seconds: float,
+                   progress: Callable[[str], None] = lambda msg: None) -> dict:
+    from bench.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
+
+    cfg = DataConfig(dataset="imagefolder", root=str(root), global_batch_size=batch_size, image_size=image_size)
+    _, samples = scan_split(Path(root, "train"))
+    if len(samples) < batch_size:
+        raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
+    transform = train_transform(cfg, image_size)
+    paths = [p for p, _ in samples]
+    it = iter(range(10**12))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # per core, as in a DataLoader worker
+    try:
+        progress("decoding alone, one thread")
+        decode = _rate(lambda: (read_image(paths[next(it) % len(paths)]), 1)[1], seconds)
+        decoded = [read_image(p) for p in paths[:32]]
+        progress("the train transform alone, one thread")
+        augment = _rate(lambda: (transform(decoded[next(it) % len(decoded)]), 1)[1], seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+    loader = {}
+    for w in workers:
+        progress(f"DataLoader, {w} worker(s)")
+        batches = LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w)
+        epoch, stream = 0, None
+
+        def next_batch() -> int:
+            nonlocal epoch, stream
+            for _ in range(2):
+                try:
+                    return len(next(stream)[1])
+                except (StopIteration, TypeError):
+                    epoch, stream = epoch + 1, batches.epoch(epoch)
+            raise RuntimeError("the loader yielded no batch")
+
+        next_batch()   # worker start-up and the first batch are not timed
+        loader[str(w)] = _rate(next_batch, seconds)
+        del batches, stream
+    per_worker = {w: ips / max(int(w), 1) for w, ips in loader.items()}
+    best = max(per_worker.values())
+    return {
+        "images": len(samples), "image_size": image_size, "batch_size": batch_size,
+        "decode_images_per_s": decode, "transform_images_per_s": augment,
+        "loader_images_per_s": loader, "loader_images_per_s_per_worker": per_worker,
+        "paper_images_per_s_per_gpu": {m: paper_images_per_s_per_gpu(t) for m, t in PAPER_MINUTES_PER_EPOCH.items()},
+        "cores_per_gpu": {m: paper_images_per_s_per_gpu(t) / best for m, t in PAPER_MINUTES_PER_EPOCH.items()},
+    }
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{r['images']} JPEGs, crop {r['image_size']} px, batch {r['batch_size']}",
+             f"decode only: {r['decode_images_per_s']:.0f} images/s; train transform only: "
+             f"{r['transform_images_per_s']:.0f} images/s (one thread)",
+             "", "| workers | images/s | per worker |", "|---|---|---|"]
+    for w, ips in r["loader_images_per_s"].items():
+        lines.append(f"| {w} | {ips:.0f} | {r['loader_images_per_s_per_worker'][w]:.0f} |")
+    lines += ["", "paper's rate per V100 (Table 3, efficient) and the loader cores it needs at this machine's rate:"]
+    for m, ips in r["paper_images_per_s_per_gpu"].items():
+        lines.append(f"  {m}: {ips:.0f} images/s -> {r['cores_per_gpu'][m]:.1f} cores per GPU")
+    return "\n".join(lines)
+
+
+def cmd_bench_loader(argv: Sequence[str]) -> int:
+    import argparse
+    import tempfile
+
+    from bench.benchmark import environment
+    from bench.runs import atomic_write
+
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-loader", description=(
+        "Images/s of the ImageFolder training pipeline (decode, augmentation, DataLoader workers)."))
+    p.add_argument("root", nargs="?", help="an ImageFolder tree (DIR/train/<class>/*); default: "
+                   "generate ILSVRC-sized JPEGs in a temporary folder")
+    p.add_argument("--images", type=int, default=256, help="JPEGs to generate when no root is given")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seconds", type=float, default=5.0, help="time spent on each measurement")
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args = p.parse_args(argv)
+    for name in ("images", "batch_size", "image_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"bench-loader --{name.replace('_', '-')} = {getattr(args, name)}: must be at least 1")
+    if any(w < 0 for w in args.workers):
+        raise ConfigError(f"bench-loader --workers {args.workers}: must be 0 or more")
+    if args.out and Path(args.out).exists():
+        raise ConfigError(f"--out {args.out}: exists; recorded results are never overwritten, choose a new file")
+    with tempfile.TemporaryDirectory() as tmp:
+        root: Optional[Path] = Path(args.root) if args.root else None
+        if root is None:
+            print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
+            root = write_photo_tree(Path(tmp), args.images)
+        result = measure_loader(root, workers=args.workers, batch_size=args.batch_size, image_size=args.image_size,
+                                seconds=args.seconds, progress=lambda msg: print(msg, flush=True))
+    result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
+    result["environment"] = environment(torch.device("cpu"))
+    print(format_result(result))
+    if args.out:
+        text = json.dumps(result, indent=1) + "\n"
+        atomic_write(Path(args.out), lambda f: f.write(text), mode="w")
+        print(f"wrote {args.out}")
+    return 0

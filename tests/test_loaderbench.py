@@ -1,0 +1,58 @@
+"""The ImageFolder loader benchmark: real JPEGs through the harness's own loader, paper rates by formula."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import bench.images as images
+import bench.loaderbench as lb
+from bench.cli import main
+
+
+def test_paper_rate_per_gpu_is_imagenet_over_epoch_time_over_eight():
+    assert lb.paper_images_per_s_per_gpu(4.4) == pytest.approx(1_281_167 / 264 / 8)   # ≈ 606.6 images/s
+    assert lb.paper_images_per_s_per_gpu(8.0, gpus=1) == pytest.approx(1_281_167 / 480)
+
+
+def test_generated_jpegs_are_photo_sized_and_compress_like_photos(tmp_path):
+    lb.write_photo_tree(tmp_path, images=3, classes=2)
+    files = sorted(tmp_path.glob("train/*/*.JPEG"))
+    assert len(files) == 3 and len({f.parent.name for f in files}) == 2
+    with Image.open(files[0]) as img:
+        assert img.size == (500, 375) and img.format == "JPEG"
+    # uniform noise of this size is ~400 KB at quality 90; a smooth photo-like field is far smaller
+    assert all(f.stat().st_size < 120_000 for f in files)
+
+
+def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
+    lb.write_photo_tree(tmp_path, images=6, classes=2, size=(96, 72))
+    seen = []
+    real = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda p: seen.append(p) or real(p))
+    r = lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.05)
+    assert r["images"] == 6 and set(r["loader_images_per_s"]) == {"0"}
+    assert all(str(tmp_path) in p for p in seen) and len(seen) > 6   # decode and the loader both read the files
+    assert r["decode_images_per_s"] > 0 and r["transform_images_per_s"] > 0
+    assert r["loader_images_per_s_per_worker"]["0"] == r["loader_images_per_s"]["0"]
+    best = r["loader_images_per_s"]["0"]
+    assert r["cores_per_gpu"]["resnet50d"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
+
+
+def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
+    out = tmp_path / "loader.json"
+    args = ["bench-loader", "--images", "4", "--batch-size", "2", "--image-size", "32", "--workers", "1",
+            "--seconds", "0.05", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["source"].startswith("generated: 4 JPEGs") and result["loader_images_per_s"]["1"] > 0
+    assert "cores per GPU" in capsys.readouterr().out
+    before = out.read_text()
+    assert main(args) == 2 and out.read_text() == before
+    assert "never overwritten" in capsys.readouterr().err
+    assert main(["bench-loader", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "none/train: no class folders" in err and err.count("\n") == 1
+    assert main(["bench-loader", "--batch-size", "0"]) == 2
+    assert "bench-loader --batch-size = 0: must be at least 1" in capsys.readouterr().err
