@@ -53,7 +53,7 @@ def plot_staircase(runs: pd.DataFrame, stats: Optional[pd.DataFrame] = None) -> 
             right = ax.twinx()
             right.spines["right"].set_visible(True)
             right.grid(False)
-            paper_model = runs.drop_duplicates("model").set_index("model")["paper_model"]
+            paper_model = _students(runs).drop_duplicates("model").set_index("model")["paper_model"]
             for i, (model, s) in enumerate(paper.groupby("model", sort=False)):
                 right.plot([x[v] for v in s["step"]], s["paper_top1"], "D--", mfc="none", color=COLORS[i], ms=8,
                            lw=1, alpha=0.7, label=f"paper: {paper_model.get(model, model)} on ImageNet (right axis)")

@@ -174,3 +174,12 @@ def test_notebook_runs_top_to_bottom_on_a_results_dir(smoke, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(FIGURES)
     assert any("| cosine |" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert json.dumps(nb.cells[1].outputs).count("6 finished runs") == 1
+
+
+def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_name(smoke):
+    runs = results.load_runs(smoke)
+    teacher = runs.iloc[[0]].assign(role="teacher", step="teacher", step_index=0, paper_model=float("nan"),
+                                    paper_table=float("nan"))
+    fig = plots.plot_staircase(pd.concat([teacher, runs], ignore_index=True))
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "paper: resnet50d on ImageNet (right axis)" in labels
