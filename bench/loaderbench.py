@@ -97,7 +97,8 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
         loader[str(w)] = _rate(next_batch, seconds)
         del batches, stream
     per_worker = {w: ips / max(int(w), 1) for w, ips in loader.items()}
-    best = max(per_worker.values())
+    # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads
+    best = max([v for w, v in per_worker.items() if int(w) > 0] or per_worker.values())
     return {
         "images": len(samples), "image_size": image_size, "batch_size": batch_size,
         "decode_images_per_s": decode, "transform_images_per_s": augment,
