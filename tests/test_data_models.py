@@ -166,20 +166,28 @@ def test_every_recipe_resolves_and_names_its_table(recipe):
     assert specs and all(s.config.data.max_train_batches == 3 for s in specs)
 
 
-SMALL_DATA = {"cifar10-table6", "cifar100-table6", "fashion-mnist-table6", "default"}
+SMALL_DATASETS = {"digits", "cifar10", "cifar100", "fashion_mnist"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch, capsys):
-    """The first step of every recipe through the CLI on generated files in the real formats;
-    the ImageNet-sized models take minutes on a CPU, so those run with BENCH_SMOKE_ALL=1."""
-    if recipe.stem not in SMALL_DATA and not os.environ.get("BENCH_SMOKE_ALL"):
+def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch):
+    """Every recipe whole (its teachers, every model, step and seed) through the CLI's --smoke on
+    generated files in the real formats; the ImageNet-sized models take minutes on a CPU, so
+    those run with BENCH_SMOKE_ALL=1 (as CI does)."""
+    import pandas as pd
+    from bench.ablation import plan
+
+    loaded = load_recipe(recipe)
+    if loaded.base.get("data", {}).get("dataset", "digits") not in SMALL_DATASETS and not os.environ.get("BENCH_SMOKE_ALL"):
         pytest.skip("ImageNet-sized models: set BENCH_SMOKE_ALL=1")
     paths = write_fake_data(tmp_path / "data")
     monkeypatch.setenv("IMAGENET_ROOT", str(paths["imagenet"]))
     monkeypatch.setenv("CIFAR_ROOT", str(paths["cifar"]))
     monkeypatch.setenv("FASHION_MNIST_ROOT", str(paths["fashion_mnist"]))
-    first = load_recipe(recipe).steps[0].name
     out = tmp_path / "out"
-    assert main([str(recipe), "--smoke", "--only", first, "--out", str(out), "--no-progress"]) == 0
-    assert (out / "runs.csv").is_file()
+    assert main([str(recipe), "--smoke", "--out", str(out), "--no-progress"]) == 0
+    planned = plan(loaded, smoke=True, where=str(recipe))
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["path"]) == sorted(str(s.path) for s in planned)
+    assert all((out / s.path / "final.json").is_file() for s in planned)
+    assert (out / "table.md").is_file() and (out / "figures" / "staircase.png").is_file()
