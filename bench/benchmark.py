@@ -344,12 +344,12 @@ def bench_parser():
 
 def cmd_bench(argv) -> int:
     from pathlib import Path
-    import json
+
+    from bench.runs import refuse_existing, write_json
 
     args = vars(bench_parser().parse_args(argv))
     out, width = args.pop("out"), args.pop("width")
-    if out and Path(out).exists():
-        raise ConfigError(f"--out {out}: exists; recorded results are never overwritten, choose a new file")
+    refuse_existing(out)
     if width is not None:
         if width < 1:
             raise ConfigError(f"bench --width = {width}: must be at least 1")
@@ -358,9 +358,6 @@ def cmd_bench(argv) -> int:
     result = run_benchmark(BenchSettings(**args), progress=lambda msg: print(msg, flush=True))
     print(format_table(result))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(out)
+        write_json(Path(out), result)
         print(f"wrote {out}")
     return 0

@@ -9,10 +9,10 @@ per-worker rate gives the CPU cores one GPU needs.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,18 @@ from bench.config import DataConfig
 from bench.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
-# Table 3, efficient training (batch 1024, FP16) on 8 V100s: minutes per epoch.
-PAPER_MINUTES_PER_EPOCH = {"resnet50d": 4.4, "inception_v3": 8.0, "mobilenet": 3.7}
 
 
 def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
     return IMAGENET_TRAIN_IMAGES / (minutes * 60) / gpus
+
+
+def paper_minutes_per_epoch() -> dict[str, float]:
+    """Table 3's efficient rows (batch 1024, FP16, 8 V100s), from results/paper/table3.csv."""
+    from bench.results import load_paper
+
+    t3 = load_paper("table3")
+    return dict(zip(*t3[t3["step"] == "efficient"][["model", "time_per_epoch_min"]].to_dict("list").values()))
 
 
 def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375),
@@ -45,14 +51,19 @@ def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int
     return Path(root)
 
 
-def _rate(fn: Callable[[], int], seconds: float) -> float:
-    """Items per second of `fn` (which returns how many items it handled), run for `seconds`."""
-    done, start = 0, time.perf_counter()
-    while True:
-        done += fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done / elapsed
+def _rate(step: Callable[[], object], seconds: float, per_call: int = 1) -> float:
+    """Items per second of `step` (which handles `per_call` items), called for `seconds`."""
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return calls * per_call / (time.perf_counter() - start)
+
+
+def _endless(batches) -> Iterator:
+    """The loader's batches, epoch after epoch."""
+    for epoch in itertools.count():
+        yield from batches.epoch(epoch)
 
 
 def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image_size: int, seconds: float,
@@ -64,47 +75,36 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     if len(samples) < batch_size:
         raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
     transform = train_transform(cfg, image_size)
-    paths = [p for p, _ in samples]
-    it = iter(range(10**12))
+    paths = itertools.cycle([p for p, _ in samples])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # per core, as in a DataLoader worker
     try:
         progress("decoding alone, one thread")
-        decode = _rate(lambda: (read_image(paths[next(it) % len(paths)]), 1)[1], seconds)
-        decoded = [read_image(p) for p in paths[:32]]
+        decode = _rate(lambda: read_image(next(paths)), seconds)
+        decoded = itertools.cycle([read_image(next(paths)) for _ in range(32)])
         progress("the train transform alone, one thread")
-        augment = _rate(lambda: (transform(decoded[next(it) % len(decoded)]), 1)[1], seconds)
+        augment = _rate(lambda: transform(next(decoded)), seconds)
     finally:
         torch.set_num_threads(threads)
 
     loader = {}
     for w in workers:
         progress(f"DataLoader, {w} worker(s)")
-        batches = LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w)
-        epoch, stream = 0, None
-
-        def next_batch() -> int:
-            nonlocal epoch, stream
-            for _ in range(2):
-                try:
-                    return len(next(stream)[1])
-                except (StopIteration, TypeError):
-                    epoch, stream = epoch + 1, batches.epoch(epoch)
-            raise RuntimeError("the loader yielded no batch")
-
-        next_batch()   # worker start-up and the first batch are not timed
-        loader[str(w)] = _rate(next_batch, seconds)
-        del batches, stream
+        # shuffled epochs drop the last partial batch: every batch holds batch_size images
+        stream = _endless(LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w))
+        next(stream)   # worker start-up and the first batch are not timed
+        loader[str(w)] = _rate(lambda: next(stream), seconds, per_call=batch_size)
+        stream.close()
     per_worker = {w: ips / max(int(w), 1) for w, ips in loader.items()}
     # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads
     best = max([v for w, v in per_worker.items() if int(w) > 0] or per_worker.values())
+    paper = {m: paper_images_per_s_per_gpu(t) for m, t in paper_minutes_per_epoch().items()}
     return {
         "images": len(samples), "image_size": image_size, "batch_size": batch_size,
         "decode_images_per_s": decode, "transform_images_per_s": augment,
         "loader_images_per_s": loader, "loader_images_per_s_per_worker": per_worker,
-        "paper_images_per_s_per_gpu": {m: paper_images_per_s_per_gpu(t) for m, t in PAPER_MINUTES_PER_EPOCH.items()},
-        "cores_per_gpu": {m: paper_images_per_s_per_gpu(t) / best for m, t in PAPER_MINUTES_PER_EPOCH.items()},
+        "paper_images_per_s_per_gpu": paper, "cores_per_gpu": {m: ips / best for m, ips in paper.items()},
     }
 
 
@@ -126,7 +126,7 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
     import tempfile
 
     from bench.benchmark import environment
-    from bench.runs import atomic_write
+    from bench.runs import refuse_existing, write_json
 
     p = argparse.ArgumentParser(prog="run_ablation.py bench-loader", description=(
         "Images/s of the ImageFolder training pipeline (decode, augmentation, DataLoader workers)."))
@@ -144,8 +144,7 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
             raise ConfigError(f"bench-loader --{name.replace('_', '-')} = {getattr(args, name)}: must be at least 1")
     if any(w < 0 for w in args.workers):
         raise ConfigError(f"bench-loader --workers {args.workers}: must be 0 or more")
-    if args.out and Path(args.out).exists():
-        raise ConfigError(f"--out {args.out}: exists; recorded results are never overwritten, choose a new file")
+    refuse_existing(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         root: Optional[Path] = Path(args.root) if args.root else None
         if root is None:
@@ -157,7 +156,6 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
     result["environment"] = environment(torch.device("cpu"))
     print(format_result(result))
     if args.out:
-        text = json.dumps(result, indent=1) + "\n"
-        atomic_write(Path(args.out), lambda f: f.write(text), mode="w")
+        write_json(Path(args.out), result)
         print(f"wrote {args.out}")
     return 0

@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
+from bench.errors import ConfigError
+
 from bench.errors import BenchError
 
 FINAL = "final.json"
@@ -48,6 +50,12 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
+
+
+def refuse_existing(path: Optional[str], flag: str = "--out") -> None:
+    """Recorded results are never overwritten: a one-line error when `path` exists."""
+    if path and Path(path).exists():
+        raise ConfigError(f"{flag} {path}: exists; recorded results are never overwritten, choose a new file")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -37,7 +37,7 @@ def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
     assert r["decode_images_per_s"] > 0 and r["transform_images_per_s"] > 0
     assert r["loader_images_per_s_per_worker"]["0"] == r["loader_images_per_s"]["0"]
     best = r["loader_images_per_s"]["0"]
-    assert r["cores_per_gpu"]["resnet50d"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
+    assert r["cores_per_gpu"]["resnet50_v1"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
 
 
 def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
