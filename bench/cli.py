@@ -1,24 +1,49 @@
-"""Command line: run an ablation from a recipe, or regenerate its report."""
+"""The command line: `run_ablation.py`, `python -m bench` and the `run-ablation` console command.
+
+    [run] RECIPE        train a recipe's ablation here and tabulate it (the default command)
+    launch RECIPE       the same, locally, with torchrun, or as SLURM jobs
+    status DIR          the state of every run of a launched ablation
+    report DIR          rebuild the tables and figures from run directories (or W&B)
+    models, fake-data, bench, bench-loader
+"""
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
+from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
+from bench.ablation.execute import check_writable
+from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
+from bench.ablation.status import ablation_status, format_status
+from bench.ablation.tracking import choose_settings
+from bench.config import load_recipe, parse_override
+from bench.engine import distributed as dist
+from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
+from bench.perf.commands import cmd_bench, cmd_bench_loader
+from bench.perf.model_info import models_table
+from bench.report import write_report
+from bench.report.wandb import log_report, write_wandb_report
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RECIPE = ROOT / "recipes" / "default.yaml"
 
 
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_ablation.py", description=(
         "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
-        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]'."))
+        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', "
+        "'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]'."))
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
     p.add_argument("--out", help="results directory (default: results/<recipe name>[-smoke])")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (and the teachers they need)")
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="run only these model columns of the recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value in every run, e.g. --set schedule.epochs=5")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 batches per run: check the pipeline")
@@ -31,26 +56,26 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_run(argv: Sequence[str]) -> int:
-    from bench.ablation import plan, run_ablation
-    from bench.config import load_recipe, parse_override
-    from bench.results import write_report
-
-    args = run_parser().parse_args(argv)
+def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
+    """The recipe's name, its planned runs and the results directory of parsed run arguments."""
     recipe = load_recipe(args.recipe)
     overrides = tuple(parse_override(text) for text in args.overrides)
-    specs = plan(recipe, seeds=args.seeds, only=args.only, overrides=overrides, smoke=args.smoke, where=args.recipe)
+    specs = plan(recipe, seeds=args.seeds, only=args.only, models=args.models, overrides=overrides,
+                 smoke=args.smoke, where=args.recipe)
     out = Path(args.out or Path("results") / (recipe.name + ("-smoke" if args.smoke else "")))
+    return recipe, specs, out
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    args = run_parser().parse_args(argv)
+    recipe, specs, out = planned(args)
     print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
-    from bench.tracking import choose_settings
     wandb = choose_settings(recipe.wandb, args.wandb)
-    from bench.ablation import RunsFailed
     try:
         run_ablation(specs, out, progress=not args.no_progress, wandb=wandb, on_failure=args.on_failure)
         failure = None
     except RunsFailed as err:   # the finished runs are still tabulated
         failure = err
-    from bench import dist
     if not dist.is_main():   # under torchrun / SLURM, rank 0 writes the report
         return 1 if failure else 0
     print(write_report(out))
@@ -58,14 +83,62 @@ def cmd_run(argv: Sequence[str]) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return 1
     print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
-    from bench.wandb_report import log_report
     log_report(wandb, out)
     return 0
 
 
-def cmd_report(argv: Sequence[str]) -> int:
-    from bench.results import write_report
+def cmd_launch(argv: Sequence[str]) -> int:
+    p = run_parser()
+    p.prog, p.description = "run_ablation.py launch", "Launch an ablation locally, with torchrun, or on SLURM."
+    p.add_argument("--launcher", choices=["local", "torchrun", "slurm"], help="default: the cluster file's, else local")
+    p.add_argument("--cluster", help="cluster settings YAML (e.g. recipes/cluster/slurm.yaml)")
+    p.add_argument("--partition")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit of each job, minutes")
+    p.add_argument("--nproc-per-node", type=int, help="torchrun: processes on this node")
+    args = p.parse_args(argv)
+    cluster = load_cluster(args.cluster, {k: getattr(args, k) for k in (
+        "launcher", "partition", "nodes", "gpus_per_node", "time_min", "nproc_per_node")})
+    recipe, specs, out = planned(args)
+    out = out.resolve()
+    if cluster.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise BenchError("--launcher slurm: sbatch not found; run this on a SLURM login node")
+    check_writable(out)
+    merge_manifest(specs, out, cluster.launcher)
+    run_argv = [str(Path(args.recipe).resolve()), "--out", str(out), *(["--smoke"] if args.smoke else []),
+                *(["--no-progress"] if args.no_progress else []),
+                *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
+                *(["--only", *args.only] if args.only else []),
+                *(["--models", *args.models] if args.models else []),
+                *[x for text in args.overrides for x in ("--set", text)]]
+    if cluster.launcher == "local":
+        return cmd_run(run_argv)
+    if cluster.launcher == "torchrun":
+        return subprocess.run(torchrun_command(cluster.nproc_per_node, run_argv)).returncode
+    print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
+    launch_slurm(specs, out, cluster)
+    print(f"follow with: python run_ablation.py status {out}")
+    return 0
 
+
+def cmd_status(argv: Sequence[str]) -> int:
+    """Every run's state; the report once all finished."""
+    p = argparse.ArgumentParser(prog="run_ablation.py status", description="State of every run of a launched ablation.")
+    p.add_argument("results_dir")
+    args = p.parse_args(argv)
+    out = Path(args.results_dir)
+    if not out.is_dir():
+        raise BenchError(f"{out}: no such results directory")
+    rows = ablation_status(out)
+    print(format_status(rows))
+    if all(r["state"] == "finished" for r in rows):
+        print(write_report(out))
+        print(f"all {len(rows)} runs finished: wrote {out / 'runs.csv'} and {out / 'table.md'}")
+    return 1 if any(r["state"] == "failed" for r in rows) else 0
+
+
+def cmd_report(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="run_ablation.py report", description="Regenerate tables from run directories.")
     p.add_argument("results_dir", nargs="?", help="with --from-wandb: where to write (default: results/GROUP-wandb)")
     p.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="rebuild from a W&B project's runs instead")
@@ -73,7 +146,6 @@ def cmd_report(argv: Sequence[str]) -> int:
     p.add_argument("--no-figures", action="store_true", help="tables only (figures/ is left as it is)")
     args = p.parse_args(argv)
     if args.from_wandb or args.group:
-        from bench.wandb_report import write_wandb_report
         if not (args.from_wandb and args.group):
             raise BenchError("report: --from-wandb ENTITY/PROJECT and --group NAME go together")
         out = Path(args.results_dir or Path("results") / f"{args.group}-wandb")
@@ -90,8 +162,6 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 
 def cmd_models(argv: Sequence[str]) -> int:
-    from bench.model_info import models_table
-
     p = argparse.ArgumentParser(prog="run_ablation.py models",
                                 description="The paper's models (or NAMEs): parameters and GFLOPs (multiply-adds).")
     p.add_argument("names", nargs="*", metavar="NAME", help="timm names (default: the paper's models)")
@@ -102,8 +172,6 @@ def cmd_models(argv: Sequence[str]) -> int:
 
 
 def cmd_fake_data(argv: Sequence[str]) -> int:
-    from bench.fakedata import write_fake_data
-
     p = argparse.ArgumentParser(prog="run_ablation.py fake-data", description=(
         "Write tiny data sets of random pixels in the real formats (ImageFolder JPEGs, CIFAR "
         "batches, Fashion-MNIST IDX) for smoke runs."))
@@ -114,28 +182,8 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_launch(argv: Sequence[str]) -> int:
-    from bench.launch import cmd_launch as launch
-    return launch(argv)
-
-
-def cmd_status(argv: Sequence[str]) -> int:
-    from bench.launch import cmd_status as status
-    return status(argv)
-
-
-def cmd_bench(argv: Sequence[str]) -> int:
-    from bench.benchmark import cmd_bench as bench
-    return bench(argv)
-
-
-def cmd_bench_loader(argv: Sequence[str]) -> int:
-    from bench.loaderbench import cmd_bench_loader as bench_loader
-    return bench_loader(argv)
-
-
-COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models, "fake-data": cmd_fake_data,
-            "bench": cmd_bench, "bench-loader": cmd_bench_loader}
+COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
+            "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

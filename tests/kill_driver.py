@@ -20,9 +20,12 @@ from pathlib import Path
 
 import torch
 
-import bench.train as engine
+import bench.engine as engine
+import bench.engine.loop as loop
+import bench.engine.step as step_mod
 from bench import runs
 from bench.config import RunConfig
+from bench.runs import RunDir
 
 CONFIG = {
     "model": {"name": "resnet18d", "small_input": True,
@@ -51,10 +54,10 @@ def arm(point: str, at: int) -> None:
         return count[0] == at
 
     if point == "batch":
-        real_loss = engine.training_loss
-        engine.training_loss = lambda *a, **k: die() if hit() else real_loss(*a, **k)
+        real_loss = step_mod.training_loss
+        step_mod.training_loss = lambda *a, **k: die() if hit() else real_loss(*a, **k)
     elif point == "eval":
-        real_eval = engine.evaluate
+        real_eval = loop.evaluate
 
         class FirstBatchThenDie:
             def __init__(self, batches):
@@ -65,7 +68,7 @@ def arm(point: str, at: int) -> None:
                 yield next(it)
                 die()
 
-        engine.evaluate = lambda model, batches, *a, **k: real_eval(
+        loop.evaluate = lambda model, batches, *a, **k: real_eval(
             model, FirstBatchThenDie(batches) if hit() else batches, *a, **k)
     elif point in ("ckpt", "weights"):
         real_save = torch.save
@@ -97,13 +100,13 @@ def attempt(run_dir: Path, point, at: int) -> dict:
         finally:
             os._exit(0)
     if point == "external":
-        while len(runs.read_metrics(run_dir / runs.METRICS)) < at:
+        while len(RunDir(run_dir).read_metrics()) < at:
             if os.waitpid(pid, os.WNOHANG) != (0, 0):
                 raise SystemExit("the child finished before it could be killed")
             time.sleep(0.001)
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    ckpt = run_dir / runs.CHECKPOINT
+    ckpt = run_dir / RunDir.CHECKPOINT
     return {"point": point, "at": at, "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
             "checkpoint_epoch": runs.load_torch(ckpt)["epoch"] if ckpt.is_file() else None,
             "tmp_files": sorted(p.name for p in run_dir.glob(".*.tmp"))}

@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import bench.train as engine
-from bench import runs
+import bench.ablation.execute as ablation_execute
+import bench.engine.training as setup_mod
 from bench.ablation import plan, run_ablation
 from bench.cli import main
 from bench.config import load_recipe
 from bench.errors import BenchError
-from bench.results import load_runs
+from bench.report import load_runs
+from bench.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,16 +45,16 @@ def test_rerun_skips_finished_runs_and_resumes_partial_ones(write_recipe, tmp_pa
     specs = plan(recipe, only=["efficient", "cosine"])
     out = tmp_path / "out"
     run_ablation(specs[:1], out, progress=False)
-    first = (out / specs[0].path / runs.FINAL).read_text()
+    first = (out / specs[0].path / RunDir.FINAL).read_text()
 
     trained = []
-    real_train = engine.train
-    monkeypatch.setattr(engine, "train", lambda cfg, run_dir, **kw: (trained.append(run_dir), real_train(cfg, run_dir, **kw))[1])
+    real_train = ablation_execute.train
+    monkeypatch.setattr(ablation_execute, "train", lambda cfg, run_dir, **kw: (trained.append(run_dir), real_train(cfg, run_dir, **kw))[1])
     lines = []
     run_ablation(specs, out, progress=False, echo=lines.append)
-    assert trained == [out / specs[1].path]
+    assert [run.path for run in trained] == [out / specs[1].path]
     assert "finished, skipped" in lines[0]
-    assert (out / specs[0].path / runs.FINAL).read_text() == first
+    assert (out / specs[0].path / RunDir.FINAL).read_text() == first
 
 
 def test_a_finished_run_of_another_config_is_never_overwritten(write_recipe, tmp_path):
@@ -61,12 +62,12 @@ def test_a_finished_run_of_another_config_is_never_overwritten(write_recipe, tmp
     out = tmp_path / "out"
     specs = plan(recipe, only=["efficient"])
     run_ablation(specs, out, progress=False)
-    before = (out / specs[0].path / runs.FINAL).read_bytes()
+    before = (out / specs[0].path / RunDir.FINAL).read_bytes()
     from bench.config import parse_override
     changed = plan(recipe, only=["efficient"], overrides=(parse_override("optim.lr_per_256=0.2"),))
     with pytest.raises(BenchError, match="different config"):
         run_ablation(changed, out, progress=False)
-    assert (out / specs[0].path / runs.FINAL).read_bytes() == before
+    assert (out / specs[0].path / RunDir.FINAL).read_bytes() == before
 
 
 def test_distillation_steps_train_their_teacher_first(write_recipe, tmp_path):
@@ -111,7 +112,7 @@ def test_a_teacher_given_as_a_checkpoint_is_loaded_not_trained(write_recipe, tmp
     import torch
 
     from bench.config import ModelConfig
-    from bench.models import build_model
+    from bench.engine.models import build_model
 
     teacher_model = build_model(ModelConfig(name="resnet18d", small_input=True,
                                             kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 10, 1)
@@ -134,8 +135,8 @@ def test_a_teacher_given_as_a_checkpoint_is_loaded_not_trained(write_recipe, tmp
     specs = plan(recipe)
     assert [s.role for s in specs] == ["student"]           # no teacher run is planned
     seen = []
-    real_load = engine.load_teacher
-    monkeypatch.setattr(engine, "load_teacher", lambda *a: (seen.append(a), real_load(*a))[1])
+    real_load = setup_mod.load_teacher
+    monkeypatch.setattr(setup_mod, "load_teacher", lambda *a: (seen.append(a), real_load(*a))[1])
     run_ablation(specs, tmp_path / "out", progress=False)
     teacher = real_load(*seen[0])
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_model.state_dict().items())
@@ -152,3 +153,14 @@ def test_a_teacher_not_trained_needs_weights(write_recipe):
     """)
     with pytest.raises(ConfigError, match="teacher 'big': train: false needs model.checkpoint or model.pretrained"):
         load_recipe(path)
+
+
+def test_the_committed_fashion_mnist_runs_are_finished_under_their_recipe():
+    """The config hash is stable: every run in results/ still counts as finished for its recipe
+    (adding a trick section to the schema must not turn recorded runs into conflicts)."""
+    recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-cpu.yaml")
+    out = ROOT / "results" / "fashion_mnist_table6"
+    specs = plan(recipe)
+    assert len(specs) == (2 + 6) * 3   # two teachers and six steps, seeds 0-2
+    for spec in specs:
+        assert RunDir(out / spec.path).state(spec.config) == "finished", spec.path

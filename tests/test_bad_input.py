@@ -12,8 +12,9 @@ from bench import runs
 from bench.ablation import plan
 from bench.cli import main
 from bench.config import load_recipe
-from bench.fakedata import write_imagefolder
-from bench.models import build_model
+from bench.engine.data.fake import write_imagefolder
+from bench.engine.models import build_model
+from bench.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "errors.md"
@@ -25,11 +26,11 @@ def fake_teacher(recipe: Path, out: Path, weights) -> None:
     """A teacher run that looks finished, holding `weights` (a state dict or bytes) as its model.pt."""
     teacher = plan(load_recipe(recipe), only=["distill"], smoke=True)[0]
     run_dir = out / teacher.path
-    runs.write_json(run_dir / runs.FINAL, {**teacher.record(), "top1": 50.0, "top5": 90.0})
+    runs.write_json(run_dir / RunDir.FINAL, {**teacher.record(), "top1": 50.0, "top5": 90.0})
     if isinstance(weights, bytes):
-        (run_dir / runs.WEIGHTS).write_bytes(weights)
+        (run_dir / RunDir.WEIGHTS).write_bytes(weights)
     else:
-        torch.save(weights, run_dir / runs.WEIGHTS)
+        torch.save(weights, run_dir / RunDir.WEIGHTS)
 
 
 def teacher_state(name: str, classes: int) -> dict:
@@ -133,7 +134,7 @@ def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, 
     argv = setup(case, tmp_path, recipe, monkeypatch)
     out = tmp_path / "o"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    ckpt = out / "resnet18d" / "01-efficient" / "seed0" / runs.CHECKPOINT
+    ckpt = out / "resnet18d" / "01-efficient" / "seed0" / RunDir.CHECKPOINT
     code = main([*argv, "--smoke", "--no-progress"] + ([] if "--out" in argv else ["--out", str(out)]))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-import bench.benchmark as bm
-import bench.train as engine
+import bench.engine.loop as loop
+import bench.perf.commands as bench_commands
+import bench.perf.throughput as bm
 from bench.cli import main
 from bench.errors import ConfigError
 
@@ -19,13 +20,13 @@ TINY = dict(model="resnet18d", teacher="resnet18d", image_size=16, batch_size=4,
 
 def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
     seen = []
-    real = engine.train_step
+    real = loop.train_step
 
     def spy(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing=None, teacher=None):
         seen.append((cfg.label_smoothing is not None, mixing is not None, cfg.distill is not None, teacher is not None))
         return real(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing, teacher)
 
-    monkeypatch.setattr(bm, "train_step", spy)
+    monkeypatch.setattr(loop, "train_step", spy)
     result = bm.run_benchmark(bm.BenchSettings(**TINY))
     assert set(seen) == {(False, False, False, True), (True, False, False, True), (False, True, False, True),
                          (False, False, True, True), (True, True, True, True)}
@@ -40,12 +41,10 @@ def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
 def test_train_flops_are_three_forward_passes_of_the_convolutions_and_linear():
     s = bm.BenchSettings(**{**TINY, "model": "resnet18d"})
     cfg = s.run_config({})
-    model = bm.build_models(s, cfg, torch.device("cpu"))[0]
+    training, _ = bm.build_training(s, cfg, torch.device("cpu"))
     with torch.utils.flop_counter.FlopCounterMode(display=False) as fwd:
-        model(torch.randn(s.batch_size, 3, s.image_size, s.image_size))
-    runner = bm.harness_runner(s, cfg, model, engine.build_optimizer(model, cfg, torch.device("cpu")),
-                               torch.amp.GradScaler("cpu", enabled=False), bm.synthetic_batches(s, 1),
-                               torch.device("cpu"), None)
+        training.model(torch.randn(s.batch_size, 3, s.image_size, s.image_size))
+    runner = bm.harness_runner(training, cfg)
     # backward costs two forward passes, less the input gradient of the first convolution
     assert 2.5 * fwd.get_total_flops() < bm.count_train_flops(runner) <= 3 * fwd.get_total_flops()
 
@@ -63,13 +62,13 @@ def test_summary_ratios_are_paired_per_round():
     assert r["targets_met"] == {"harness_within_3pct_of_pytorch": True, "label_smoothing_under_2pct": False,
                                 "mixup_under_2pct": True, "distill_at_most_teacher_forward": False,
                                 "loader_at_least_1_5x_step": True}
-    assert "label_smoothing_under_2pct NO" in bm.format_table(r)
+    assert "label_smoothing_under_2pct NO" in bench_commands.format_table(r)
 
 
 def test_bench_command_writes_json_and_never_overwrites(tmp_path, capsys, monkeypatch):
     measured = []
     real = bm.run_benchmark
-    monkeypatch.setattr(bm, "run_benchmark", lambda s, progress: measured.append(s) or real(
+    monkeypatch.setattr(bench_commands, "run_benchmark", lambda s, progress: measured.append(s) or real(
         bm.BenchSettings(**{**TINY, "precision": s.precision, "rounds": 1}), progress))
     out = tmp_path / "b.json"
     args = ["bench", "--model", "resnet18d", "--teacher", "resnet18d", "--width", "4", "--image-size", "16",

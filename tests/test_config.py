@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench.ablation import plan
-from bench.config import RunConfig, apply_override, load_recipe, parse_override, resolve_step, smoke_config
+from bench.config import RunConfig, apply_override, load_recipe, model_names, parse_override, resolve_step, smoke_config
 from bench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +188,67 @@ def test_smoke_shrinks_epochs_and_batches(tiny_cfg):
     assert cfg.schedule.epochs == 2 and cfg.schedule.warmup_epochs == 1
     assert cfg.schedule.milestones == [1, 2] and cfg.data.max_train_batches == 3
     RunConfig.model_validate(cfg.model_dump())  # still a valid config
+
+
+def test_a_recipe_extends_another_and_changes_only_its_keys(write_recipe):
+    write_recipe("""
+        name: parent
+        seeds: [0, 1]
+        base:
+          data: {dataset: digits, global_batch_size: 64}
+          schedule: {kind: step, epochs: 4, milestones: [2]}
+        steps:
+          - name: efficient
+          - name: cosine
+            set: {schedule: {kind: cosine}}
+        """, name="parent.yaml")
+    child = write_recipe("""
+        extends: parent.yaml
+        name: child
+        base:
+          data: {global_batch_size: 32}
+        """, name="child.yaml")
+    recipe = load_recipe(child)
+    assert recipe.name == "child" and recipe.seeds == [0, 1] and [s.name for s in recipe.steps] == ["efficient", "cosine"]
+    cfg = resolve_step(recipe, model_names(recipe)[0], "cosine")
+    assert cfg.data.global_batch_size == 32 and cfg.data.dataset == "digits"   # mappings merge key by key
+    assert cfg.schedule.kind == "cosine" and cfg.schedule.milestones == [2]
+
+    lists = write_recipe("extends: parent.yaml\nname: one\nseeds: [5]\nsteps: [{name: efficient}]\n", name="lists.yaml")
+    replaced = load_recipe(lists)
+    assert replaced.seeds == [5] and [s.name for s in replaced.steps] == ["efficient"]   # lists are replaced whole
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("extends: missing.yaml\nname: x\n", "extends = 'missing.yaml': no such recipe file"),
+    ("extends: [a.yaml]\nname: x\n", "expected the path of another recipe file"),
+    ("extends: loop.yaml\nname: x\n", "in a cycle (recipe.yaml -> loop.yaml -> recipe.yaml)"),
+])
+def test_bad_extends_is_a_one_line_error(write_recipe, text, expected):
+    write_recipe("extends: recipe.yaml\nname: loop\n", name="loop.yaml")
+    path = write_recipe(text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert "\n" not in str(info.value) and expected in str(info.value)
+
+
+def test_the_shipped_recipes_that_extend_resolve_like_their_parent_but_for_the_data():
+    parent = load_recipe(ROOT / "recipes" / "cifar10-table6.yaml")
+    for name, dataset in (("cifar100-table6", "cifar100"), ("fashion-mnist-table6", "fashion_mnist")):
+        child = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert child.name == name and [t.name for t in child.teachers] == [t.name for t in parent.teachers]
+        for step in parent.steps:
+            a, b = resolve_step(parent, "resnet18d", step.name), resolve_step(child, "resnet18d", step.name)
+            assert b.data.dataset == dataset
+            assert a.model_copy(update={"data": b.data}) == b
+
+
+def test_models_filter_runs_the_named_columns_and_their_teachers():
+    recipe = load_recipe(ROOT / "recipes" / "table6.yaml")
+    specs = plan(recipe, models=["mobilenet"])
+    students = [s for s in specs if s.role == "student"]
+    assert {s.model for s in students} == {"mobilenet"} and len(students) == len(recipe.steps)
+    assert {s.config.model.name for s in students} == {"mobilenetv1_100"}
+    assert [s.step for s in specs if s.role == "teacher"] == [t.name for t in recipe.teachers]
+    with pytest.raises(ConfigError, match="--models resnet50: no such model"):
+        plan(recipe, models=["resnet50"])

@@ -12,11 +12,11 @@ from torch import nn
 
 from bench.cli import main
 from bench.config import DataConfig, ModelConfig, load_recipe
-from bench.data import build_data
+from bench.engine.data import build_data
+from bench.engine.data.fake import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
+from bench.engine.data.images import Lighting
+from bench.engine.data.small import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from bench.errors import BenchError
-from bench.fakedata import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
-from bench.images import Lighting
-from bench.smalldata import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 
 RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").glob("*.yaml"))
 
@@ -128,7 +128,7 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
 
 
 def test_resnet50_v1_strides_in_the_first_1x1():
-    from bench.models import build_model
+    from bench.engine.models import build_model
     model = build_model(ModelConfig(name="resnet50_v1", kwargs={"channels": [8, 16, 32, 64]}), 10)
     block = model.layer2[0]
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
@@ -137,13 +137,13 @@ def test_resnet50_v1_strides_in_the_first_1x1():
 
 @pytest.mark.parametrize("name,gflops", [("resnet50_v1", 3.8), ("resnet50", 4.1), ("resnet50c", 4.3), ("resnet50d", 4.3)])
 def test_table5_parameters_and_flops(name, gflops):
-    from bench.model_info import measure_model
+    from bench.perf.model_info import measure_model
     m = measure_model(ModelConfig(name=name), 224)
     assert 25.5 < m["params_m"] < 25.7 and abs(m["gflops"] - gflops) < 0.1
 
 
 def test_weights_from_a_checkpoint(tmp_path):
-    from bench.models import build_model
+    from bench.engine.models import build_model
     cfg = ModelConfig(name="resnet18d", small_input=True, kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
     source = build_model(cfg, 10)
     nn.init.normal_(source.fc.weight)
@@ -151,7 +151,7 @@ def test_weights_from_a_checkpoint(tmp_path):
     torch.save(ddp_state, tmp_path / "last.pt")
     loaded = build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "last.pt")}), 10)
     assert torch.equal(loaded.fc.weight, source.fc.weight)
-    with pytest.raises(BenchError, match="does not fit the model"):
+    with pytest.raises(BenchError, match="weights do not fit the model"):
         build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "last.pt")}), 7)
     with pytest.raises(BenchError, match="model.checkpoint = .*nope.pt: no such file"):
         build_model(cfg.model_copy(update={"checkpoint": str(tmp_path / "nope.pt")}), 10)
@@ -175,6 +175,7 @@ def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch):
     generated files in the real formats; the ImageNet-sized models take minutes on a CPU, so
     those run with BENCH_SMOKE_ALL=1 (as CI does)."""
     import pandas as pd
+
     from bench.ablation import plan
 
     loaded = load_recipe(recipe)

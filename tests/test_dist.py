@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import dist
+from bench.engine import distributed as dist
 from bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parent.parent

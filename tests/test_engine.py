@@ -1,18 +1,22 @@
 """The training engine: recipe settings reach the code they name; determinism; resume."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-import bench.train as engine
+import bench.config.schema as schema_mod
+import bench.engine as engine
+import bench.engine.loss as loss_mod
+import bench.engine.training as setup_mod
+import bench.tricks.mixup as mixup_mod
 from bench import runs
 from bench.config import RunConfig
-from bench.data import build_data
-from bench.models import build_model
+from bench.engine.data import build_data
+from bench.engine.models import build_model
+from bench.runs import RunDir, files
 from bench.tricks import distill_loss, mix_batch, smooth_targets, soft_cross_entropy
+from bench.tricks.mixup import Mixup
 
 
 def with_(cfg: RunConfig, **sections) -> RunConfig:
@@ -38,7 +42,7 @@ def test_training_loss_smooths_then_mixes(tiny_cfg):
     model = build_model(cfg.model, 10, 1).eval()
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     perm = torch.tensor([1, 0, 3, 2])
-    loss = engine.training_loss(model, x, y, cfg, 10, mixing=(0.6, perm))
+    loss = engine.training_loss(model, x, y, cfg, 10, mixing=Mixup(0.6, perm))
     mx, my = mix_batch(x, smooth_targets(y, 10, 0.3, "uniform"), 0.6, perm)
     assert loss.item() == pytest.approx(soft_cross_entropy(model(mx), my).item(), rel=1e-5)
 
@@ -60,9 +64,10 @@ def test_every_setting_reaches_the_code_it_names(tiny_cfg, tmp_path, monkeypatch
     cfg = with_(tiny_cfg, label_smoothing={"eps": 0.2, "form": "uniform"}, mixup={"alpha": 0.3},
                 optim={"momentum": 0.8, "nesterov": False, "weight_decay": 5e-4},
                 efficient={"precision": "bf16"})
-    spies = {name: Spy(getattr(engine, name)) for name in ("smooth_targets", "sample_mixing", "lr_at")}
+    homes = {"smooth_targets": loss_mod, "sample_mixing": mixup_mod, "lr_at": schema_mod}
+    spies = {name: Spy(getattr(home, name)) for name, home in homes.items()}
     for name, spy in spies.items():
-        monkeypatch.setattr(engine, name, spy)
+        monkeypatch.setattr(homes[name], name, spy)
     seen = {}
     real_step = torch.optim.SGD.step
 
@@ -72,8 +77,8 @@ def test_every_setting_reaches_the_code_it_names(tiny_cfg, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
     dtypes = []
-    real_loss = engine.soft_cross_entropy
-    monkeypatch.setattr(engine, "soft_cross_entropy", lambda z, t: (dtypes.append(z.dtype), real_loss(z, t))[1])
+    real_loss = loss_mod.soft_cross_entropy
+    monkeypatch.setattr(loss_mod, "soft_cross_entropy", lambda z, t: (dtypes.append(z.dtype), real_loss(z, t))[1])
     engine.train(cfg, tmp_path, progress=False)
 
     args, _ = spies["smooth_targets"].calls[0]
@@ -95,8 +100,8 @@ def test_zero_gamma_and_no_bias_decay_follow_the_recipe(tiny_cfg):
 
 
 def test_mixup_switches_off_for_the_last_epochs(tiny_cfg, tmp_path, monkeypatch):
-    spy = Spy(engine.sample_mixing)
-    monkeypatch.setattr(engine, "sample_mixing", spy)
+    spy = Spy(mixup_mod.sample_mixing)
+    monkeypatch.setattr(mixup_mod, "sample_mixing", spy)
     engine.train(with_(tiny_cfg, mixup={"alpha": 0.2, "off_epochs": 1}), tmp_path, progress=False)
     assert len(spy.calls) == 2 * 3  # 3 epochs of 3 batches, the last without mixing
 
@@ -105,7 +110,7 @@ def test_same_seed_same_numbers_and_different_seed_differs(tiny_cfg, tmp_path):
     a = engine.train(tiny_cfg, tmp_path / "a", progress=False)
     b = engine.train(tiny_cfg, tmp_path / "b", progress=False)
     c = engine.train(with_(tiny_cfg, seed=1), tmp_path / "c", progress=False)
-    untimed = lambda d: [{k: v for k, v in r.items() if "_s" not in k} for r in runs.read_metrics(d / runs.METRICS)]
+    untimed = lambda d: [{k: v for k, v in r.items() if "_s" not in k} for r in RunDir(d).read_metrics()]
     assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
     assert a["top1"] == b["top1"] and a["val_loss"] == b["val_loss"]
     assert c["val_loss"] != a["val_loss"]
@@ -113,7 +118,7 @@ def test_same_seed_same_numbers_and_different_seed_differs(tiny_cfg, tmp_path):
 
 def test_metrics_rows_have_units_and_one_row_per_epoch(tiny_cfg, tmp_path):
     engine.train(tiny_cfg, tmp_path, progress=False)
-    rows = runs.read_metrics(tmp_path / runs.METRICS)
+    rows = RunDir(tmp_path).read_metrics()
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert set(rows[0]) >= {"train_loss", "lr", "val_top1", "val_top5", "images_per_s", "epoch_time_s"}
     assert all(0 <= r["val_top1"] <= r["val_top5"] <= 100 for r in rows)
@@ -127,22 +132,22 @@ def test_resume_after_an_interruption_gives_the_same_weights(tiny_cfg, tmp_path,
     cfg = with_(tiny_cfg, mixup={"alpha": 0.2}, label_smoothing={"eps": 0.1})
     full = engine.train(cfg, tmp_path / "full", progress=False)
 
-    real_save = runs.save_torch
+    real_save = files.save_torch
     def save_then_stop(path, obj):
         real_save(path, obj)
-        if path.name == runs.CHECKPOINT and obj["epoch"] == 0:
+        if path.name == RunDir.CHECKPOINT and obj["epoch"] == 0:
             raise Stop  # killed right after the first epoch's checkpoint
-    monkeypatch.setattr(runs, "save_torch", save_then_stop)
+    monkeypatch.setattr(files, "save_torch", save_then_stop)
     with pytest.raises(Stop):
         engine.train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(runs, "save_torch", real_save)
+    monkeypatch.setattr(files, "save_torch", real_save)
     resumed = engine.train(cfg, tmp_path / "cut", progress=False)
 
     assert resumed["val_loss"] == full["val_loss"] and resumed["top1"] == full["top1"]
-    a = runs.load_torch(tmp_path / "full" / runs.WEIGHTS)
-    b = runs.load_torch(tmp_path / "cut" / runs.WEIGHTS)
+    a = runs.load_torch(tmp_path / "full" / RunDir.WEIGHTS)
+    b = runs.load_torch(tmp_path / "cut" / RunDir.WEIGHTS)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "cut" / runs.METRICS)] == [0, 1, 2]
+    assert [r["epoch"] for r in RunDir(tmp_path / "cut").read_metrics()] == [0, 1, 2]
 
 
 def test_digits_split_is_deterministic_and_disjoint(tiny_cfg):
@@ -159,5 +164,5 @@ def test_digits_split_is_deterministic_and_disjoint(tiny_cfg):
 
 def test_final_weights_load_as_a_teacher(tiny_cfg, tmp_path):
     engine.train(tiny_cfg, tmp_path, progress=False)
-    teacher = engine.load_teacher(tiny_cfg, tmp_path / runs.WEIGHTS, 10, 1, torch.device("cpu"))
+    teacher = setup_mod.load_teacher(tiny_cfg, tmp_path / RunDir.WEIGHTS, 10, 1, torch.device("cpu"))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())

@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-import bench.images as images
-import bench.loaderbench as lb
+import bench.engine.data.images as images
+import bench.perf.loader as lb
 from bench.cli import main
 
 

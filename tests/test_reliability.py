@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-import bench.train as engine
+import bench.engine as engine
+import bench.engine.step as step_mod
 from bench import runs
-from bench.ablation import FAILED, RunsFailed, plan, run_ablation
+from bench.ablation import plan, run_ablation
 from bench.cli import main
 from bench.config import RunConfig, load_recipe
-from bench.guard import NonFiniteLoss
-from bench.locks import RunLock
-from bench.results import load_runs
+from bench.engine.guard import NonFiniteLoss
+from bench.report import load_runs
+from bench.runs import RunDir, RunLock, files
 
 ROOT = Path(__file__).resolve().parent.parent
 UNTIMED = lambda row: {k: v for k, v in row.items() if not k.endswith("_s")}
@@ -45,8 +46,8 @@ def test_sigkill_at_any_point_resumes_to_the_same_metrics_and_weights(tmp_path):
     assert weights["checkpoint_epoch"] == 3                        # killed writing model.pt
     a, b = (runs.read_json(tmp_path / run / "result.json") for run in ("cut", "full"))
     assert UNTIMED(a) == UNTIMED(b)
-    assert (tmp_path / "cut" / runs.WEIGHTS).read_bytes() == (tmp_path / "full" / runs.WEIGHTS).read_bytes()
-    rows = lambda run: [UNTIMED(r) for r in runs.read_metrics(tmp_path / run / runs.METRICS)]
+    assert (tmp_path / "cut" / RunDir.WEIGHTS).read_bytes() == (tmp_path / "full" / RunDir.WEIGHTS).read_bytes()
+    rows = lambda run: [UNTIMED(r) for r in RunDir(tmp_path / run).read_metrics()]
     assert rows("cut") == rows("full") and [r["epoch"] for r in rows("cut")] == [0, 1, 2, 3]
 
 
@@ -58,24 +59,24 @@ def test_resume_restores_every_generator_and_the_data_order(tiny_cfg, tmp_path, 
     """A component drawing from Python's and NumPy's global generators and torch's (dropout)
     sees, after a resume, exactly the numbers an uninterrupted run sees."""
     cfg = RunConfig.model_validate({**tiny_cfg.model_dump(), "mixup": {"alpha": 0.2}})
-    real_loss, seen = engine.training_loss, []
+    real_loss, seen = step_mod.training_loss, []
 
     def drawing_loss(model, images, labels, *args, **kwargs):
         seen.append((random.random(), float(np.random.random()), float(torch.rand(())), labels.tolist()))
         return real_loss(model, images, labels, *args, **kwargs)
-    monkeypatch.setattr(engine, "training_loss", drawing_loss)
+    monkeypatch.setattr(step_mod, "training_loss", drawing_loss)
     engine.train(cfg, tmp_path / "full", progress=False)
     full, seen[:] = list(seen), []
 
-    real_save = runs.save_torch
+    real_save = files.save_torch
     def save_then_stop(path, obj):
         real_save(path, obj)
-        if path.name == runs.CHECKPOINT and obj["epoch"] == 0:
+        if path.name == RunDir.CHECKPOINT and obj["epoch"] == 0:
             raise Stop
-    monkeypatch.setattr(runs, "save_torch", save_then_stop)
+    monkeypatch.setattr(files, "save_torch", save_then_stop)
     with pytest.raises(Stop):
         engine.train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(runs, "save_torch", real_save)
+    monkeypatch.setattr(files, "save_torch", real_save)
     random.seed(99), np.random.seed(99), torch.manual_seed(99)   # a fresh process's generators differ
     seen[:] = []
     engine.train(cfg, tmp_path / "cut", progress=False)
@@ -84,14 +85,14 @@ def test_resume_restores_every_generator_and_the_data_order(tiny_cfg, tmp_path, 
 
 def nan_at(monkeypatch, call: int = 0, model: str = ""):
     """Make the training loss NaN from the `call`-th call on (or for every run of `model`)."""
-    real_loss, calls = engine.training_loss, [0]
+    real_loss, calls = step_mod.training_loss, [0]
 
     def loss(model_, images, labels, cfg, *args, **kwargs):
         calls[0] += 1
         out = real_loss(model_, images, labels, cfg, *args, **kwargs)
         bad = cfg.model.name == model if model else calls[0] >= call
         return out * float("nan") if bad else out
-    monkeypatch.setattr(engine, "training_loss", loss)
+    monkeypatch.setattr(step_mod, "training_loss", loss)
 
 
 def test_a_nan_loss_stops_the_run_at_its_step_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
@@ -99,9 +100,9 @@ def test_a_nan_loss_stops_the_run_at_its_step_and_keeps_the_last_good_checkpoint
     with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 4 \(epoch 1, batch 2 of 3\).*last.pt \(epoch 0\)") as err:
         engine.train(tiny_cfg, tmp_path, progress=False)
     assert err.value.step == 4 and err.value.epoch == 1
-    assert runs.load_torch(tmp_path / runs.CHECKPOINT)["epoch"] == 0
-    assert [r["epoch"] for r in runs.read_metrics(tmp_path / runs.METRICS)] == [0]
-    assert not (tmp_path / runs.WEIGHTS).exists()
+    assert runs.load_torch(tmp_path / RunDir.CHECKPOINT)["epoch"] == 0
+    assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [0]
+    assert not (tmp_path / RunDir.WEIGHTS).exists()
 
 
 def test_a_failed_teacher_skips_its_students_and_the_others_go_on(write_recipe, tmp_path, monkeypatch, capsys):
@@ -113,7 +114,7 @@ def test_a_failed_teacher_skips_its_students_and_the_others_go_on(write_recipe, 
     error = captured.err.strip().splitlines()
     assert len(error) == 1 and re.match(r"error: 2 runs did not finish: teachers/teacher/seed0: loss became nan at step 0", error[0])
     assert "resnet18d/04-distill/seed0: its teacher teachers/teacher/seed0 failed" in error[0]
-    failed = runs.read_json(out / "teachers" / "teacher" / "seed0" / FAILED)
+    failed = runs.read_json(out / "teachers" / "teacher" / "seed0" / RunDir.FAILED)
     assert failed["step"] == 0 and failed["loss"] == "nan"
     df = load_runs(out)
     assert list(df.step) == ["efficient"]   # no final.json, no row
@@ -138,7 +139,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_said_so(write_recipe, tm
         lines = []
         run_ablation(specs, out, progress=False, echo=lines.append)
         assert re.match(rf"\[1/2\] {specs[0].path}: skipped, locked by pid {holder.pid} on elsewhere", lines[0])
-        assert not (out / specs[0].path).exists() and (out / specs[1].path / runs.FINAL).exists()
+        assert not (out / specs[0].path).exists() and (out / specs[1].path / RunDir.FINAL).exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -153,16 +154,16 @@ def test_stale_temporary_files_are_removed_and_never_loaded(tiny_cfg, write_reci
     run_dir.mkdir(parents=True)
     (run_dir / ".last.pt.abc123.tmp").write_bytes(b"PK half a checkpoint")
     run_ablation(specs, out, progress=False, echo=lambda _: None)
-    assert not list(run_dir.glob(".*.tmp")) and (run_dir / runs.FINAL).exists()
+    assert not list(run_dir.glob(".*.tmp")) and (run_dir / RunDir.FINAL).exists()
 
 
 def test_a_row_cut_short_by_a_kill_is_not_read(tmp_path):
-    path = tmp_path / runs.METRICS
-    runs.append_metrics(path, {"epoch": 0, "train_loss": 1.0})
+    rd, path = RunDir(tmp_path), tmp_path / RunDir.METRICS
+    rd.append_metrics({"epoch": 0, "train_loss": 1.0})
     with open(path, "a") as f:
         f.write('{"epoch": 1, "train_lo')
-    assert runs.read_metrics(path) == [{"epoch": 0, "train_loss": 1.0}]
-    runs.truncate_metrics(path, 1)
+    assert rd.read_metrics() == [{"epoch": 0, "train_loss": 1.0}]
+    rd.truncate_metrics(1)
     assert path.read_text().endswith("}\n")
 
 

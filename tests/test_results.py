@@ -12,12 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import plots, results, runs
+from bench import report
 from bench.ablation import plan, run_ablation
 from bench.cli import main
 from bench.config import load_recipe
+from bench.engine import logit_gaps
 from bench.errors import BenchError, ConfigError
-from bench.train import logit_gaps
+from bench.report import figures as plots
+from bench.report import frames, stats, tables
+from bench.runs import RunDir
+
 from conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +37,14 @@ def smoke(tmp_path_factory) -> Path:
     specs = plan(load_recipe(tmp / "recipe.yaml"), seeds=[0, 1], only=["efficient", "cosine", "label_smoothing"])
     out = tmp / "out"
     run_ablation(specs, out, progress=False, echo=lambda _: None)
-    results.write_report(out)
+    report.write_report(out)
     return out
 
 
 def test_runs_csv_has_one_row_per_run_with_the_report_columns(smoke):
     df = pd.read_csv(smoke / "runs.csv")
     assert len(df) == 6
-    assert set(results.RUN_COLUMNS) <= set(df.columns)
+    assert set(frames.RUN_COLUMNS) <= set(df.columns)
     assert {"config.schedule.kind", "config.data.global_batch_size"} <= set(df.columns)
     assert sorted(df.groupby("step")["seed"].apply(sorted).tolist()) == [[0, 1]] * 3
     assert (df["paper_table"] == "table6").all() and (df["paper_model"] == "resnet50d").all()
@@ -48,10 +52,10 @@ def test_runs_csv_has_one_row_per_run_with_the_report_columns(smoke):
 
 
 def test_table_shows_mean_std_n_deltas_intervals_and_the_paper(smoke):
-    df = results.load_runs(smoke)
+    df = frames.load_runs(smoke)
     md = (smoke / "table.md").read_text()
-    lines = [l for l in md.splitlines() if l.startswith("| ") and not l.startswith("| step")]
-    assert [l.split(" | ")[0][2:] for l in lines] == ["efficient", "cosine", "label_smoothing"]
+    lines = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    assert [line.split(" | ")[0][2:] for line in lines] == ["efficient", "cosine", "label_smoothing"]
     cosine = df[df.step == "cosine"].sort_values("seed")
     efficient = df[df.step == "efficient"].sort_values("seed")
     mean, std = cosine.top1.mean(), cosine.top1.std()
@@ -79,8 +83,8 @@ def test_every_figure_is_written_as_png_and_pdf_with_content(smoke):
 
 def test_each_run_stores_its_validation_logit_gaps(smoke):
     run_dir = smoke / "resnet18d" / "03-label_smoothing" / "seed0"
-    gaps = np.load(run_dir / runs.LOGIT_GAPS)
-    val_images = len(results.load_curves(smoke, [str(run_dir.relative_to(smoke))]))  # sanity: a curve exists
+    gaps = np.load(run_dir / RunDir.LOGIT_GAPS)
+    val_images = len(frames.load_curves(smoke, [str(run_dir.relative_to(smoke))]))  # sanity: a curve exists
     assert val_images == 2 and gaps.ndim == 1 and len(gaps) > 100 and np.isfinite(gaps).all()
 
 
@@ -96,7 +100,7 @@ def test_theoretical_gap_matches_the_paper():
 
 
 def test_fig3a_is_computed_by_the_schedule_with_the_runs_settings(smoke):
-    df = results.load_runs(smoke)
+    df = frames.load_runs(smoke)
     assert plots.schedule_steps(df) == ("efficient", "cosine")
     assert plots.smoothing_steps(df) == ("cosine", "label_smoothing")
     fig = plots.plot_lr_schedules(df)
@@ -114,36 +118,36 @@ def _synthetic(top1: dict[str, list[float]]) -> pd.DataFrame:
             rows.append({"model": "m", "role": "student", "step": step, "step_index": i,
                          "parent_step": list(top1)[i - 2] if i > 1 else None, "seed": seed, "top1": v,
                          "top5": 99.0, "paper_table": None, "paper_model": None, "path": f"m/{i}/seed{seed}"})
-    return results.runs_frame(rows)
+    return frames.runs_frame(rows)
 
 
 def test_paired_interval_uses_t_quantiles_over_seed_differences():
     df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [61.0, 72.0, 80.0]})
-    d = results.paired_deltas(df).set_index("step")
+    d = stats.paired_deltas(df).set_index("step")
     diffs = np.array([1.0, 2.0, 0.0])
     half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)    # t(0.975, 2 dof)
     assert d.loc["b", "delta_top1"] == pytest.approx(1.0)
     assert (d.loc["b", "ci_low"], d.loc["b", "ci_high"]) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-5)
     assert not d.loc["b", "excludes_zero"]               # seed noise swamps +1
     assert d.loc["c", "excludes_zero"] and d.loc["c", "ci_low"] == pytest.approx(10.0)  # +10 on every seed
-    assert "+10.00 [+10.00, +10.00]*" in results.table_markdown(results.ablation_table(df))
+    assert "+10.00 [+10.00, +10.00]*" in tables.table_markdown(stats.ablation_table(df))
 
 
 def test_a_dataframe_from_records_gives_the_same_tables(smoke, tmp_path):
-    loaded = results.load_results(smoke)
-    rebuilt = results.Results(results.runs_frame(loaded.runs.to_dict("records")), loaded.curves, loaded.gaps)
-    assert results.write_tables(rebuilt, tmp_path) == (smoke / "table.md").read_text()
+    loaded = frames.load_results(smoke)
+    rebuilt = frames.Results(frames.runs_frame(loaded.runs.to_dict("records")), loaded.curves, loaded.gaps)
+    assert tables.write_tables(rebuilt, tmp_path) == (smoke / "table.md").read_text()
 
 
 def test_paper_tables_2_to_6_load_in_long_form():
     for table in ("table2", "table3", "table4", "table5", "table6"):
-        paper = results.load_paper(table)
+        paper = frames.load_paper(table)
         assert {"table", "step", "model", "top1", "top5"} <= set(paper.columns) and (paper["table"] == table).all()
-    t6 = results.load_paper("table6").set_index(["model", "step"])
+    t6 = frames.load_paper("table6").set_index(["model", "step"])
     assert len(t6) == 18 and t6.loc[("inception_v3", "distill_mixup"), "top1"] == 78.34
-    assert results.load_paper("table4").query("batch_size == 1024 and step == 'zero_gamma'")["top1"].item() == 76.37
+    assert frames.load_paper("table4").query("batch_size == 1024 and step == 'zero_gamma'")["top1"].item() == 76.37
     with pytest.raises(BenchError, match="table9"):
-        results.load_paper("table9")
+        frames.load_paper("table9")
 
 
 def test_report_command_rebuilds_from_run_dirs_and_rejects_a_missing_dir(smoke, tmp_path, capsys):
@@ -177,7 +181,7 @@ def test_notebook_runs_top_to_bottom_on_a_results_dir(smoke, monkeypatch):
 
 
 def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_name(smoke):
-    runs = results.load_runs(smoke)
+    runs = frames.load_runs(smoke)
     teacher = runs.iloc[[0]].assign(role="teacher", step="teacher", step_index=0, paper_model=float("nan"),
                                     paper_table=float("nan"))
     fig = plots.plot_staircase(pd.concat([teacher, runs], ignore_index=True))

@@ -125,8 +125,8 @@ def test_slurm_launch_with_teacher_dependency_and_forced_requeue(slurm, tmp_path
 # ---- without a cluster ------------------------------------------------------------------
 
 def test_cluster_file_errors_name_the_key(tmp_path):
+    from bench.ablation.launch import load_cluster
     from bench.errors import ConfigError
-    from bench.launch import load_cluster
 
     path = tmp_path / "c.yaml"
     path.write_text("launcher: slurm\ngpus_per_nod: 8\n")
@@ -140,8 +140,8 @@ def test_cluster_file_errors_name_the_key(tmp_path):
 
 
 def test_status_reads_run_states_from_the_manifest(write_recipe, tmp_path, capsys):
+    from bench.ablation.launch import merge_manifest
     from bench.cli import main
-    from bench.launch import merge_manifest
 
     specs = plan(load_recipe(write_recipe()), only=["efficient", "cosine"])
     out = tmp_path / "out"

@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.tricks import (combine_distill, distill_loss, lr_at, mix_batch, param_groups, sample_mixing,
-                          smooth_targets, soft_cross_entropy, zero_gamma)
+from bench.tricks import (
+    combine_distill,
+    distill_loss,
+    lr_at,
+    mix_batch,
+    param_groups,
+    sample_mixing,
+    smooth_targets,
+    soft_cross_entropy,
+    zero_gamma,
+)
 
 # ---- learning-rate schedule -------------------------------------------------------------------
 
@@ -164,3 +173,60 @@ def test_zero_gamma_zeroes_the_last_bn_of_each_residual_block():
         for block in stage:
             assert torch.count_nonzero(block.bn2.weight) == 0
             assert torch.all(block.bn1.weight == 1)
+
+
+# ---- CutMix (Yun et al. 2019, arXiv:1905.04899) -----------------------------------------------
+
+def test_cutmix_box_has_the_area_1_minus_lambda_and_lambda_is_corrected_when_clipped():
+    from bench.tricks.cutmix import box_lam, cutmix_box
+
+    box = cutmix_box(0.75, 32, 32, cy=16, cx=16)            # √(1 − λ) = 1/2 of each side
+    assert box == (8, 24, 8, 24) and box_lam(box, 32, 32) == pytest.approx(0.75)
+    corner = cutmix_box(0.75, 32, 32, cy=0, cx=0)          # clipped to a quarter of the box
+    assert corner == (0, 8, 0, 8) and box_lam(corner, 32, 32) == pytest.approx(1 - 64 / 1024)
+    assert box_lam(cutmix_box(1.0, 32, 32, 5, 7), 32, 32) == 1.0   # λ = 1: nothing pasted
+    assert box_lam(cutmix_box(0.0, 32, 32, 16, 16), 32, 32) == 0.0  # λ = 0: the whole partner
+
+
+def test_cutmix_pastes_the_partners_box_and_mixes_targets_by_area():
+    from bench.tricks.cutmix import CutMix
+
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    targets = F.one_hot(torch.tensor([0, 1]), 2).float()
+    perm = torch.tensor([1, 0])
+    mixed, mixed_targets = CutMix(0.75, perm, (0, 2, 0, 2)).apply(images, targets)
+    assert torch.equal(mixed[0, :, :2, :2], images[1, :, :2, :2])      # the box comes from the partner
+    outside = torch.ones(4, 4, dtype=torch.bool)
+    outside[:2, :2] = False
+    assert torch.equal(mixed[0, 0][outside], images[0, 0][outside])    # the rest is the original
+    assert torch.allclose(mixed_targets[0], torch.tensor([0.75, 0.25]))  # λ on the original
+    unchanged, same = CutMix(1.0, perm, (0, 0, 0, 0)).apply(images, targets)
+    assert torch.equal(unchanged, images) and torch.equal(same, targets)
+
+
+def test_cutmix_samples_from_the_runs_generator_with_lambda_from_the_box():
+    from bench.tricks.cutmix import CutMixConfig, box_lam
+
+    cfg = CutMixConfig()
+    assert cfg.alpha == 1.0                                  # the CutMix paper's α
+    a, b = (cfg.sample(8, (32, 32), np.random.default_rng(3)) for _ in range(2))
+    assert a.lam == b.lam and a.box == b.box and torch.equal(a.perm, b.perm)
+    assert a.lam == box_lam(a.box, 32, 32) and sorted(a.perm.tolist()) == list(range(8))
+
+
+def test_cutmix_from_a_recipe_reaches_the_loss(tiny_cfg, tmp_path, monkeypatch):
+    import bench.engine as engine
+    import bench.engine.step as step_mod
+    from bench.config import RunConfig, tricks_on
+    from bench.errors import ConfigError
+    from bench.tricks.cutmix import CutMix
+
+    cfg = RunConfig.model_validate({**tiny_cfg.model_dump(), "cutmix": {"alpha": 0.5, "off_epochs": 1}})
+    assert "cutmix" in tricks_on(cfg) and cfg.mixing() is cfg.cutmix
+    seen, real = [], step_mod.training_loss
+    monkeypatch.setattr(step_mod, "training_loss", lambda *a, **k: (seen.append(a[5]), real(*a, **k))[1])
+    engine.train(cfg, tmp_path, progress=False)
+    assert all(isinstance(m, CutMix) for m in seen[:6]) and seen[6:] == [None] * 3   # off in the last epoch
+    with pytest.raises(ConfigError, match="mixup and cutmix are both on"):
+        from bench.config import validate
+        validate(RunConfig, {**tiny_cfg.model_dump(), "cutmix": {}, "mixup": {}}, "recipe")

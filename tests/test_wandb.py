@@ -10,14 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import bench.train as engine
-from bench import results as res
-from bench import runs, tracking
-from bench.ablation import plan, run_ablation
+import bench.engine.loop as loop
+from bench import report, runs
+from bench.ablation import plan, run_ablation, tracking
 from bench.cli import main
-from bench.config import load_recipe
+from bench.config import WandbConfig, load_recipe, tricks_on
 from bench.errors import BenchError, ConfigError
-from bench.wandb_report import load_wandb_results, log_report, write_wandb_report
+from bench.report import frames
+from bench.report.wandb import load_wandb_results, log_report, write_wandb_report
+from bench.runs import RunDir
 
 # ---- a reader of wandb's offline run files: LevelDB-log framing of protobuf Records ----------
 BLOCK, HEADER = 32 * 1024, 7          # each chunk: crc32c (4), length (2, little-endian), type (1)
@@ -144,7 +145,7 @@ def logged(tmp_path_factory):
     loaded = load_recipe(recipe)
     specs = plan(loaded, only=["efficient", "distill"], overrides=FAST)
     run_ablation(specs, out, progress=False, wandb=loaded.wandb)
-    res.write_report(out, figures=False)
+    report.write_report(out, figures=False)
     import matplotlib.pyplot as plt
     fig = plt.figure(figsize=(1, 1))
     (out / "figures").mkdir()
@@ -163,10 +164,10 @@ def test_one_offline_run_per_training_run_with_group_tags_config_and_metrics(log
     assert set(by_path) == {str(s.path) for s in specs}
     for spec in specs:
         o = by_path[str(spec.path)]
-        final = runs.read_json(out / spec.path / runs.FINAL)
+        final = runs.read_json(out / spec.path / RunDir.FINAL)
         assert o["group"] == "out" and o["project"] == "bench-test"
         assert o["job_type"] == spec.model and o["name"] == f"{spec.step}/seed{spec.seed}"
-        assert o["id"] == (out / spec.path / tracking.ID_FILE).read_text().strip()
+        assert o["id"] == (out / spec.path / RunDir.WANDB_ID).read_text().strip()
         assert o["config"]["step"] == spec.step and o["config"]["role"] == spec.role
         assert o["config"]["config.schedule.kind"] == spec.config.schedule.kind
         assert o["config"]["config.optim.lr_per_256"] == spec.config.optim.lr_per_256
@@ -176,7 +177,7 @@ def test_one_offline_run_per_training_run_with_group_tags_config_and_metrics(log
         assert [h["global_step"] for h in batches] == list(range(steps))
         assert all(h["batch/train_loss"] > 0 for h in batches)
         epochs = [h for h in o["history"] if "val_top1" in h]
-        local = runs.read_metrics(out / spec.path / runs.METRICS)
+        local = RunDir(out / spec.path).read_metrics()
         assert [h["val_top1"] for h in epochs] == [r["val_top1"] for r in local]
         assert [h["epoch"] for h in epochs] == [r["epoch"] for r in local]
     tags = {o["config"]["step"]: set(o["tags"]) for o in trained}
@@ -185,7 +186,7 @@ def test_one_offline_run_per_training_run_with_group_tags_config_and_metrics(log
     assert tags["teacher"] == {"warmup", "zero_gamma", "no_bias_decay", "cosine"}
     cfg = specs[0].config
     bf16 = cfg.model_copy(update={"efficient": cfg.efficient.model_copy(update={"precision": "bf16"})})
-    assert "bf16" in tracking.tricks_on(bf16)
+    assert "bf16" in tricks_on(bf16)
 
 
 def test_the_summary_run_holds_the_tables(logged):
@@ -202,7 +203,7 @@ def test_tables_rebuilt_from_the_api_are_identical_to_the_local_ones(logged, tmp
     out, _, offline = logged
     api = StandInApi(offline)
     remote = load_wandb_results("me/bench-test", "out", api=api)
-    local = res.load_results(out)
+    local = frames.load_results(out)
     assert api.queries == [("me/bench-test", {"group": "out"})]
     pd.testing.assert_frame_equal(remote.runs, local.runs)
     pd.testing.assert_frame_equal(remote.curves, local.curves)
@@ -227,7 +228,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(write_recipe, tmp_path, monk
     monkeypatch.delenv("WANDB_DIR", raising=False)
     specs = plan(load_recipe(write_recipe()), only=["efficient"], overrides=FAST)
     out, calls = tmp_path / "out", []
-    real_evaluate = engine.evaluate
+    real_evaluate = loop.evaluate
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -235,13 +236,13 @@ def test_a_resumed_run_continues_the_same_wandb_run(write_recipe, tmp_path, monk
             raise KeyboardInterrupt   # killed during the second epoch
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", interrupted)
+    monkeypatch.setattr(loop, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_ablation(specs, out, progress=False, wandb=tracking.WandbConfig())
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
-    run_ablation(specs, out, progress=False, wandb=tracking.WandbConfig())
+        run_ablation(specs, out, progress=False, wandb=WandbConfig())
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    run_ablation(specs, out, progress=False, wandb=WandbConfig())
     first, second = offline_runs(out)
-    assert first["id"] == second["id"] == (out / specs[0].path / tracking.ID_FILE).read_text().strip()
+    assert first["id"] == second["id"] == (out / specs[0].path / RunDir.WANDB_ID).read_text().strip()
     assert "final" not in first["summary"] and second["summary"]["final"]["top1"] >= 0
     assert [h["epoch"] for h in second["history"] if "val_top1" in h] == [1]   # epoch 0 came from the checkpoint
 
@@ -256,7 +257,7 @@ def test_a_wandb_failure_never_stops_training(write_recipe, tmp_path, monkeypatc
         raise RuntimeError("no W&B today")
 
     monkeypatch.setattr(wandb, "init", broken_init)
-    finals = run_ablation(specs[:1], tmp_path / "a", progress=False, wandb=tracking.WandbConfig())
+    finals = run_ablation(specs[:1], tmp_path / "a", progress=False, wandb=WandbConfig())
     assert len(finals) == 1 and "could not start a run" in capsys.readouterr().err
 
     class BrokenRun:
@@ -270,9 +271,9 @@ def test_a_wandb_failure_never_stops_training(write_recipe, tmp_path, monkeypatc
 
     tracker = tracking.WandbTracker(BrokenRun(), 1, tmp_path)
     monkeypatch.setattr(tracking, "start_run", lambda *a, **k: tracker)
-    import bench.ablation as ablation
+    import bench.ablation.execute as ablation
     monkeypatch.setattr(ablation, "start_run", lambda *a, **k: tracker)
-    finals = run_ablation(specs[1:], tmp_path / "b", progress=False, wandb=tracking.WandbConfig())
+    finals = run_ablation(specs[1:], tmp_path / "b", progress=False, wandb=WandbConfig())
     err = capsys.readouterr().err
     assert len(finals) == 1 and err.count("logging stops, training goes on") == 1 and tracker.run is None
 
@@ -282,19 +283,19 @@ def test_wandb_settings_from_recipe_and_cli(write_recipe, monkeypatch):
 
     assert load_recipe(write_recipe()).wandb is None
     on = load_recipe(write_recipe(TINY_RECIPE + "wandb: {entity: lab}\n")).wandb
-    assert on == tracking.WandbConfig(entity="lab")
-    assert tracking.choose_settings(None, True) == tracking.WandbConfig()
+    assert on == WandbConfig(entity="lab")
+    assert tracking.choose_settings(None, True) == WandbConfig()
     assert tracking.choose_settings(on, None) is on and tracking.choose_settings(on, False) is None
     with pytest.raises(ConfigError, match="wandb: unknown key 'api_key'"):
         load_recipe(write_recipe(TINY_RECIPE + "wandb: {api_key: secret}\n"))
     monkeypatch.setenv("WANDB_MODE", "dryrun")
-    assert tracking.resolve_mode(tracking.WandbConfig()) == "offline"
-    assert tracking.resolve_mode(tracking.WandbConfig(mode="online")) == "online"
+    assert tracking.resolve_mode(WandbConfig()) == "offline"
+    assert tracking.resolve_mode(WandbConfig(mode="online")) == "online"
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ConfigError, match="WANDB_MODE"):
-        tracking.resolve_mode(tracking.WandbConfig())
+        tracking.resolve_mode(WandbConfig())
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", "/nonexistent")
     monkeypatch.setattr(tracking, "_has_api_key", lambda host: False)
-    assert tracking.resolve_mode(tracking.WandbConfig()) == "offline"   # no key: offline, no network asked
+    assert tracking.resolve_mode(WandbConfig()) == "offline"   # no key: offline, no network asked

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.schema import Strict
+from bench.strict import Strict
 
 
 class DistillConfig(Strict):

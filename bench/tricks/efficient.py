@@ -6,13 +6,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.schema import Strict
+from bench.strict import Strict
 
 
 class EfficientConfig(Strict):
     zero_gamma: bool = False       # γ = 0 in the last BatchNorm of every residual block
     no_bias_decay: bool = False    # weight decay only on conv and linear weights
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast, fp32 master weights
+
+    def tags(self) -> list[str]:
+        """The refinements switched on, as run tags."""
+        on = [name for name in ("zero_gamma", "no_bias_decay") if getattr(self, name)]
+        return on + ([self.precision] if self.precision != "fp32" else [])
 
 
 def zero_gamma(model: nn.Module) -> int:

@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from bench.schema import Strict
+from bench.strict import Strict
 
 
 class LabelSmoothingConfig(Strict):

@@ -1,16 +1,13 @@
 """Mixup (Zhang et al. 2018, arXiv:1710.09412; He et al. 2019, Section 5.4)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from pydantic import Field
 
-from bench.schema import Strict
-
-
-class MixupConfig(Strict):
-    alpha: float = Field(0.2, gt=0.0)    # λ ~ Beta(alpha, alpha)
-    off_epochs: int = Field(0, ge=0)     # GluonCV: no mixing during the last `off_epochs` epochs
+from bench.tricks.mixing import Mixing, MixingConfig
 
 
 def sample_mixing(batch_size: int, alpha: float, rng: np.random.Generator) -> tuple[float, torch.Tensor]:
@@ -31,3 +28,16 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, lam: float, perm: tor
         perm: (N,) index of each example's partner.
     """
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+@dataclass(frozen=True)
+class Mixup(Mixing):
+    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mix_batch(images, targets, self.lam, self.perm)
+
+
+class MixupConfig(MixingConfig):
+    alpha: float = Field(0.2, gt=0.0)    # λ ~ Beta(alpha, alpha)
+
+    def sample(self, batch_size: int, image_hw: tuple[int, int], rng: np.random.Generator) -> Mixup:
+        return Mixup(*sample_mixing(batch_size, self.alpha, rng))

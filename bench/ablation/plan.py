@@ -1,0 +1,125 @@
+"""A recipe becomes ordered runs: teachers first, then models × steps × seeds, each with its
+config, its place under the results directory and the step it builds on. Checked before
+anything is written: unknown models, and configs that would carry a secret."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+
+from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
+from bench.engine.models import LOCAL_MODELS
+from bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an ablation, with where it lives under the results directory."""
+
+    model: str
+    role: str                 # "student" or "teacher"
+    step: str
+    step_index: int           # 1-based position in the recipe; 0 for teachers
+    parent_step: Optional[str]  # the step this one is compared with
+    seed: int
+    config: RunConfig
+    path: Path                # relative to the results directory
+    teacher_path: Optional[Path] = None
+    paper_table: Optional[str] = None   # the recipe's paper_table, for the report
+    paper_model: Optional[str] = None   # the paper's model this column stands in for
+    teacher_config: Optional[RunConfig] = None   # a teacher given as weights (train: false)
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def record(self) -> dict[str, Any]:
+        """The identifying fields every row about this run carries."""
+        return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
+                "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
+                "teacher": str(self.teacher_path) if self.teacher_path else _given_teacher(self.teacher_config),
+                "paper_table": self.paper_table, "paper_model": self.paper_model}
+
+
+def _given_teacher(cfg: Optional[RunConfig]) -> Optional[str]:
+    """How a teacher that is not trained here is named in the records."""
+    if cfg is None:
+        return None
+    return cfg.model.checkpoint or f"{cfg.model.name}.{cfg.model.pretrained}"
+
+
+def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
+         models: Optional[Sequence[str]] = None, overrides: tuple[tuple[str, Any], ...] = (), smoke: bool = False,
+         where: str = "recipe") -> list[RunSpec]:
+    """Every run the recipe asks for, teachers first, then models × steps × seeds; `only` and
+    `models` keep the named steps and model columns (and the teachers they need)."""
+    for flag, names, known in (("--only", only, [s.name for s in recipe.steps]), ("--models", models, model_names(recipe))):
+        for name in names or ():
+            if name not in known:
+                kind = "step" if flag == "--only" else "model"
+                raise ConfigError(f"{flag} {name}: no such {kind} in {where} ({kind}s: {', '.join(known)})")
+    if overrides:
+        check_recipe(recipe, where, overrides)
+    shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
+    students, teachers_needed = [], {}
+    trained = {t.name: t.train for t in recipe.teachers}
+    for seed in seeds if seeds is not None else recipe.seeds:
+        for model in model_names(recipe):
+            if models and model not in models:
+                continue
+            for i, step in enumerate(recipe.steps, start=1):
+                if only and step.name not in only:
+                    continue
+                cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
+                teacher_path, teacher_cfg = None, None
+                if cfg.distill is not None and trained[cfg.distill.teacher]:
+                    teacher_path = Path("teachers", cfg.distill.teacher, f"seed{seed}")
+                    teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
+                elif cfg.distill is not None:   # given weights: loaded, not trained
+                    teacher_cfg = resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)
+                parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
+                students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
+                                        Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path,
+                                        recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg))
+    teachers = []
+    for path, (name, seed) in teachers_needed.items():
+        cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))
+        teachers.append(RunSpec(cfg.model.name, "teacher", name, 0, None, seed, cfg, path))
+    check_specs(teachers + students, where)   # unknown models, secrets: before anything is written
+    return teachers + students
+
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def secret_values(env=None) -> dict[str, str]:
+    """Values of the environment variables whose names say they are secrets (8+ characters)."""
+    env = os.environ if env is None else env
+    return {name: value for name, value in env.items() if SECRET_NAME.search(name) and len(value) >= 8}
+
+
+def check_specs(specs: Iterable, where: str) -> None:
+    """Every model name is known to timm (or bench.models), and no config carries a secret,
+    since configs are written to config.yaml, final.json and W&B."""
+    secrets = secret_values()
+    seen: set[str] = set()
+    for spec in specs:
+        cfg = spec.config
+        label = f"{where}: {'teacher' if spec.role == 'teacher' else f'model {spec.model!r}, step'} {spec.step!r}"
+        if cfg.model.name not in seen:
+            seen.add(cfg.model.name)
+            if cfg.model.name not in LOCAL_MODELS and not timm.is_model(cfg.model.name):
+                close = timm.list_models(f"*{cfg.model.name.split('_')[0][:6]}*")[:5]
+                hint = f" (similar: {', '.join(close)})" if close else ""
+                raise ConfigError(f"{label}: model.name = {cfg.model.name!r}: unknown model{hint}")
+        blob = json.dumps(cfg.model_dump(mode="json"))
+        for name, value in secrets.items():
+            if value in blob:
+                raise ConfigError(f"{label}: the config holds the value of ${name}; secrets are never written to "
+                                  "configs (W&B reads its key from the environment)")

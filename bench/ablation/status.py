@@ -1,0 +1,103 @@
+"""The state of every run of a results directory: finished, running, pending, failed (with
+SLURM's reason and the log line that says why), interrupted or not started."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from bench.errors import BenchError
+from bench.runs import RunDir, read_json
+
+MANIFEST = "launch.json"  # in the results directory: every run of a launched ablation
+
+
+_ACTIVE = {"PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
+           "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "pending",
+           "RESIZING": "running", "STAGE_OUT": "running", "SIGNALING": "running"}
+
+
+def _slurm(cmd: list[str]) -> Optional[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def query_job(job_id: str) -> tuple[str, str]:
+    """("pending" | "running" | "ended" | "unknown", SLURM's state and reason) of a job."""
+    line = _slurm(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"])
+    if line:
+        state, _, reason = line.splitlines()[0].partition("|")
+        if reason == "DependencyNeverSatisfied":
+            return "ended", "its teacher's job failed (DependencyNeverSatisfied)"
+        return _ACTIVE.get(state, "ended"), f"{state}" + (f" ({reason})" if reason and reason != "None" else "")
+    info = _slurm(["scontrol", "-o", "show", "job", str(job_id)])
+    if info:
+        fields = dict(part.split("=", 1) for part in info.split() if "=" in part)
+        state = fields.get("JobState", "UNKNOWN")
+        if state in _ACTIVE:
+            return _ACTIVE[state], state
+        return "ended", f"{state}, exit code {fields.get('ExitCode', '?')}, reason {fields.get('Reason', '?')}"
+    acct = _slurm(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State,ExitCode"])
+    if acct:
+        state, _, code = acct.splitlines()[0].partition("|")
+        return ("pending" if state.startswith("PENDING") else "running" if state.startswith("RUNNING") else "ended",
+                f"{state}, exit code {code}")
+    return "unknown", "not known to SLURM any more"
+
+
+def log_reason(path: Optional[str]) -> str:
+    """The last line of a job's log that says what went wrong ("error: ...", an exception)."""
+    if not path or not Path(path).is_file():
+        return ""
+    lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("error:") or "Error" in ln.split(":")[0] or ln.startswith("submitit ERROR"):
+            return ln[:300]
+    return ""
+
+
+def run_status(out: Path, record: dict) -> tuple[str, str, str]:
+    """(state, job id, detail) of one run: finished, running, pending, failed, interrupted, not submitted."""
+    rd = RunDir(Path(out) / record["path"])
+    final = rd.read_final()
+    job = read_json(rd / RunDir.JOB) or {}
+    job_id = str(job.get("job_id", ""))
+    if final is not None:
+        if final.get("config_hash") != record["config_hash"]:
+            return "failed", job_id, "final.json holds a run of a different config"
+        return "finished", job_id, f"top-1 {final['top1']:.2f}"
+    epochs = len(rd.read_metrics())
+    progress = f"{epochs} epochs done" if epochs else ""
+    if not job_id:
+        return ("interrupted" if epochs else "not submitted"), "", progress
+    where, detail = query_job(job_id)
+    if where in ("pending", "running"):
+        return where, job_id, ", ".join(x for x in (detail, progress) if x)
+    reason = log_reason(job.get("stderr")) or log_reason(job.get("stdout"))
+    return "failed", job_id, "; ".join(x for x in (detail, reason, progress, f"log {job.get('stderr')}") if x)
+
+
+def ablation_status(out: Path) -> list[dict]:
+    """Every run of a launched ablation with its state."""
+    manifest = read_json(Path(out) / MANIFEST)
+    if manifest is None:
+        raise BenchError(f"{out}: no {MANIFEST}; was this ablation started with 'run_ablation.py launch'?")
+    rows = []
+    for record in manifest["runs"]:
+        state, job_id, detail = run_status(out, record)
+        rows.append({"run": record["path"], "role": record["role"], "state": state, "job": job_id, "detail": detail})
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    width = max(len(r["run"]) for r in rows)
+    lines = [f"{'run':<{width}}  {'state':<13}  {'job':<8}  detail"]
+    lines += [f"{r['run']:<{width}}  {r['state']:<13}  {r['job']:<8}  {r['detail']}" for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return "\n".join(lines)

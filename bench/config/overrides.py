@@ -1,0 +1,84 @@
+"""Changes on top of a resolved config: `--set key.path=value` (or a bare `key.path=value`),
+the recipe's cumulative `set:`s (`deep_merge`), and `--smoke`'s shrunk runs."""
+from __future__ import annotations
+
+import copy
+import typing
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel
+
+from bench.config.schema import RunConfig
+from bench.config.validation import section_class, unknown_key
+from bench.errors import ConfigError
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, recursively; a None value replaces (switches a trick off)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.path=value` → ("key.path", value), the value read as YAML; the path checked."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: value {value!r} is not valid YAML") from None
+    cls: Optional[type[BaseModel]] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if cls is None:   # a free mapping such as model.kwargs
+            break
+        if part not in cls.model_fields:
+            where = f"--set {key}" + (f": in '{'.'.join(parts[:i])}'" if i else "")
+            raise unknown_key(part, cls, where)
+        if i < len(parts) - 1:
+            field = cls.model_fields[part]
+            cls = section_class(field.annotation)
+            if cls is None and field.annotation is not dict and typing.get_origin(field.annotation) is not dict:
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
+    return key, parsed
+
+
+def apply_override(raw: dict, path: str, value: Any) -> dict:
+    """Set `path` in a run's raw config. A path through a trick that is off (None) leaves the
+    run alone, so `--set distill.temperature=4` changes only the runs that distil."""
+    out = copy.deepcopy(raw)
+    node, cls = out, RunConfig
+    parts = path.split(".")
+    for part in parts[:-1]:
+        field = cls.model_fields.get(part) if cls else None
+        if node.get(part) is None:
+            if field is not None and field.default is None and not field.is_required():
+                return raw
+            node[part] = {}
+        node, cls = node[part], (section_class(field.annotation) if field else None)
+    node[parts[-1]] = value
+    return out
+
+
+def smoke_config(cfg: RunConfig) -> RunConfig:
+    """The same run shrunk to 2 epochs of 3 batches, for checking a pipeline end to end."""
+    s = cfg.schedule
+    epochs = min(s.epochs, 2)
+    milestones = sorted({max(1, min(epochs, round(m * epochs / s.epochs))) for m in s.milestones})
+    update: dict[str, Any] = {
+        "schedule": s.model_copy(update={"epochs": epochs, "warmup_epochs": min(s.warmup_epochs, 1),
+                                         "milestones": milestones}),
+        "data": cfg.data.smoke(),
+    }
+    mixer = cfg.mixing()
+    if mixer is not None:   # mix in every epoch of the two
+        name = next(n for n in type(cfg).model_fields if getattr(cfg, n) is mixer)
+        update[name] = mixer.model_copy(update={"off_epochs": 0})
+    return cfg.model_copy(update=update)

@@ -1,0 +1,171 @@
+"""Recipes: a base config, models, teachers and cumulative steps; each (model, step, seed)
+resolves to one `RunConfig`. A recipe may `extends:` another recipe file and change a few keys."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import Field
+
+from bench.config.overrides import apply_override, deep_merge
+from bench.config.schema import ModelConfig, RunConfig, WandbConfig
+from bench.config.validation import validate
+from bench.errors import ConfigError
+from bench.strict import Strict
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
+class StepSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    set: dict[str, Any] = {}
+    parent: Optional[str] = None   # the step this one builds on; default: the previous step
+
+
+class Variant(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    set: dict[str, Any] = {}
+
+
+class TeacherSpec(Variant):
+    train: bool = True   # False: use the weights of model.checkpoint or model.pretrained as they are
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    paper_table: Optional[str] = None           # compare against results/paper/<paper_table>.csv
+    paper_models: dict[str, str] = {}           # model column -> the paper's model it stands in for
+    description: str = ""
+    seeds: list[int] = Field([0], min_length=1)
+    base: dict[str, Any] = {}
+    models: list[Variant] = []                  # one column each; empty: just base.model
+    teachers: list[TeacherSpec] = []            # trained first (unless train: false), from base + their `set`
+    steps: list[StepSpec] = Field(min_length=1)
+    wandb: Optional[WandbConfig] = None         # Weights & Biases logging; absent: off (see --wandb)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: malformed YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with base and steps, got {type(raw).__name__}")
+    return raw
+
+
+def _read_with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The recipe's mapping on top of the one it `extends:` (a path relative to it): mappings
+    merge key by key, lists (steps, models, teachers, seeds) are replaced whole."""
+    raw = _read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends = {parent!r}: expected the path of another recipe file")
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends = {parent!r}: no such recipe file ({parent_path})")
+    if parent_path in seen or parent_path == path.resolve():
+        chain = " -> ".join(p.name for p in (*seen, path.resolve(), parent_path))
+        raise ConfigError(f"{path}: extends = {parent!r}: recipes extend each other in a cycle ({chain})")
+    return deep_merge(_read_with_parents(parent_path, (*seen, path.resolve())), raw)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every step of every model must resolve to a valid run."""
+    path = Path(path)
+    raw = _read_with_parents(path)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: {str(err).splitlines()[0]}") from None
+    recipe = validate(Recipe, raw, str(path))
+    check_recipe(recipe, str(path))
+    return recipe
+
+
+def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], ...] = ()) -> None:
+    """Names unique, parents and teachers known, and every (model, step) and teacher resolves."""
+    for kind, items in (("step", recipe.steps), ("model", recipe.models), ("teacher", recipe.teachers)):
+        names = [item.name for item in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"{where}: duplicate {kind} name '{dupes[0]}'")
+    seen: list[str] = []
+    for step in recipe.steps:
+        if step.parent is not None and step.parent not in seen:
+            raise ConfigError(f"{where}: step '{step.name}': parent '{step.parent}' is not an earlier step ({', '.join(seen) or 'none'})")
+        seen.append(step.name)
+    for model in recipe.paper_models:
+        if model not in model_names(recipe):
+            raise ConfigError(f"{where}: paper_models: '{model}' is not a model of this recipe ({', '.join(model_names(recipe))})")
+    teachers = [t.name for t in recipe.teachers]
+    for teacher in recipe.teachers:
+        model = resolve_teacher(recipe, teacher.name, where, overrides).model
+        if not teacher.train and not (model.checkpoint or model.pretrained):
+            raise ConfigError(f"{where}: teacher '{teacher.name}': train: false needs model.checkpoint or model.pretrained")
+        cfg = resolve_teacher(recipe, teacher.name, where, overrides)
+        if cfg.distill is not None:
+            raise ConfigError(f"{where}: teacher '{teacher.name}': a teacher cannot itself distil")
+    for model in model_names(recipe):
+        for step in recipe.steps:
+            cfg = resolve_step(recipe, model, step.name, where, overrides)
+            if cfg.distill is not None and cfg.distill.teacher not in teachers:
+                raise ConfigError(f"{where}: step '{step.name}': distill.teacher = '{cfg.distill.teacher}' is not a teacher "
+                                  f"of this recipe (teachers: {', '.join(teachers) or 'none'})")
+
+
+def model_names(recipe: Recipe) -> list[str]:
+    """Column labels: the `models:` names, or the base model's name."""
+    if recipe.models:
+        return [m.name for m in recipe.models]
+    return [str(recipe.base.get("model", {}).get("name", ModelConfig().name))]
+
+
+def _step_raw(recipe: Recipe, step_name: str) -> dict:
+    """The cumulative overrides of a step: its parent chain's `set:`s, oldest first."""
+    index = {s.name: i for i, s in enumerate(recipe.steps)}
+    chain, i = [], index[step_name]
+    while i is not None:
+        step = recipe.steps[i]
+        chain.append(step.set)
+        i = index[step.parent] if step.parent else (i - 1 if i > 0 else None)
+    raw: dict = {}
+    for overrides in reversed(chain):
+        raw = deep_merge(raw, overrides)
+    return raw
+
+
+def _finish(raw: dict, where: str, overrides, seed: int) -> RunConfig:
+    validate(RunConfig, raw, where)   # errors in the recipe itself are reported against the file
+    for path, value in overrides:
+        raw = apply_override(raw, path, value)
+    raw["seed"] = seed
+    return validate(RunConfig, raw, f"{where} with --set" if overrides else where)
+
+
+def resolve_step(recipe: Recipe, model: str, step: str, where: str = "recipe",
+                 overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0) -> RunConfig:
+    """base + the model's `set` + the step's cumulative `set` + the `--set` overrides."""
+    raw = recipe.base
+    for variant in recipe.models:
+        if variant.name == model:
+            raw = deep_merge(raw, variant.set)
+    raw = deep_merge(raw, _step_raw(recipe, step))
+    return _finish(raw, f"{where}: model '{model}', step '{step}'", overrides, seed)
+
+
+def resolve_teacher(recipe: Recipe, teacher: str, where: str = "recipe",
+                    overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0) -> RunConfig:
+    """base + the teacher's `set` + the `--set` overrides."""
+    spec = next(t for t in recipe.teachers if t.name == teacher)
+    return _finish(deep_merge(recipe.base, spec.set), f"{where}: teacher '{teacher}'", overrides, seed)

@@ -1,0 +1,164 @@
+"""The run config: strict, frozen sections, one per part of training; a trick set to None is off."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from bench.strict import Strict
+from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
+from bench.tricks.cutmix import CutMixConfig
+
+
+class ModelConfig(Strict):
+    name: str = "resnet18d"            # a timm model name, or resnet50_v1 (bench.models.LOCAL_MODELS)
+    small_input: bool = False          # stride-1 stem and no max-pool, for 8-32 px images
+    kwargs: dict[str, Any] = {}        # passed to timm.create_model (e.g. channels, stem_width)
+    pretrained: Optional[str] = None   # a timm pretrained tag (e.g. resnet152d.ra2_in1k), for teachers
+    checkpoint: Optional[str] = None   # a file of weights (a state dict, or a run's model.pt), for teachers
+
+
+class DataConfig(Strict):
+    dataset: Literal["digits", "imagenet", "imagefolder", "cifar10", "cifar100", "fashion_mnist"] = "digits"
+    root: Optional[str] = None                  # None: the data set's default places (bench/data.py)
+    download: bool = False                      # cifar10/100, fashion_mnist: fetch when absent
+    global_batch_size: int = Field(128, gt=0)   # summed over all devices
+    eval_batch_size: int = Field(512, gt=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)   # digits only: the others have a val split
+    max_train_batches: Optional[int] = Field(None, gt=0)  # per epoch; None = the whole set
+    max_val_batches: Optional[int] = Field(None, gt=0)
+    image_size: Optional[int] = Field(None, ge=8)   # train and eval crop; None: 224 / 32 / 28 / 8
+    eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
+    workers: int = Field(8, ge=0)               # DataLoader processes per device (ImageFolder)
+    pin_memory: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
+    color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
+    lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
+    pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
+    hflip: bool = True                          # random horizontal flip (not for digits)
+
+    def smoke(self) -> DataConfig:
+        """3 training and 2 validation batches; for photographs also batches of at most 8 images
+        of a quarter of the size (at least 32 px, and 75 px for Inception-V3's 299)."""
+        update: dict[str, Any] = {"max_train_batches": 3, "max_val_batches": 2}
+        if self.dataset in ("imagenet", "imagefolder"):
+            size = self.image_size or 224
+            update.update(global_batch_size=min(self.global_batch_size, 8), eval_batch_size=min(self.eval_batch_size, 8),
+                          image_size=max(32, -(-size // 4)), eval_resize=max(32, -(-(self.eval_resize or round(size / 0.875)) // 4)),
+                          workers=0)
+        elif self.dataset != "digits":
+            update.update(global_batch_size=min(self.global_batch_size, 16), eval_batch_size=min(self.eval_batch_size, 16))
+        return self.model_copy(update=update)
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr_per_256: float = Field(0.1, gt=0.0)      # peak lr = lr_per_256 × global_batch_size / 256
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+
+class ScheduleConfig(Strict):
+    kind: Literal["step", "cosine"] = "step"
+    epochs: int = Field(120, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    milestones: list[int] = []                  # epochs at which "step" multiplies the lr by gamma
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    def tags(self) -> list[str]:
+        """The refinements switched on, as run tags."""
+        return (["warmup"] if self.warmup_epochs > 0 else []) + (["cosine"] if self.kind == "cosine" else [])
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True
+    deterministic: bool = True
+    compile: bool = False              # torch.compile the model (in place); opt-in, measured both ways
+    sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
+
+
+class RunConfig(Strict):
+    """Everything one training run needs; a trick section set to None is off."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    efficient: EfficientConfig = EfficientConfig()
+    label_smoothing: Optional[LabelSmoothingConfig] = None
+    mixup: Optional[MixupConfig] = None
+    cutmix: Optional[CutMixConfig] = None      # not in the paper: Yun et al. 2019, a batch-mixing trick like mixup
+    distill: Optional[DistillConfig] = None
+    runtime: RuntimeConfig = RuntimeConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        s = self.schedule
+        if s.warmup_epochs > s.epochs:
+            raise ValueError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds schedule.epochs={s.epochs}")
+        if list(s.milestones) != sorted(set(s.milestones)) or any(not 0 < m <= s.epochs for m in s.milestones):
+            raise ValueError(f"schedule.milestones={s.milestones} must be increasing epochs in (0, {s.epochs}]")
+        mixers = [name for name in type(self).model_fields if isinstance(getattr(self, name), MixingConfig)]
+        if len(mixers) > 1:
+            raise ValueError(f"{' and '.join(mixers)} are both on; a run mixes its batches one way")
+        for name in mixers:
+            if getattr(self, name).off_epochs >= s.epochs:
+                raise ValueError(f"{name}.off_epochs={getattr(self, name).off_epochs} leaves no mixed epoch of {s.epochs}")
+        return self
+
+    def mixing(self) -> Optional[MixingConfig]:
+        """The batch-mixing trick that is on (mixup, CutMix, ...), if any."""
+        return next((v for v in (getattr(self, n) for n in type(self).model_fields) if isinstance(v, MixingConfig)), None)
+
+    def peak_lr(self) -> float:
+        return self.optim.lr_per_256 * self.data.global_batch_size / 256
+
+    # The paper's trick sections have always been hashed, as null when off; a section added since
+    # stays out of the hash while it is off, so adding a trick keeps every recorded run's hash.
+    hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
+
+    def config_hash(self) -> str:
+        off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
+        blob = json.dumps(self.model_dump(mode="json", exclude=off), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def schedule_for(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate as a pure function of the global step, from the run's schedule, peak lr
+    and iterations per epoch: the one schedule the loop, the figures and the benchmark use."""
+    s = cfg.schedule
+    args = dict(peak_lr=cfg.peak_lr(), total_steps=s.epochs * steps_per_epoch, kind=s.kind,
+                warmup_steps=s.warmup_epochs * steps_per_epoch, gamma=s.gamma,
+                milestones=[m * steps_per_epoch for m in s.milestones])
+    return lambda step: lr_at(step, **args)
+
+
+def tricks_on(cfg: RunConfig) -> list[str]:
+    """The refinements a run has on (its W&B tags): each section's own `tags()`, and the name of
+    every optional trick section that is set."""
+    tags: list[str] = []
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if hasattr(value, "tags"):
+            tags += value.tags()
+        elif value is not None and isinstance(value, Strict) and field.default is None:
+            tags.append(name)
+    return tags
+
+
+class WandbConfig(Strict):
+    """A recipe's `wandb:` section; its presence (or `--wandb`) switches logging on."""
+
+    project: Optional[str] = None      # None: $WANDB_PROJECT, else "bench"
+    entity: Optional[str] = None       # None: $WANDB_ENTITY, else the API key's default entity
+    group: Optional[str] = None        # None: the results directory's name (the ablation)
+    mode: Optional[Literal["online", "offline", "disabled"]] = None  # None: $WANDB_MODE, else online
+    #                                    when an API key is known and the server answers, else offline
+    log_every_steps: int = Field(1, gt=0)   # per-iteration lr and loss every this many batches

@@ -1,0 +1,58 @@
+"""Pydantic errors as one line: where, the dotted key, its value, what is wrong."""
+from __future__ import annotations
+
+import difflib
+import typing
+from typing import Any, Optional, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from bench.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def section_class(annotation: Any) -> Optional[type[BaseModel]]:
+    """The config class behind a field annotation (unwrapping Optional), or None for a leaf."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def unknown_key(key: str, cls: type[BaseModel], where: str) -> ConfigError:
+    inherited = {k for base in cls.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for k in base.model_fields}
+    valid = sorted(cls.model_fields, key=lambda k: k in inherited)   # the section's own keys first
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}")
+
+
+def format_validation(err: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
+    """The first pydantic error as one line: where, the dotted key, its value, what is wrong."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if first["type"] == "extra_forbidden":
+        owner = cls
+        for part in loc[:-1]:
+            field = owner.model_fields.get(part) if owner else None
+            owner = section_class(field.annotation) if field else None
+        if owner is not None:
+            prefix = ".".join(loc[:-1])
+            return unknown_key(loc[-1], owner, f"{where}: {prefix}" if prefix else where)
+    key = ".".join(loc) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or not loc else f" = {value!r}"
+    return ConfigError(f"{where}: {key}{shown}: {msg}")
+
+
+def validate(cls: type[M], raw: Any, where: str) -> M:
+    """`cls` from raw values; the first problem as a one-line `ConfigError` naming `where`."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise format_validation(err, cls, where) from None

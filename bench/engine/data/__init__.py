@@ -1,0 +1,175 @@
+"""Data sets as batch iterators with a deterministic order per (seed, epoch): the embedded
+digits, CIFAR-10/100 and Fashion-MNIST (`small`), ImageFolder trees (`images`)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.config import DataConfig
+from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder, train_transform
+from bench.engine.data.small import load_cifar, load_fashion_mnist
+from bench.errors import BenchError
+
+SPLIT_SEED = 20190101  # fixes the train/val split, independently of the run's seed
+
+
+@dataclass
+class TensorBatches:
+    """Batches of an in-memory (images, labels) set.
+
+    The order of epoch e is a permutation drawn from (seed, e), so a resumed run sees exactly
+    the batches an uninterrupted one would. With `world_size` > 1 each rank takes its share of
+    every global batch.
+
+    Args:
+        images: (N, C, H, W) float, normalized.
+        labels: (N,) int64.
+        batch_size: global batch size.
+        shuffle: draw a new order each epoch (training) or keep the stored order.
+        shift_px: random translation by up to this many pixels (training augmentation).
+        max_batches: stop each epoch after this many batches.
+        mean, std: (C, 1, 1); when set, `images` are stored raw (uint8) and normalized per batch.
+        flip: random horizontal flip (training augmentation).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool = False
+    shift_px: int = 0
+    max_batches: Optional[int] = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    mean: Optional[torch.Tensor] = None
+    std: Optional[torch.Tensor] = None
+    flip: bool = False
+
+    def __len__(self) -> int:
+        n = len(self.labels) // self.batch_size if self.shuffle else -(-len(self.labels) // self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.mean is not None:
+                images = (images.float() - self.mean) / self.std
+            if self.shift_px:   # drawn for the global batch, so any world size sees the same pixels
+                images = random_shift(images, self.shift_px, g)
+            if self.flip:
+                flipped = torch.rand(len(idx), generator=g) < 0.5
+                images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+            yield images[self.rank::self.world_size], self.labels[idx][self.rank::self.world_size]
+
+
+def random_shift(images: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_px` pixels (zero padding, then a random crop)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_px,) * 4)
+    dy = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+@dataclass
+class Data:
+    train: TensorBatches
+    val: TensorBatches
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits: (1797, 8, 8) in [0, 16] and labels 0-9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a deterministic split that keeps each class's share in train and val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> Data:
+    """The data set named by `cfg.dataset`, with its training augmentation; `rank` and
+    `world_size` pick this process's share of every global batch."""
+    if cfg.global_batch_size % world_size:
+        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} is not divisible by the world size {world_size}")
+    if cfg.dataset in ("imagenet", "imagefolder"):
+        return build_imagefolder(cfg, seed, rank, world_size)
+    if cfg.dataset != "digits":
+        return build_small(cfg, seed, rank, world_size)
+    images, labels = load_digits_arrays()
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction)
+    x = torch.from_numpy(images).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    mean, std = x[train_idx].mean(), x[train_idx].std()
+    x = (x - mean) / std
+    if len(train_idx) < cfg.global_batch_size:
+        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} exceeds the {len(train_idx)} training images")
+    common = dict(seed=seed, rank=rank, world_size=world_size)
+    train = TensorBatches(x[train_idx], y[train_idx], cfg.global_batch_size, shuffle=True, shift_px=1,
+                          max_batches=cfg.max_train_batches, **common)
+    val = TensorBatches(x[val_idx], y[val_idx], cfg.eval_batch_size, max_batches=cfg.max_val_batches, **common)
+    return Data(train=train, val=val, num_classes=10, in_chans=1, image_size=8)
+
+
+def _check_batch(cfg: DataConfig, n_train: int) -> None:
+    if n_train < cfg.global_batch_size:
+        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} exceeds the {n_train} training images")
+
+
+def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
+    """CIFAR-10/100 or Fashion-MNIST in memory: pad-and-crop + flip, per-channel train mean/std."""
+    if cfg.dataset == "fashion_mnist":
+        x_train, y_train, x_val, y_val = load_fashion_mnist(cfg.root, cfg.download)
+    else:
+        x_train, y_train, x_val, y_val = load_cifar(cfg.dataset, cfg.root, cfg.download)
+    size = x_train.shape[-1]
+    if cfg.image_size not in (None, size):
+        raise BenchError(f"data.image_size = {cfg.image_size}: {cfg.dataset} images are {size} px")
+    _check_batch(cfg, len(y_train))
+    mean = x_train.float().mean(dim=(0, 2, 3))[:, None, None]
+    std = x_train.float().std(dim=(0, 2, 3))[:, None, None].clamp_min(1e-3)
+    common = dict(seed=seed, rank=rank, world_size=world_size, mean=mean, std=std)
+    train = TensorBatches(x_train, y_train, cfg.global_batch_size, shuffle=True, shift_px=cfg.pad_px,
+                          flip=cfg.hflip, max_batches=cfg.max_train_batches, **common)
+    val = TensorBatches(x_val, y_val, cfg.eval_batch_size, max_batches=cfg.max_val_batches, **common)
+    num_classes = {"cifar100": 100}.get(cfg.dataset, 10)
+    return Data(train=train, val=val, num_classes=num_classes, in_chans=x_train.shape[1], image_size=size)
+
+
+def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
+    """root/train and root/val through the paper's train and eval transforms."""
+    classes, train_samples, val_samples = scan_imagefolder(cfg.root, cfg.dataset)
+    _check_batch(cfg, len(train_samples))
+    size = cfg.image_size or 224
+    resize = cfg.eval_resize or round(size / 0.875)
+    loader = dict(seed=seed, rank=rank, world_size=world_size, workers=cfg.workers, pin_memory=cfg.pin_memory)
+    train = LoaderBatches(FolderImages(train_samples, train_transform(cfg, size)), cfg.global_batch_size,
+                          shuffle=True, max_batches=cfg.max_train_batches, **loader)
+    val = LoaderBatches(FolderImages(val_samples, eval_transform(size, resize)), cfg.eval_batch_size,
+                        max_batches=cfg.max_val_batches, **loader)
+    return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

@@ -1,0 +1,177 @@
+"""ImageFolder trees (ImageNet's ILSVRC layout or any user set): the paper's transforms and a
+DataLoader with the batch interface of `bench.data.TensorBatches`."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from bench.config import DataConfig
+from bench.errors import BenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Principal components of ImageNet's RGB pixels (Krizhevsky et al. 2012), for lighting noise.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+LAYOUT = "DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (ILSVRC with val sorted into class folders)"
+
+
+class DataError(BenchError):
+    """A data problem; re-raised from a DataLoader worker it keeps only its own message line."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught "):   # the worker's traceback text: keep the last line
+            message = message.rstrip().splitlines()[-1].partition(": ")[2]
+        super().__init__(message)
+
+
+class Lighting(nn.Module):
+    """AlexNet's PCA lighting noise: add Σ_i α_i λ_i v_i to every pixel, α_i ~ N(0, std)."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+        self.register_buffer("rgb_basis", torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (3, H, W) float in [0, 1]."""
+        alpha = torch.randn(3) * self.std
+        return image + (self.rgb_basis @ alpha)[:, None, None]
+
+
+def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
+    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1)."""
+    steps = [v2.PILToTensor(), v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.color_jitter:
+        j = cfg.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if cfg.lighting_std:
+        steps.append(Lighting(cfg.lighting_std))
+    return v2.Compose(steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform(size: int, resize: int) -> v2.Compose:
+    """Shorter side to `resize`, center crop `size` (224 ← 256; Inception-V3: 299 ← 342)."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: unreadable image ({err})") from None
+
+
+class FolderImages(Dataset):
+    """(path, label) samples read and transformed; an item key is (index, seed) so that the
+    augmentation of an image depends only on the run's seed, the epoch and the index."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        path, label = self.samples[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(read_image(path)), label
+
+
+class _Batches:
+    """A batch sampler whose batches are set before each pass (persistent workers reuse it)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class LoaderBatches:
+    """Batches of a `FolderImages` set through a DataLoader: `len()` and `.epoch(e)` as in
+    `TensorBatches`, the same per-(seed, epoch) order and the same share per rank."""
+
+    def __init__(self, dataset: FolderImages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None, workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
+        self._sampler = _Batches()
+        self._loader = DataLoader(dataset, batch_sampler=self._sampler, num_workers=workers,
+                                  pin_memory=pin_memory and torch.cuda.is_available(),
+                                  persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        n = n // self.batch_size if self.shuffle else -(-n // self.batch_size)
+        return min(n, self.max_batches) if self.max_batches else n
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        base = self.seed * 1_000_003 + epoch
+        g = torch.Generator().manual_seed(base)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        self._sampler.batches = [
+            [(int(i), (base * 10_000_019 + int(i)) % 2**62)
+             for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
+            for b in range(len(self))]
+        yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    try:
+        return find_classes(str(split_dir))[0]
+    except FileNotFoundError:
+        raise DataError(f"{split_dir}: no class folders; expected {LAYOUT}") from None
+
+
+def _samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    try:
+        return make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as err:
+        raise DataError(f"{split_dir}: {str(err).splitlines()[0]}") from None
+
+
+def scan_split(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folders and (path, label) samples of one split directory (DIR/<class>/*)."""
+    classes = _class_folders(split_dir)
+    return classes, _samples(split_dir, {c: i for i, c in enumerate(classes)})
+
+
+def scan_imagefolder(root: Optional[str], dataset: str) -> tuple[list[str], list, list]:
+    """Classes and (path, label) samples of root/train and root/val, checked to match."""
+    if root is None:
+        hint = "set IMAGENET_ROOT or " if dataset == "imagenet" else ""
+        raise DataError(f"data.root is not set for {dataset}: {hint}--set data.root=DIR with {LAYOUT}")
+    root_dir = Path(os.path.expanduser(root))
+    for split in ("train", "val"):
+        if not (root_dir / split).is_dir():
+            raise DataError(f"data.root = {root}: no directory {root_dir / split}; expected {LAYOUT}")
+    train_classes, val_classes = _class_folders(root_dir / "train"), _class_folders(root_dir / "val")
+    if train_classes != val_classes:
+        only_train = sorted(set(train_classes) - set(val_classes))[:3]
+        only_val = sorted(set(val_classes) - set(train_classes))[:3]
+        raise DataError(f"data.root = {root}: class folders differ between train and val "
+                        f"(only in train: {', '.join(only_train) or '-'}; only in val: {', '.join(only_val) or '-'})")
+    class_to_idx = {c: i for i, c in enumerate(train_classes)}
+    return train_classes, _samples(root_dir / "train", class_to_idx), _samples(root_dir / "val", class_to_idx)

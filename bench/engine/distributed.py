@@ -1,0 +1,137 @@
+"""Distributed training context: rank, world size and device from torchrun's or SLURM's
+environment; process-group set-up, rank-0 gating and metric reduction.
+
+One process per device. torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT; under SLURM (one task per GPU, `srun` or submitit) they come from SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID and the job's first node. Without either, training is one process
+and nothing here talks to torch.distributed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as torch_dist
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    source: str = "single"        # "torchrun", "slurm" or "single"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" → "gpu03"."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise BenchError(f"SLURM_JOB_NODELIST = {nodelist!r}: cannot read a host name")
+    prefix, ranges = match.groups()
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise BenchError(f"environment variable {key} = {env[key]!r}: not an integer") from None
+
+
+def read_env(env: Optional[Mapping[str, str]] = None) -> DistEnv:
+    """Where this process stands, from torchrun's variables first, then SLURM's."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+                       env.get("MASTER_ADDR", "127.0.0.1"), _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+                       "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and _int(env, "SLURM_NTASKS") > 1:
+        job_id = _int(env, "SLURM_JOB_ID") if "SLURM_JOB_ID" in env else 0
+        port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + job_id % 30000
+        return DistEnv(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID"),
+                       first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")), port, "slurm")
+    return DistEnv()
+
+
+_CURRENT = DistEnv()
+
+
+def current() -> DistEnv:
+    """The context set by `init()`; a single process until then."""
+    return _CURRENT
+
+
+def init(device: str = "auto", sync_env: Optional[Mapping[str, str]] = None) -> DistEnv:
+    """Join the process group described by the environment (idempotent).
+
+    nccl when the runs use CUDA, gloo on CPU. Each process uses GPU `local_rank`.
+    """
+    global _CURRENT
+    found = read_env(sync_env)
+    if not found.distributed or torch_dist.is_initialized():
+        _CURRENT = found
+        return found
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(found.local_rank)
+    os.environ.setdefault("MASTER_ADDR", found.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(found.master_port))
+    torch_dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                  rank=found.rank, world_size=found.world_size)
+    _CURRENT = found
+    return found
+
+
+def is_main() -> bool:
+    """True on the one process (rank 0) that writes files and logs."""
+    return _CURRENT.rank == 0
+
+
+def barrier() -> None:
+    if _CURRENT.distributed:
+        torch_dist.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks of a few scalars (counts, loss sums)."""
+    if not _CURRENT.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch_dist.all_reduce(t)
+    return t.tolist()
+
+
+def local_device(name: str) -> torch.device:
+    """The device of this process: `cuda:local_rank` when CUDA is asked for (or "auto" finds it)."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", _CURRENT.local_rank)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+    """DistributedDataParallel over the ranks (gradients averaged), optionally SyncBatchNorm;
+    the model itself when there is one process."""
+    if not _CURRENT.distributed:
+        return model
+    if sync_bn and device.type != "cuda":
+        raise BenchError("runtime.sync_bn = true: SyncBatchNorm needs CUDA devices (this run is on CPU)")
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,99 @@
+"""One run's training, as the algorithm reads: setup, then per epoch train → evaluate →
+checkpoint, then the final record. Resumes from the run directory's checkpoint."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.config import RunConfig
+from bench.engine import distributed as dist
+from bench.engine.checkpoint import restore_checkpoint, save_checkpoint
+from bench.engine.evaluate import evaluate
+from bench.engine.step import train_step
+from bench.engine.tracker import Tracker
+from bench.engine.training import Training, setup
+from bench.runs import RunDir
+
+
+class EpochStats(NamedTuple):
+    loss_sum: torch.Tensor   # Σ loss × batch size on this rank, on the device (no sync yet)
+    images: int              # images this rank trained on
+    lr: float                # of the epoch's last step
+    time_s: float
+
+
+def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda: None) -> EpochStats:
+    """One pass over the training batches of `epoch`: lr from the schedule, the batch's mixing
+    (when a mixing trick is on for this epoch), one optimizer step, the NaN guard, the tracker."""
+    t.net.train()
+    mixer = t.cfg.mixing()
+    mixer = mixer if mixer is not None and mixer.active(epoch, t.cfg.schedule.epochs) else None
+    loss_sum, seen, lr, t0 = torch.zeros((), device=t.device), 0, 0.0, time.perf_counter()
+    for i, (images, labels) in enumerate(t.data.train.epoch(epoch)):
+        step = epoch * t.steps_per_epoch + i
+        lr = t.lr_at(step)
+        mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
+        loss = train_step(t.net, t.optimizer, t.scaler, images, labels, lr, t.cfg, t.data.num_classes, t.device,
+                          mixing, t.teacher)
+        t.guard.update(loss, step)
+        t.tracker.log_step(step, lr, loss)
+        loss_sum += loss * len(labels)
+        seen += len(labels)
+        on_step()
+    return EpochStats(loss_sum, seen, lr, time.perf_counter() - t0)
+
+
+def epoch_row(epoch: int, stats: EpochStats, val: dict, device: torch.device) -> dict:
+    """The metrics.jsonl row of an epoch, its training loss averaged over every rank's images."""
+    loss_sum, seen = dist.all_reduce_sum([float(stats.loss_sum), stats.images], device)
+    return {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": stats.lr, "epoch_time_s": stats.time_s,
+            "images_per_s": seen / stats.time_s, **val}
+
+
+def final_record(t: Training, val: dict) -> dict:
+    """What final.json holds beyond the run's identity."""
+    cfg, epochs = t.cfg, t.cfg.schedule.epochs
+    train_images = epochs * t.steps_per_epoch * cfg.data.global_batch_size
+    return {"top1": val["val_top1"], "top5": val["val_top5"], "val_loss": val["val_loss"], "epochs": epochs,
+            "train_time_s": t.train_time_s, "images_per_s": train_images / t.train_time_s if t.train_time_s else None,
+            "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch}
+
+
+def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,
+          label: str = "", progress: bool = True, tracker: Optional[Tracker] = None) -> dict:
+    """Train one run in `run_dir`, resuming from its checkpoint; returns what final.json holds.
+
+    Args:
+        teacher_run: the teacher's config and final weights, when `cfg.distill` is set.
+        tracker: receives each batch's lr and loss and each epoch's metrics row (W&B).
+    """
+    run_dir, main = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir, dist.is_main()
+    t = setup(cfg, teacher_run, tracker)
+    start, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
+    if main:   # only rank 0 writes files and shows progress
+        run_dir.truncate_metrics(start)
+    bar = tqdm(total=epochs * n, initial=start * n, desc=label, unit="step", disable=not (progress and main),
+               leave=False, dynamic_ncols=True)
+    val, gaps = {}, []   # gaps: of the last epoch's evaluation, for the report's Fig. 4b
+    for epoch in range(start, epochs):
+        stats = train_epoch(t, epoch, bar.update)
+        t.guard.check(n, run_dir / RunDir.CHECKPOINT)   # a NaN/inf epoch is never saved
+        t.train_time_s += stats.time_s
+        val = evaluate(t.model, t.data.val, cfg, t.device, gaps if epoch == epochs - 1 else None)
+        row = epoch_row(epoch, stats, val, t.device)
+        if main:
+            run_dir.append_metrics(row)
+            t.tracker.log_epoch(row)
+            save_checkpoint(t, run_dir, epoch)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
+    bar.close()
+    if not val:   # resumed after the last epoch's checkpoint: evaluate the restored weights
+        val = evaluate(t.model, t.data.val, cfg, t.device, gaps)
+    if main:
+        run_dir.save_outputs(t.model.state_dict(), torch.cat(gaps).numpy())
+    return final_record(t, val)

@@ -1,0 +1,113 @@
+"""Models by timm name, with the small-input stem and the zero-γ switch the recipe asks for."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from bench.config import ModelConfig
+from bench.errors import BenchError
+from bench.runs import load_torch
+from bench.tricks import zero_gamma as apply_zero_gamma
+
+
+def stride_on_first_1x1(model: nn.Module) -> nn.Module:
+    """The original ResNet (He et al. 2016): a downsampling bottleneck strides in its first 1×1
+    convolution, not in the 3×3 as timm's (ResNet-B, Table 5, Fig. 2a)."""
+    for block in model.modules():
+        conv1, conv2 = getattr(block, "conv1", None), getattr(block, "conv2", None)
+        if isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d) and conv2.stride != (1, 1) \
+                and conv1.kernel_size == (1, 1) and hasattr(block, "conv3"):
+            conv1.stride, conv2.stride = conv2.stride, (1, 1)
+    return model
+
+
+# Models that are a timm model plus a change: name -> (timm name, change).
+LOCAL_MODELS = {"resnet50_v1": ("resnet50", stride_on_first_1x1)}
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamma: bool = False) -> nn.Module:
+    """A timm model (or one of LOCAL_MODELS) for `num_classes` classes, with the weights of
+    `cfg.checkpoint` or the timm tag `cfg.pretrained` when set.
+
+    timm initialises the last BatchNorm of residual blocks to γ = 0 by default; here that
+    happens only when `zero_gamma` asks for it, so the baseline really starts with γ = 1.
+    """
+    timm_name, change = LOCAL_MODELS.get(cfg.name, (cfg.name, None))
+    if not timm.is_model(timm_name):
+        close = timm.list_models(f"*{cfg.name.split('_')[0][:6]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise BenchError(f"model.name = {cfg.name!r}: unknown timm model{hint}")
+    if cfg.pretrained:
+        timm_name = f"{timm_name}.{cfg.pretrained}"
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, pretrained=bool(cfg.pretrained), **cfg.kwargs)
+    try:
+        try:
+            model = timm.create_model(timm_name, zero_init_last=False, **kwargs)
+        except TypeError as err:
+            if "zero_init_last" not in str(err):
+                raise BenchError(f"model {cfg.name!r} with kwargs {cfg.kwargs}: {err}") from None
+            model = timm.create_model(timm_name, **kwargs)   # a family without residual zero-init
+    except (RuntimeError, OSError, ValueError) as err:   # unknown tag, offline hub
+        raise BenchError(f"model {timm_name!r} (pretrained={cfg.pretrained!r}): {str(err).splitlines()[0]}") from None
+    if change is not None:
+        change(model)
+    if cfg.small_input:
+        make_small_input(model)
+    if zero_gamma:
+        apply_zero_gamma(model)
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint, f"model {cfg.name} for {num_classes} classes", "model.checkpoint")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str, source: Optional[str] = None) -> nn.Module:
+    """Load weights into `model`: a state dict file (a run's model.pt), a checkpoint holding one
+    under "model" (a run's last.pt), either saved from DistributedDataParallel ("module.").
+
+    Every problem is one line naming the file (as `source = path` when given, e.g.
+    "model.checkpoint"), and, for weights of another architecture or class count, the first
+    mismatch against `what` (e.g. "teacher resnet26d for 10 classes").
+    """
+    label = f"{source} = {path}" if source else str(path)
+    if not Path(path).is_file():
+        raise BenchError(f"{label}: no such file")
+    try:
+        state = load_torch(Path(path))
+    except BenchError as err:
+        raise BenchError(f"{label}: {str(err).removeprefix(f'{path}: ')}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchError(f"{label}: not a state dict of model weights ({type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise BenchError(f"{label}: weights do not fit the {what}: {k} has shape {tuple(state[k].shape)}, "
+                         f"the model expects {tuple(expected[k].shape)}")
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BenchError(f"{label}: weights do not fit the {what} (another architecture: {len(missing)} keys missing, "
+                         f"{len(unexpected)} unexpected, e.g. {detail})")
+    model.load_state_dict(state)
+    return model
+
+
+def make_small_input(model: nn.Module) -> nn.Module:
+    """Stride 1 in the stem's first convolution and no stem max-pool, for 8-32 px images
+    (the CIFAR convention of He et al. 2016), so the last stage still sees more than 1 px."""
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first_conv.stride = (1, 1)
+    if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool = nn.Identity()
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

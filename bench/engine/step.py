@@ -1,0 +1,59 @@
+"""One optimizer step: device placement, autocast, the loss, the scaler, fused SGD."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bench.config import RunConfig
+from bench.engine.loss import training_loss
+from bench.tricks import Mixing, autocast_dtype, param_groups
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Nesterov SGD over the recipe's param groups, the lr set per step by the loop.
+
+    One fused kernel for all parameters where PyTorch has it (CUDA, CPU), else the multi-tensor
+    (foreach) path: the same update as the per-parameter loop, fewer kernel launches.
+    """
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, **fast)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: RunConfig, num_classes: int,
+               device: torch.device, mixing: Optional[Mixing] = None,
+               teacher: Optional[nn.Module] = None) -> torch.Tensor:
+    """One optimizer step on one batch; returns the detached loss without a device sync.
+
+    Args:
+        images: (N, C, H, W) and labels: (N,) as the loader gives them (moved to `device` here).
+        lr: this step's learning rate, from the run's schedule.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device, non_blocking=True)
+    if mixing is not None:
+        mixing = mixing.to(device)
+    with autocast(device, cfg.efficient.precision):
+        loss = training_loss(model, images, labels, cfg, num_classes, mixing, teacher)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()

@@ -1,0 +1,92 @@
+"""Everything one run trains with, built from its config: data, model, optimizer, teacher, schedule."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import RunConfig, schedule_for
+from bench.engine import distributed as dist
+from bench.engine.data import Data, build_data
+from bench.engine.guard import LossGuard
+from bench.engine.models import build_model, load_weights
+from bench.engine.step import build_optimizer
+from bench.engine.tracker import Tracker
+
+
+@dataclass
+class Training:
+    """One run's training state: built by `setup`, advanced by `train_epoch`, saved by `save_checkpoint`."""
+
+    cfg: RunConfig
+    data: Data
+    device: torch.device
+    model: nn.Module                   # the plain model: evaluated, checkpointed, saved
+    net: nn.Module                     # what the step calls: `model`, DDP-wrapped under torchrun / SLURM
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    teacher: Optional[nn.Module]       # frozen, eval mode; when cfg.distill is set
+    lr_at: Callable[[int], float]      # the schedule: lr of a global step
+    mix_rng: np.random.Generator       # λ and the pairing of the batch-mixing trick
+    guard: LossGuard
+    tracker: Tracker = field(default_factory=Tracker)
+    train_time_s: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def memory_format(cfg: RunConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+
+
+def load_teacher(teacher_cfg: RunConfig, weights: Optional[Path], num_classes: int, in_chans: int,
+                 device: torch.device, fmt: torch.memory_format = torch.contiguous_format) -> nn.Module:
+    """The teacher of a distillation run, frozen in eval mode, in the student's memory format: from
+    its run's final `weights`, or, when None, from its config's model.checkpoint or model.pretrained."""
+    model = build_model(teacher_cfg.model, num_classes, in_chans)
+    if weights is not None:
+        load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
+    return model.to(device, memory_format=fmt).eval().requires_grad_(False)
+
+
+def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,
+          tracker: Optional[Tracker] = None) -> Training:
+    """Join the process group, seed, and build the run's data, model, optimizer and teacher.
+
+    Args:
+        teacher_run: the teacher's config and final weights (None: its own checkpoint or
+            pretrained tag), when `cfg.distill` is set.
+    """
+    ctx = dist.init(cfg.runtime.device)
+    device = dist.local_device(cfg.runtime.device)   # cuda:LOCAL_RANK under torchrun / SLURM
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
+    data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
+    model = build_model(cfg.model, data.num_classes, data.in_chans, cfg.efficient.zero_gamma)
+    model = model.to(device, memory_format=memory_format(cfg))
+    if cfg.runtime.compile:
+        model.compile()   # in place: state_dict keys stay those of the plain model
+    optimizer = build_optimizer(model, cfg, device)
+    net = dist.wrap_model(model, device, cfg.runtime.sync_bn)   # DDP: gradients averaged over ranks
+    teacher = None
+    if cfg.distill is not None:
+        teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device, memory_format(cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.efficient.precision == "fp16")
+    return Training(cfg, data, device, dist.unwrap(net), net, optimizer, scaler, teacher,
+                    schedule_for(cfg, len(data.train)), np.random.default_rng(cfg.seed), LossGuard(device),
+                    tracker or Tracker())

@@ -1,0 +1,114 @@
+"""The benchmark commands: `bench` (training images/s per trick) and `bench-loader` (the
+ImageFolder pipeline's images/s), each printing a table and recording JSON under results/bench/."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from bench.errors import ConfigError
+from bench.perf.loader import format_result, measure_loader, write_photo_tree
+from bench.perf.throughput import BenchSettings, run_benchmark
+from bench.runs import refuse_existing, write_json
+from bench.runs.environment import env_info
+
+
+def format_table(r: dict) -> str:
+    """The result as a Markdown table plus one line per summary number."""
+    s = r["settings"]
+    lines = [f"{s['model']} (teacher {s['teacher']}), {s['image_size']} px, batch {s['batch_size']}, {s['precision']}, "
+             f"{'channels_last' if s['channels_last'] else 'contiguous'}, compile={s['compile']}, "
+             f"{r['environment']['device']} ({r['environment']['device_name']}, {r['environment']['cpu_threads']} threads); "
+             f"median of {s['rounds']} rounds of {s['steps']} steps",
+             "", "| variant | images/s (min-max) | ratio_to_plain | ratio_to_pytorch | peak mem (MiB) |",
+             "|---|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        mem = "" if v["peak_mem_mib"] is None else f"{v['peak_mem_mib']:.0f}"
+        lines.append(f"| {name} | {v['images_per_s']:.1f} ({v['images_per_s_min']:.1f}-{v['images_per_s_max']:.1f}) "
+                     f"| {v['ratio_to_plain']:.3f} | {v['ratio_to_pytorch']:.3f} | {mem} |")
+    lines += ["",
+              f"training step: {r['train_flop_per_step'] / 1e9:.1f} GFLOP, {r['achieved_flop_per_s'] / 1e9:.1f} GFLOP/s "
+              f"= {100 * r['flop_utilization']:.1f}% of the {r['matmul_peak_flop_per_s'] / 1e9:.1f} GFLOP/s matmul peak",
+              f"distillation adds {r['distill_extra_s_per_step'] * 1e3:.1f} ms/step; the teacher's forward takes "
+              f"{r['teacher_forward_s_per_step'] * 1e3:.1f} ms/step",
+              f"loader: {r['loader_images_per_s']:.0f} images/s = {r['loader_ratio_to_step']:.1f}x the plain step",
+              f"peak process memory: {r['peak_rss_mib']:.0f} MiB",
+              "targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in r["targets_met"].items())]
+    return "\n".join(lines)
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    d = BenchSettings()
+    p = argparse.ArgumentParser(prog="run_ablation.py bench", description=(
+        "Training images/s per trick against a plain PyTorch loop, on synthetic data."))
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--teacher", default=d.teacher, help="the distillation teacher (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile student and reference")
+    p.add_argument("--deterministic", action="store_true", help="the harness's reproducible kernels")
+    p.add_argument("--num-classes", type=int, default=d.num_classes)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="steps per variant and round")
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--width", type=int, help="narrow every model: first stage channels (tiny runs)")
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    return p
+
+
+def cmd_bench(argv) -> int:
+    args = vars(bench_parser().parse_args(argv))
+    out, width = args.pop("out"), args.pop("width")
+    refuse_existing(out)
+    if width is not None:
+        if width < 1:
+            raise ConfigError(f"bench --width = {width}: must be at least 1")
+        narrow = {"channels": [width * 2**i for i in range(4)], "stem_width": width}
+        args.update(model_kwargs=narrow, teacher_kwargs=narrow)
+    result = run_benchmark(BenchSettings(**args), progress=lambda msg: print(msg, flush=True))
+    print(format_table(result))
+    if out:
+        write_json(Path(out), result)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench_loader(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-loader", description=(
+        "Images/s of the ImageFolder training pipeline (decode, augmentation, DataLoader workers)."))
+    p.add_argument("root", nargs="?", help="an ImageFolder tree (DIR/train/<class>/*); default: "
+                   "generate ILSVRC-sized JPEGs in a temporary folder")
+    p.add_argument("--images", type=int, default=256, help="JPEGs to generate when no root is given")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seconds", type=float, default=5.0, help="time spent on each measurement")
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args = p.parse_args(argv)
+    for name in ("images", "batch_size", "image_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"bench-loader --{name.replace('_', '-')} = {getattr(args, name)}: must be at least 1")
+    if any(w < 0 for w in args.workers):
+        raise ConfigError(f"bench-loader --workers {args.workers}: must be 0 or more")
+    refuse_existing(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        root: Optional[Path] = Path(args.root) if args.root else None
+        if root is None:
+            print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
+            root = write_photo_tree(Path(tmp), args.images)
+        result = measure_loader(root, workers=args.workers, batch_size=args.batch_size, image_size=args.image_size,
+                                seconds=args.seconds, progress=lambda msg: print(msg, flush=True))
+    result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
+    result["environment"] = env_info(torch.device("cpu"))
+    print(format_result(result))
+    if args.out:
+        write_json(Path(args.out), result)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,48 @@
+"""The paper's models with their parameter counts and multiply-adds, counted on the meta device."""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.config import ModelConfig
+from bench.engine.models import build_model, count_params
+
+# (name in recipes, the paper's name, input size in px, the paper's GFLOPs where Table 5 gives one)
+PAPER_MODELS = [
+    ("resnet50_v1", "ResNet-50", 224, 3.8),
+    ("resnet50", "ResNet-50-B", 224, 4.1),
+    ("resnet50c", "ResNet-50-C", 224, 4.3),
+    ("resnet50d", "ResNet-50-D", 224, 4.3),
+    ("inception_v3", "Inception-V3", 299, None),
+    ("mobilenetv1_100", "MobileNet", 224, None),
+    ("resnet152d", "ResNet-152-D (teacher)", 224, None),
+]
+
+
+def measure_model(cfg: ModelConfig, image_size: int, num_classes: int = 1000, in_chans: int = 3) -> dict:
+    """Parameters (M) and GFLOPs of one forward pass of one image.
+
+    GFLOPs here are billions of multiply-adds, the paper's convention (Table 5: ResNet-50 3.8);
+    PyTorch's counter counts a multiply-add as 2 FLOPs, hence the halving.
+    """
+    with torch.device("meta"):
+        model = build_model(cfg.model_copy(update={"checkpoint": None, "pretrained": None}), num_classes, in_chans)
+        x = torch.zeros(1, in_chans, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return {"params_m": count_params(model) / 1e6, "gflops": counter.get_total_flops() / 2e9}
+
+
+def models_table(names: list[str] | None = None, image_size: int | None = None) -> str:
+    """A markdown table of the paper's models (or `names`), with Table 5's GFLOPs beside ours."""
+    rows = [(n, p, s, g) for n, p, s, g in PAPER_MODELS if not names or n in names]
+    known = {n for n, *_ in PAPER_MODELS}
+    rows += [(n, "", 224, None) for n in names or () if n not in known]
+    lines = ["| model | paper name | input (px) | params (M) | GFLOPs (multiply-adds) | paper GFLOPs |",
+             "|---|---|---|---|---|---|"]
+    for name, paper, size, paper_gflops in rows:
+        size = image_size or size
+        m = measure_model(ModelConfig(name=name), size)
+        lines.append(f"| {name} | {paper} | {size} | {m['params_m']:.1f} | {m['gflops']:.2f} | "
+                     f"{paper_gflops if paper_gflops is not None else ''} |")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Run directories → pandas DataFrames.
+
+`load_results` reads run directories into `Results` (runs, per-epoch curves, validation logit
+gaps); everything after it (`bench.report.stats`, `.tables`, `.figures`) reads only those
+DataFrames, so frames built from another source (W&B) give the same tables and figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.runs import RunDir, read_yaml
+from bench.runs.rundir import CONFIG_PREFIX, flat_config
+
+PAPER_DIR = Path(__file__).resolve().parent.parent.parent / "results" / "paper"
+RUN_COLUMNS = ["model", "role", "step", "step_index", "parent_step", "seed", "top1", "top5", "epochs",
+               "train_time_s", "images_per_s", "config_hash", "teacher", "paper_table", "paper_model",
+               "num_classes", "steps_per_epoch", "path"]
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a report is made of.
+
+    runs: one row per finished run (RUN_COLUMNS, then the flattened config).
+    curves: one row per run and epoch: `path` and the metrics.jsonl keys (epoch, val_top1, lr, ...).
+    gaps: one row per run and validation image: `path`, `logit_gap` (max logit − mean of the others).
+    """
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    gaps: pd.DataFrame
+
+
+def load_runs(results_dir: Path) -> pd.DataFrame:
+    """One row per finished run (its final.json), teachers included; unfinished runs are absent."""
+    results_dir = Path(results_dir)
+    rows = []
+    for final in sorted(results_dir.glob(f"**/{RunDir.FINAL}")):
+        row = json.loads(final.read_text())
+        row["path"] = str(final.parent.relative_to(results_dir))
+        row.update(flat_config(read_yaml(final.parent / RunDir.CONFIG) or {}))
+        rows.append(row)
+    return runs_frame(rows)
+
+
+def runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """Run records (final.json, `path`, `config.*`), in path order, as the runs DataFrame:
+    RUN_COLUMNS first, then the others sorted; teachers first, then by model, step and seed."""
+    df = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
+    for column in RUN_COLUMNS:
+        if column not in df:
+            df[column] = None
+    order = RUN_COLUMNS + sorted(c for c in df.columns if c not in RUN_COLUMNS)
+    return df[order].sort_values(["role", "model", "step_index", "seed"], ascending=[False, True, True, True],
+                                 ignore_index=True)
+
+
+def load_curves(results_dir: Path, run_paths) -> pd.DataFrame:
+    """The metrics.jsonl rows of the given runs, with their `path`."""
+    frames = [pd.DataFrame(RunDir(Path(results_dir) / p).read_metrics()).assign(path=p) for p in run_paths]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "epoch", "val_top1"])
+
+
+def load_logit_gaps(results_dir: Path, run_paths) -> pd.DataFrame:
+    """The stored validation logit gaps of the given runs (runs without the file are absent)."""
+    frames = []
+    for p in run_paths:
+        file = Path(results_dir) / p / RunDir.LOGIT_GAPS
+        if file.is_file():
+            frames.append(pd.DataFrame({"path": p, "logit_gap": np.load(file).astype(float)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "logit_gap"])
+
+
+def load_results(results_dir: Path) -> Results:
+    """Everything a report needs, read from the run directories under `results_dir`."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise BenchError(f"{results_dir}: no such results directory")
+    df = load_runs(results_dir)
+    return Results(df, load_curves(results_dir, df["path"]), load_logit_gaps(results_dir, df["path"]))
+
+
+def run_config(row: pd.Series) -> dict[str, Any]:
+    """A run's config as a nested dict, rebuilt from its flattened `config.*` entries."""
+    nested: dict[str, Any] = {}
+    for key, value in row.items():
+        if not str(key).startswith(CONFIG_PREFIX) or value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        *parents, leaf = str(key)[len(CONFIG_PREFIX):].split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_paper(table: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
+    """A published table in tidy long form: table, step, step_label, model, model_label, top1, top5,
+    and the table's own keys (batch_size, source, gflops, ...)."""
+    path = Path(paper_dir) / f"{table}.csv"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(paper_dir).glob("*.csv"))
+        raise BenchError(f"paper_table '{table}': no {path} (known: {', '.join(known) or 'none'})")
+    return pd.read_csv(path)
+
+
+def paper_values(df: pd.DataFrame, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
+    """For each student (model, step) whose recipe names a paper table: the published top-1/top-5 of
+    the paper's model it stands in for (`paper_model`) at the step of the same name."""
+    students = df[(df["role"] == "student") & df["paper_table"].notna()]
+    out = []
+    for (table, paper_model), group in students.groupby(["paper_table", "paper_model"]):
+        paper = load_paper(table, paper_dir)
+        paper = paper[(paper["model"] == paper_model) & (paper.get("source", "paper") == "paper")]
+        if "batch_size" in paper and f"{CONFIG_PREFIX}data.global_batch_size" in group:
+            batch = group[f"{CONFIG_PREFIX}data.global_batch_size"].iloc[0]
+            paper = paper[paper["batch_size"] == batch]
+        for model in group["model"].unique():
+            out.append(paper[["step", "top1", "top5"]].assign(model=model))
+    if not out:
+        return pd.DataFrame(columns=["model", "step", "paper_top1", "paper_top5"])
+    return pd.concat(out).rename(columns={"top1": "paper_top1", "top5": "paper_top5"})[
+        ["model", "step", "paper_top1", "paper_top5"]].drop_duplicates(["model", "step"])

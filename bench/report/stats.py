@@ -1,0 +1,75 @@
+"""Statistics over the runs DataFrame: per-step mean ± std, Δ against the parent step with
+seed-paired t-intervals, the paper's published values beside ours."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from bench.report.frames import paper_values
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom."""
+    return float(scipy_stats.t.ppf(p, dof))
+
+
+def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Each student step's top-1 change against the step it builds on, paired by seed:
+    mean difference, its two-sided `confidence` t-interval (n ≥ 2 pairs) and whether it excludes 0."""
+    students = df[df["role"] == "student"]
+    rows = []
+    for (model, step), group in students.groupby(["model", "step"], sort=False):
+        parent = group["parent_step"].iloc[0]
+        base = students[(students["model"] == model) & (students["step"] == parent)]
+        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
+        d = (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)
+        row = {"model": model, "step": step, "parent_step": parent, "n_pairs": len(d),
+               "delta_top1": d.mean() if len(d) else np.nan, "ci_low": np.nan, "ci_high": np.nan, "excludes_zero": False}
+        if len(d) >= 2:
+            half = t_quantile(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+            row.update(ci_low=d.mean() - half, ci_high=d.mean() + half,
+                       excludes_zero=bool(d.mean() - half > 0 or d.mean() + half < 0))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "step", "parent_step", "n_pairs", "delta_top1", "ci_low",
+                                       "ci_high", "excludes_zero"])
+
+
+def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per (model, student step) in recipe order: n seeds, mean and std of top-1/top-5,
+    Δ top-1 against the parent step's mean, the paired interval, and the paper's values."""
+    students = df[df["role"] == "student"]
+    columns = ["model", "step_index", "step", "parent_step", "n", "top1", "top1_std", "top5", "top5_std",
+               "delta_top1", "ci_low", "ci_high", "excludes_zero", "paper_top1", "paper_top5",
+               "vs_paper_top1", "vs_paper_top5"]
+    if students.empty:
+        return pd.DataFrame(columns=columns)
+    stats = (students.groupby(["model", "step_index", "step"], sort=True)
+             .agg(parent_step=("parent_step", "first"), n=("seed", "nunique"), top1=("top1", "mean"),
+                  top1_std=("top1", "std"), top5=("top5", "mean"), top5_std=("top5", "std"))
+             .reset_index())
+    means = stats.set_index(["model", "step"])["top1"]
+    stats["delta_top1"] = stats["top1"] - [means.get((m, p), np.nan) if isinstance(p, str) else np.nan
+                                           for m, p in zip(stats["model"], stats["parent_step"])]
+    ci = paired_deltas(students, confidence)[["model", "step", "ci_low", "ci_high", "excludes_zero"]]
+    stats = stats.merge(ci, on=["model", "step"], how="left")
+    paper = paper_values(df) if paper is None else paper
+    stats = stats.merge(paper, on=["model", "step"], how="left")
+    stats["vs_paper_top1"] = stats["top1"] - stats["paper_top1"]
+    stats["vs_paper_top5"] = stats["top5"] - stats["paper_top5"]
+    return stats[columns].sort_values(["model", "step_index"], ignore_index=True)
+
+
+def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:
+    """The Table-6 shape: steps in recipe order × (model, statistic), from `step_stats`."""
+    stats = step_stats(df, paper, confidence)
+    if stats.empty:
+        return pd.DataFrame()
+    order = stats.drop_duplicates("step").sort_values("step_index")["step"].tolist()
+    values = [c for c in stats.columns if c not in ("model", "step_index", "step", "parent_step")]
+    wide = stats.pivot(index="step", columns="model", values=values).reindex(order)
+    wide = wide.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    return wide[[(m, v) for m in dict.fromkeys(stats["model"]) for v in values]]

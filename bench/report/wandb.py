@@ -1,0 +1,135 @@
+"""An ablation's report in W&B and back: the tables and figures logged to a summary run of the
+group, and a group's runs read through `wandb.Api()` into `bench.report.frames.Results`, so that the
+same tables and figures are rebuilt from W&B alone."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from bench.ablation.tracking import _init, _rank, _warn, resolve_mode, wandb_dir
+from bench.config import WandbConfig
+from bench.errors import BenchError, ConfigError
+from bench.report.figures import write_figures
+from bench.report.frames import Results, load_results, runs_frame
+from bench.report.stats import ablation_table
+from bench.report.tables import format_table, write_tables
+from bench.runs import RunDir
+from bench.runs.rundir import CONFIG_PREFIX
+
+SUMMARY_JOB = "summary"
+
+
+def _cell(value: Any) -> Any:
+    """A value a W&B table cell takes: lists and mappings as text."""
+    return value if value is None or isinstance(value, (str, int, float, bool, np.generic)) else str(value)
+
+
+def log_report(settings: Optional[WandbConfig], out: Path) -> None:
+    """Log `out`'s runs, ablation table and figures/*.png to the group's summary run, and say how
+    to upload offline runs. Never raises."""
+    if settings is None or _rank() != 0:
+        return
+    out = Path(out)
+    try:
+        import wandb
+
+        run = _init(settings, out, out, job_type=SUMMARY_JOB, name=SUMMARY_JOB, tags=[SUMMARY_JOB])
+        if run is not None:
+            found = load_results(out)
+            shown = format_table(ablation_table(found.runs))
+            data: dict[str, Any] = {"runs": wandb.Table(dataframe=found.runs.map(_cell))}
+            if not shown.empty:
+                shown.columns = [f"{m} {c}" for m, c in shown.columns]
+                data["table"] = wandb.Table(dataframe=shown.reset_index())
+            for png in sorted((out / "figures").glob("*.png")):
+                data[f"figures/{png.stem}"] = wandb.Image(str(png))
+            run.log(data)
+            run.finish()
+    except Exception as err:  # the report is on disk already; W&B is a mirror
+        _warn(f"logging the report failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+    if resolve_mode(settings) == "offline":
+        where = wandb_dir(out) / "wandb"
+        print(f"wandb: offline runs are in {where}; upload them later with: wandb sync {where}/offline-run-*")
+
+
+def _plain(value: Any) -> Any:
+    """A W&B summary value (HTTPSummary sub-dicts included) as plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _history(run) -> pd.DataFrame:
+    """The per-epoch rows of a run's history (those with `epoch`), W&B's own `_` keys dropped."""
+    rows = [dict(sorted((k, v) for k, v in row.items() if not k.startswith("_"))) for row in run.scan_history()
+            if row.get("epoch") is not None]
+    return pd.DataFrame(rows)
+
+
+def _gaps(run) -> Optional[np.ndarray]:
+    """The run's uploaded validation logit gaps, or None."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run.file(RunDir.LOGIT_GAPS).download(root=tmp, replace=True)
+            return np.load(Path(tmp) / RunDir.LOGIT_GAPS).astype(float)
+    except Exception:   # not uploaded (older run, no gaps): the report goes without Fig. 4b
+        return None
+
+
+def load_wandb_results(path: str, group: str, api=None) -> Results:
+    """The finished runs of W&B group `group` in `path` ("ENTITY/PROJECT"), as the frames that
+    `bench.report.frames.load_results` builds from run directories.
+
+    A run counts when its summary holds `final` (what final.json holds); its DataFrame row is
+    that record, its `path` and its `config.*` keys. Of runs with the same path, the latest wins.
+    """
+    if path.count("/") != 1 or not all(path.split("/")):
+        raise ConfigError(f"--from-wandb {path!r}: expected ENTITY/PROJECT")
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api()
+        found = list(api.runs(path, filters={"group": group}))
+    except Exception as err:
+        raise BenchError(f"--from-wandb {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+    rows: dict[str, dict] = {}
+    curves: dict[str, pd.DataFrame] = {}
+    gaps: dict[str, np.ndarray] = {}
+    for run in found:
+        final = _plain(run.summary.get("final"))
+        config = _plain(dict(run.config))
+        if not final or "path" not in config:   # the summary run, or a run that did not finish
+            continue
+        run_path = config["path"]
+        rows[run_path] = {**final, "path": run_path,
+                          **{k: v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}}
+        curves[run_path] = _history(run).assign(path=run_path)
+        gap = _gaps(run)
+        if gap is not None:
+            gaps[run_path] = gap
+    if not rows:
+        raise BenchError(f"--from-wandb {path} --group {group}: no finished runs in this group")
+    df = runs_frame([rows[p] for p in sorted(rows, key=lambda p: Path(p).parts)])
+    curve_frames = [curves[p] for p in df["path"] if not curves[p].empty]
+    gap_frames = [pd.DataFrame({"path": p, "logit_gap": gaps[p]}) for p in df["path"] if p in gaps]
+    return Results(
+        df,
+        pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=["path", "epoch", "val_top1"]),
+        pd.concat(gap_frames, ignore_index=True) if gap_frames else pd.DataFrame(columns=["path", "logit_gap"]))
+
+
+def write_wandb_report(path: str, group: str, out_dir: Path, api=None, figures: bool = True) -> str:
+    """The tables (and figures/) of W&B group `group` written to `out_dir`; returns the Markdown."""
+    found = load_wandb_results(path, group, api)
+    out_dir = Path(out_dir)
+    markdown = write_tables(found, out_dir)
+    if figures:
+        write_figures(found, out_dir / "figures")
+    return markdown
