@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -187,3 +189,17 @@ def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_nam
     fig = plots.plot_staircase(pd.concat([teacher, runs], ignore_index=True))
     labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert "paper: resnet50d on ImageNet (right axis)" in labels
+
+
+def test_the_committed_fashion_mnist_report_regenerates_byte_for_byte(tmp_path):
+    """`report` on the committed run directories gives the committed tables and figures (PDFs
+    carry no creation date), so a change to the report code shows in this test."""
+    committed = ROOT / "results" / "fashion_mnist_table6"
+    copy = tmp_path / "fm"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.csv", "table.*"))
+    assert main(["report", str(copy)]) == 0
+    for name in ("runs.csv", "table.md", "table.csv", "table.tex", "deltas.csv"):
+        assert (copy / name).read_bytes() == (committed / name).read_bytes(), name
+    for pdf in sorted((committed / "figures").glob("*.pdf")):
+        if f"Matplotlib pdf backend v{matplotlib.__version__}".encode() in pdf.read_bytes():  # else drawn by another version
+            assert (copy / "figures" / pdf.name).read_bytes() == pdf.read_bytes(), pdf.name
