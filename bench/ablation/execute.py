@@ -15,7 +15,6 @@ from bench.engine.guard import NonFiniteLoss
 from bench.engine.loop import train
 from bench.errors import BenchError
 from bench.runs import RunDir, RunLock, read_json, remove_stale_temporaries, write_json
-from bench.runs.environment import env_info
 
 
 def run_dir(out: Path, spec: RunSpec) -> RunDir:
@@ -112,7 +111,6 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     if main:
         remove_stale_temporaries(rd.path)
         rd.write_config(spec.config)
-        rd.write_env(env_info(dist.local_device(spec.config.runtime.device), dist.current().world_size))
     t0 = time.perf_counter()
     try:
         with start_run(wandb, spec, rd.path, out) as tracker:   # an exception closes the W&B run as failed

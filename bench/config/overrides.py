@@ -77,6 +77,10 @@ def smoke_config(cfg: RunConfig) -> RunConfig:
                                          "milestones": milestones}),
         "data": cfg.data.smoke(),
     }
+    ghost, batch = cfg.efficient.bn_batch_size, update["data"].global_batch_size
+    if ghost is not None:   # slices of the smoke batch: two of them where it allows
+        half = min(ghost, batch // 2)
+        update["efficient"] = cfg.efficient.model_copy(update={"bn_batch_size": half if half >= 2 and batch % half == 0 else None})
     mixer = cfg.mixing()
     if mixer is not None:   # mix in every epoch of the two
         name = next(n for n in type(cfg).model_fields if getattr(cfg, n) is mixer)

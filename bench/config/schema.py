@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from bench.strict import Strict
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
@@ -78,9 +78,14 @@ class ScheduleConfig(Strict):
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
-    deterministic: bool = True
+    # True: deterministic kernels (bit-exact resume); auto: deterministic on CPU, cuDNN autotuning
+    # on CUDA (the ImageNet recipes, where it buys speed and determinism buys nothing at that scale)
+    deterministic: Union[bool, Literal["auto"]] = True
     compile: bool = False              # torch.compile the model (in place); opt-in, measured both ways
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
+    # intra-op CPU threads of each process; auto: the cores this process may use (affinity,
+    # SLURM_CPUS_PER_TASK) shared among the local ranks, less one per loader worker
+    threads: Union[Literal["auto"], PositiveInt] = "auto"
 
 
 class RunConfig(Strict):
@@ -105,6 +110,11 @@ class RunConfig(Strict):
             raise ValueError(f"schedule.warmup_epochs={s.warmup_epochs} exceeds schedule.epochs={s.epochs}")
         if list(s.milestones) != sorted(set(s.milestones)) or any(not 0 < m <= s.epochs for m in s.milestones):
             raise ValueError(f"schedule.milestones={s.milestones} must be increasing epochs in (0, {s.epochs}]")
+        ghost = self.efficient.bn_batch_size
+        if ghost is not None and self.runtime.sync_bn:
+            raise ValueError(f"efficient.bn_batch_size={ghost} with runtime.sync_bn=true: choose one way to take BatchNorm statistics")
+        if ghost is not None and self.data.global_batch_size % ghost:
+            raise ValueError(f"efficient.bn_batch_size={ghost} does not divide data.global_batch_size={self.data.global_batch_size}")
         mixers = [name for name in type(self).model_fields if isinstance(getattr(self, name), MixingConfig)]
         if len(mixers) > 1:
             raise ValueError(f"{' and '.join(mixers)} are both on; a run mixes its batches one way")
@@ -121,12 +131,19 @@ class RunConfig(Strict):
         return self.optim.lr_per_256 * self.data.global_batch_size / 256
 
     # The paper's trick sections have always been hashed, as null when off; a section added since
-    # stays out of the hash while it is off, so adding a trick keeps every recorded run's hash.
+    # stays out of the hash while it is off, and so does a key added since while it has its
+    # default: adding a trick or a setting keeps every recorded run's hash.
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
+    added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
-        blob = json.dumps(self.model_dump(mode="json", exclude=off), sort_keys=True)
+        dumped = self.model_dump(mode="json", exclude=off)
+        for section, key in self.added_keys:
+            default = type(getattr(self, section)).model_fields[key].default
+            if dumped[section][key] == default:
+                del dumped[section][key]
+        blob = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -43,11 +43,29 @@ def format_validation(err: ValidationError, cls: type[BaseModel], where: str) ->
         if owner is not None:
             prefix = ".".join(loc[:-1])
             return unknown_key(loc[-1], owner, f"{where}: {prefix}" if prefix else where)
+    field_loc = _field_loc(cls, loc)
+    if len(field_loc) < len(loc) and not loc[len(field_loc)].isdigit():   # a union (e.g. "auto" or a number): every member's complaint
+        same = [e for e in err.errors() if _field_loc(cls, [str(p) for p in e["loc"]]) == field_loc]
+        first = {**first, "msg": "; or ".join(dict.fromkeys(e["msg"] for e in same))}
+        loc = field_loc
     key = ".".join(loc) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = "" if isinstance(value, dict) or not loc else f" = {value!r}"
     return ConfigError(f"{where}: {key}{shown}: {msg}")
+
+
+def _field_loc(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """`loc` cut after its last field name: pydantic adds the union member's tag after it."""
+    owner: Any = cls
+    for i, part in enumerate(loc):
+        fields = getattr(owner, "model_fields", None)
+        if fields is None or part not in fields:
+            return loc[:i] if fields is not None and i else loc
+        owner = section_class(fields[part].annotation)
+        if owner is None:
+            return loc[:i + 1]
+    return loc
 
 
 def validate(cls: type[M], raw: Any, where: str) -> M:

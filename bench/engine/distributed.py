@@ -34,13 +34,45 @@ class DistEnv:
         return self.world_size > 1
 
 
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" → "gpu03"."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not match:
+def _expand_ranges(body: str, nodelist: str) -> list[str]:
+    """"03-05,9" → ["03", "04", "05", "9"]: each range keeps the zero padding of its start."""
+    out = []
+    for part in body.split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise BenchError(f"SLURM_JOB_NODELIST = {nodelist!r}: cannot read the range [{body}]")
+        lo, hi = match[1], match[2] if match[2] is not None else match[1]
+        out += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+    return out
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """The host names of a SLURM node list, in SLURM's order (as `scontrol show hostnames`):
+    "gpu[03-05,9],cpu1" → gpu03 gpu04 gpu05 gpu9 cpu1; "node[01-02]-ib" → node01-ib node02-ib;
+    "rack[1-2]-n[1-2]" → rack1-n1 rack1-n2 rack2-n1 rack2-n2."""
+    groups, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise BenchError(f"SLURM_JOB_NODELIST = {nodelist!r}: unbalanced brackets")
+        if ch == "," and depth == 0:
+            groups.append(nodelist[start:i].strip())
+            start = i + 1
+    if depth or not all(groups):
         raise BenchError(f"SLURM_JOB_NODELIST = {nodelist!r}: cannot read a host name")
-    prefix, ranges = match.groups()
-    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+    hosts: list[str] = []
+    for group in groups:
+        names = [""]
+        for text, body in re.findall(r"([^\[\]]*)(?:\[([^\]]*)\])?", group):
+            values = _expand_ranges(body, nodelist) if body else [""]
+            names = [name + text + value for name in names for value in values]
+        hosts += names
+    return hosts
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" → "gpu03"; the rendezvous host."""
+    return expand_hostlist(nodelist)[0]
 
 
 def _int(env: Mapping[str, str], key: str) -> int:
@@ -88,8 +120,10 @@ def init(device: str = "auto", sync_env: Optional[Mapping[str, str]] = None) -> 
         torch.cuda.set_device(found.local_rank)
     os.environ.setdefault("MASTER_ADDR", found.master_addr)
     os.environ.setdefault("MASTER_PORT", str(found.master_port))
+    # on CUDA the group is bound to this rank's device, so NCCL's barriers and collectives use it
+    bound = {"device_id": torch.device("cuda", found.local_rank)} if use_cuda else {}
     torch_dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
-                                  rank=found.rank, world_size=found.world_size)
+                                  rank=found.rank, world_size=found.world_size, **bound)
     _CURRENT = found
     return found
 
@@ -120,9 +154,21 @@ def local_device(name: str) -> torch.device:
     return torch.device("cuda", _CURRENT.local_rank)
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+def average_buffers(model: torch.nn.Module) -> None:
+    """Replace every floating-point buffer (BatchNorm running statistics) by its mean over ranks."""
+    if not _CURRENT.distributed:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            torch_dist.all_reduce(buffer)
+            buffer.div_(_CURRENT.world_size)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool,
+               broadcast_buffers: bool = True) -> torch.nn.Module:
     """DistributedDataParallel over the ranks (gradients averaged), optionally SyncBatchNorm;
-    the model itself when there is one process."""
+    the model itself when there is one process. `broadcast_buffers=False` keeps each rank's
+    running statistics (ghost batch norm averages them with `average_buffers`)."""
     if not _CURRENT.distributed:
         return model
     if sync_bn and device.type != "cuda":
@@ -130,7 +176,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> t
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=broadcast_buffers)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

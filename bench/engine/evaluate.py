@@ -10,6 +10,7 @@ from torch import nn
 from bench.config import RunConfig
 from bench.engine import distributed as dist
 from bench.engine.step import autocast, to_device
+from bench.tricks import weight_dtype
 
 
 def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
@@ -27,7 +28,8 @@ def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device,
     correct1 = correct5 = total = 0
     loss_sum = torch.zeros((), device=device)
     for images, labels in batches.epoch(0):
-        images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device)
+        images = to_device(images, device, cfg.runtime.channels_last, weight_dtype(cfg.efficient.precision))
+        labels = labels.to(device)
         with autocast(device, cfg.efficient.precision):
             logits = model(images).float()
         if gaps is not None:

@@ -18,6 +18,7 @@ from bench.engine.step import train_step
 from bench.engine.tracker import Tracker
 from bench.engine.training import Training, setup
 from bench.runs import RunDir
+from bench.runs.environment import env_info
 
 
 class EpochStats(NamedTuple):
@@ -45,6 +46,8 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
         loss_sum += loss * len(labels)
         seen += len(labels)
         on_step()
+    if t.cfg.efficient.bn_batch_size:   # ghost batch norm: ranks kept their own running statistics
+        dist.average_buffers(t.model)
     return EpochStats(loss_sum, seen, lr, time.perf_counter() - t0)
 
 
@@ -76,6 +79,7 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     t = setup(cfg, teacher_run, tracker)
     start, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
     if main:   # only rank 0 writes files and shows progress
+        run_dir.write_env(env_info(t.device, **t.runtime))
         run_dir.truncate_metrics(start)
     bar = tqdm(total=epochs * n, initial=start * n, desc=label, unit="step", disable=not (progress and main),
                leave=False, dynamic_ncols=True)

@@ -9,7 +9,7 @@ from torch import nn
 
 from bench.config import RunConfig
 from bench.engine.loss import training_loss
-from bench.tricks import Mixing, autocast_dtype, param_groups
+from bench.tricks import Mixing, autocast_dtype, param_groups, weight_dtype
 
 
 def autocast(device: torch.device, precision: str):
@@ -19,8 +19,9 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """`x` on `device` (floating point in `dtype` when given), channels-last for 4-D images when asked."""
+    x = x.to(device, dtype=dtype if dtype is not None and x.is_floating_point() else None, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
@@ -47,7 +48,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    images, labels = to_device(images, device, cfg.runtime.channels_last), labels.to(device, non_blocking=True)
+    images = to_device(images, device, cfg.runtime.channels_last, weight_dtype(cfg.efficient.precision))
+    labels = labels.to(device, non_blocking=True)
     if mixing is not None:
         mixing = mixing.to(device)
     with autocast(device, cfg.efficient.precision):

@@ -14,10 +14,14 @@ from torch import nn
 from bench.config import RunConfig, schedule_for
 from bench.engine import distributed as dist
 from bench.engine.data import Data, build_data
+from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.models import build_model, load_weights
+from bench.engine.runtime import resolve_deterministic, resolve_threads, set_threads
 from bench.engine.step import build_optimizer
 from bench.engine.tracker import Tracker
+from bench.errors import BenchError
+from bench.tricks import weight_dtype
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Training:
     guard: LossGuard
     tracker: Tracker = field(default_factory=Tracker)
     train_time_s: float = 0.0
+    runtime: dict = field(default_factory=dict)   # resolved threads and determinism, for the run's record
 
     @property
     def steps_per_epoch(self) -> int:
@@ -56,13 +61,14 @@ def memory_format(cfg: RunConfig) -> torch.memory_format:
 
 
 def load_teacher(teacher_cfg: RunConfig, weights: Optional[Path], num_classes: int, in_chans: int,
-                 device: torch.device, fmt: torch.memory_format = torch.contiguous_format) -> nn.Module:
+                 device: torch.device, fmt: torch.memory_format = torch.contiguous_format,
+                 dtype: torch.dtype = torch.float32) -> nn.Module:
     """The teacher of a distillation run, frozen in eval mode, in the student's memory format: from
     its run's final `weights`, or, when None, from its config's model.checkpoint or model.pretrained."""
     model = build_model(teacher_cfg.model, num_classes, in_chans)
     if weights is not None:
         load_weights(model, weights, f"teacher {teacher_cfg.model.name} for {num_classes} classes")
-    return model.to(device, memory_format=fmt).eval().requires_grad_(False)
+    return model.to(device, dtype=dtype, memory_format=fmt).eval().requires_grad_(False)
 
 
 def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,
@@ -75,18 +81,31 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     """
     ctx = dist.init(cfg.runtime.device)
     device = dist.local_device(cfg.runtime.device)   # cuda:LOCAL_RANK under torchrun / SLURM
-    seed_everything(cfg.seed, cfg.runtime.deterministic)
+    workers = cfg.data.workers if cfg.data.dataset in ("imagenet", "imagefolder") else 0
+    threads, source = resolve_threads(cfg.runtime.threads, workers)
+    set_threads(threads, source, show=dist.is_main())
+    deterministic = resolve_deterministic(cfg.runtime.deterministic, device)
+    seed_everything(cfg.seed, deterministic)
     data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
+    ghost = cfg.efficient.bn_batch_size
+    if ghost is not None and (cfg.data.global_batch_size // ctx.world_size) % ghost:
+        raise BenchError(f"efficient.bn_batch_size = {ghost}: does not divide the per-device batch of "
+                         f"{cfg.data.global_batch_size // ctx.world_size} (data.global_batch_size = "
+                         f"{cfg.data.global_batch_size} over {ctx.world_size} devices)")
     model = build_model(cfg.model, data.num_classes, data.in_chans, cfg.efficient.zero_gamma)
-    model = model.to(device, memory_format=memory_format(cfg))
+    model = model.to(device, dtype=weight_dtype(cfg.efficient.precision), memory_format=memory_format(cfg))
     if cfg.runtime.compile:
         model.compile()   # in place: state_dict keys stay those of the plain model
     optimizer = build_optimizer(model, cfg, device)
-    net = dist.wrap_model(model, device, cfg.runtime.sync_bn)   # DDP: gradients averaged over ranks
+    # DDP: gradients averaged over ranks; ghost batch norm: BatchNorm statistics over slices
+    net = dist.wrap_model(GhostBatchNorm(model, ghost) if ghost else model, device, cfg.runtime.sync_bn,
+                          broadcast_buffers=ghost is None)
     teacher = None
     if cfg.distill is not None:
-        teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device, memory_format(cfg))
+        teacher = load_teacher(*teacher_run, data.num_classes, data.in_chans, device, memory_format(cfg),
+                               weight_dtype(cfg.efficient.precision))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.efficient.precision == "fp16")
-    return Training(cfg, data, device, dist.unwrap(net), net, optimizer, scaler, teacher,
+    return Training(cfg, data, device, model, net, optimizer, scaler, teacher,
                     schedule_for(cfg, len(data.train)), np.random.default_rng(cfg.seed), LossGuard(device),
-                    tracker or Tracker())
+                    tracker or Tracker(), runtime={"threads": threads, "threads_from": source,
+                                                   "deterministic": deterministic, "world_size": ctx.world_size})

@@ -18,8 +18,9 @@ def git_commit() -> str | None:
         return None
 
 
-def env_info(device: torch.device, world_size: int = 1) -> dict:
-    """Versions, commit, device, intra-op threads, world size, host and time (UTC)."""
+def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
+    """Versions, commit, device, intra-op threads, world size, host and time (UTC), and the
+    settings resolved at start-up (`resolved`: threads and where they come from, determinism)."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -31,4 +32,5 @@ def env_info(device: torch.device, world_size: int = 1) -> dict:
         "world_size": world_size,
         "hostname": platform.node(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **resolved,
     }

@@ -1,9 +1,10 @@
 """Efficient training (He et al. 2019, Section 3.1): zero γ, no bias decay, low precision."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from bench.strict import Strict
@@ -12,7 +13,13 @@ from bench.strict import Strict
 class EfficientConfig(Strict):
     zero_gamma: bool = False       # γ = 0 in the last BatchNorm of every residual block
     no_bias_decay: bool = False    # weight decay only on conv and linear weights
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast, fp32 master weights
+    # bf16/fp16: autocast, fp32 master weights. fp64: float64 weights and activations, for
+    # numerical checks only (runs that must agree across launches and kernels), never for speed
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
+    # Ghost batch norm: training-mode BatchNorm statistics over fixed slices of this many images
+    # of each device's batch (the paper: 128 per GPU), so the same recipe normalises alike on 1, 2
+    # or 8 devices. None: over the whole per-device batch.
+    bn_batch_size: Optional[int] = Field(None, gt=0)
 
     def tags(self) -> list[str]:
         """The refinements switched on, as run tags."""
@@ -54,5 +61,10 @@ def param_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool = Tr
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision setting, None for fp32."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The autocast dtype of a precision setting, None for fp32 and fp64 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": None}[precision]
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights and of the images fed to the model: float64 for fp64, else float32."""
+    return torch.float64 if precision == "fp64" else torch.float32

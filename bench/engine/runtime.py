@@ -1,0 +1,74 @@
+"""A process's CPU thread budget and kernel determinism, resolved from the run's `runtime` settings.
+
+Threads: intra-op threads beyond the cores a process may use do not add speed, they collapse
+it. Two processes with 2 threads each on 2 cores run more than 1,000× slower than one alone
+(a small ResNet: 38 steps/s alone, 0.03 side by side; 1 thread each keeps ~9 steps/s).
+`runtime.threads: auto` gives each process its share of the cores: the cores it may run on
+(its CPU affinity, and SLURM_CPUS_PER_TASK under SLURM, which is already per task), divided
+among the ranks on the node under torchrun (LOCAL_WORLD_SIZE), less one core per loader worker
+process, at least 1. OMP_NUM_THREADS, when set, is taken as the user's choice.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Optional, Union
+
+import torch
+
+from bench.errors import BenchError
+
+
+def available_cores(env: Optional[Mapping[str, str]] = None) -> int:
+    """The cores this process may run on: its affinity, capped by SLURM_CPUS_PER_TASK."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if "SLURM_CPUS_PER_TASK" in env:
+        cores = min(cores, _positive(env, "SLURM_CPUS_PER_TASK"))
+    return cores
+
+
+def _positive(env: Mapping[str, str], key: str) -> int:
+    try:
+        value = int(env[key])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BenchError(f"environment variable {key} = {env[key]!r}: expected a positive integer")
+    return value
+
+
+def auto_threads(cores: int, local_ranks: int, workers: int) -> int:
+    """Intra-op threads of one process: its share of `cores` less one per loader worker, at least 1."""
+    return max(1, cores // max(local_ranks, 1) - workers)
+
+
+def resolve_threads(setting: Union[str, int], workers: int, env: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+    """(threads, where the number comes from) for `runtime.threads` and the loader's workers."""
+    env = os.environ if env is None else env
+    if setting != "auto":
+        return int(setting), "runtime.threads"
+    if "OMP_NUM_THREADS" in env:
+        return _positive(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+    cores = available_cores(env)
+    in_slurm_task = "SLURM_CPUS_PER_TASK" in env and "LOCAL_WORLD_SIZE" not in env
+    local_ranks = 1 if in_slurm_task else _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+    threads = auto_threads(cores, local_ranks, workers)
+    return threads, f"auto: {cores} cores / {local_ranks} local rank(s) - {workers} loader worker(s)"
+
+
+def resolve_deterministic(setting: Union[bool, str], device: torch.device) -> bool:
+    """`runtime.deterministic`: True/False as set; auto is True on CPU, False on CUDA."""
+    return device.type != "cuda" if setting == "auto" else bool(setting)
+
+
+_SHOWN: set[tuple[int, str]] = set()
+
+
+def set_threads(threads: int, source: str, show: bool) -> None:
+    """Set the intra-op thread count; say it once per process (and again if it changes)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if show and (threads, source) not in _SHOWN:
+        _SHOWN.add((threads, source))
+        print(f"threads: {threads} intra-op per process ({source})", flush=True)
