@@ -4,7 +4,7 @@
     launch RECIPE       the same, locally, with torchrun, or as SLURM jobs
     status DIR          the state of every run of a launched ablation
     report DIR          rebuild the tables and figures from run directories (or W&B)
-    models, fake-data, bench, bench-loader
+    models, fake-data, bench, bench-loader, bench-threads
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from bench.config import load_recipe, parse_override
 from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
-from bench.perf.commands import cmd_bench, cmd_bench_loader
+from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_threads
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.wandb import log_report, write_wandb_report
@@ -38,7 +38,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_ablation.py", description=(
         "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
         "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', "
-        "'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]'."))
+        "'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-threads'."))
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
     p.add_argument("--out", help="results directory (default: results/<recipe name>[-smoke])")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
@@ -183,7 +183,8 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
-            "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader}
+            "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader,
+            "bench-threads": cmd_bench_threads}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -37,7 +37,7 @@ CONFIG = {
     "efficient": {"zero_gamma": True, "no_bias_decay": True, "precision": "bf16"},
     "label_smoothing": {"eps": 0.1},
     "mixup": {"alpha": 0.2},
-    "runtime": {"device": "cpu"},
+    "runtime": {"device": "cpu", "threads": 1},   # every attempt and the reference at the same thread count
 }
 
 

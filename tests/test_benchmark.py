@@ -104,3 +104,20 @@ def test_settings_reach_the_harness_config():
     assert cfg.label_smoothing.eps == 0.1 and cfg.mixup.alpha == 0.2 and cfg.distill.temperature == 20.0
     with pytest.raises(ConfigError, match="--steps"):
         bm.BenchSettings(steps=0)
+
+
+def test_the_thread_benchmark_counts_the_steps_of_real_worker_processes():
+    from bench.perf.contention import format_contention, measure
+    runs = measure(processes=1, threads=1, seconds=1.0, warmup=1, lead_s=2.0)
+    assert len(runs) == 1 and runs[0]["threads"] == 1 and runs[0]["steps"] >= 1
+    assert runs[0]["seconds"] >= 1.0 and runs[0]["steps_per_s"] == runs[0]["steps"] / runs[0]["seconds"]
+    table = format_contention({"workload": {"image_px": 8}, "cores": 2, "scenarios": {
+        "alone": {"processes": 1, "threads_each": 1, "steps_per_s_each": [runs[0]["steps_per_s"]]}}})
+    assert "| alone | 1 | 1 |" in table
+
+
+@pytest.mark.parametrize("args", [["--cores", "0"], ["--seconds", "-1"]])
+def test_thread_benchmark_bad_input_is_one_line(args, capsys):
+    assert main(["bench-threads", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench-threads --cores") and err.count("\n") == 1

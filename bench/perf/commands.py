@@ -1,5 +1,6 @@
-"""The benchmark commands: `bench` (training images/s per trick) and `bench-loader` (the
-ImageFolder pipeline's images/s), each printing a table and recording JSON under results/bench/."""
+"""The benchmark commands: `bench` (training images/s per trick), `bench-loader` (the
+ImageFolder pipeline's images/s) and `bench-threads` (steps/s alone and beside a second run),
+each printing a table and recording JSON under results/bench/."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,9 @@ from typing import Optional
 
 import torch
 
+from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
+from bench.perf.contention import format_contention, run_contention
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
 from bench.perf.throughput import BenchSettings, run_benchmark
 from bench.runs import refuse_existing, write_json
@@ -108,6 +111,26 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(torch.device("cpu"))
     print(format_result(result))
+    if args.out:
+        write_json(Path(args.out), result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_bench_threads(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-threads", description=(
+        "Steps/s of a training process alone and with a second one beside it, with every core "
+        "per process and with the thread budget (the cores shared between the two)."))
+    p.add_argument("--cores", type=int, default=available_cores(), help="cores to share (default: this process's, %(default)s)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement window of each scenario")
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args = p.parse_args(argv)
+    if args.cores < 1 or args.seconds <= 0:
+        raise ConfigError(f"bench-threads --cores = {args.cores}, --seconds = {args.seconds}: must be positive")
+    refuse_existing(args.out)
+    result = run_contention(args.cores, args.seconds, progress=lambda msg: print(msg, flush=True))
+    result["environment"] = env_info(torch.device("cpu"))
+    print(format_contention(result))
     if args.out:
         write_json(Path(args.out), result)
         print(f"wrote {args.out}")
