@@ -5,6 +5,7 @@
 # Idempotent; a cluster that is not there is fine. `source slurm-down.sh --definitions-only`
 # only defines the names (slurm-up.sh uses them).
 
+# shellcheck disable=SC2034   # the names slurm-up.sh shares
 CONF=/etc/slurm-bench
 RUN=/run/slurm-bench
 SPOOL=/var/spool/slurm-bench
@@ -37,24 +38,27 @@ _pid_of() {   # the pid in file $1 if that process is still the program $2
 }
 
 bench_down() {
-  local node pids i hosts
-  for node in benchnode1 benchnode2; do
+  local node pids=() pid i hosts
+  for node in benchnode1 benchnode2; do   # slurmd, job steps, anything else started on a node
     if ip netns list 2>/dev/null | grep -qw "^$node"; then
-      mapfile -t pids < <(ip netns pids "$node" 2>/dev/null || true)
-      _stop_pids "${pids[@]}"
+      mapfile -t -O "${#pids[@]}" pids < <(ip netns pids "$node" 2>/dev/null || true)
     fi
   done
-  pids=()
-  for node in benchnode1 benchnode2; do pids+=($(_pid_of "$RUN/slurmd.$node.pid" slurmd)); done
-  pids+=($(_pid_of "$RUN/slurmctld.pid" slurmctld))
+  for i in "slurmd.benchnode1.pid slurmd" "slurmd.benchnode2.pid slurmd" "slurmctld.pid slurmctld"; do
+    pid=$(_pid_of "$RUN/${i% *}" "${i#* }")
+    if [ -n "$pid" ]; then pids+=("$pid"); fi
+  done
   _stop_pids "${pids[@]}"
-  pids=($(_pid_of "$RUN/munge/munged.pid" munged))
-  _stop_pids "${pids[@]}"
+  pid=$(_pid_of "$RUN/munge/munged.pid" munged)
+  if [ -n "$pid" ]; then _stop_pids "$pid"; fi   # last: the others authenticate through it
   for i in 1 2; do
     ip netns del "benchnode$i" 2>/dev/null || true
     ip link del "benchveth$i" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  if command -v iptables >/dev/null; then
+    while iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
+  fi
   if grep -qF "$HOSTS_BEGIN" /etc/hosts 2>/dev/null; then
     # rewrite in place (/etc/hosts may be a mount point that cannot be renamed over)
     hosts=$(awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b {skip = 1} !skip {print} $0 == e {skip = 0}' /etc/hosts)

@@ -33,10 +33,10 @@ daemons_alive() {   # munged, slurmctld and both slurmd running from this cluste
   [ -n "$(_pid_of "$RUN/munge/munged.pid" munged)" ] && [ -n "$(_pid_of "$RUN/slurmctld.pid" slurmctld)" ] \
     && [ -n "$(_pid_of "$RUN/slurmd.benchnode1.pid" slurmd)" ] && [ -n "$(_pid_of "$RUN/slurmd.benchnode2.pid" slurmd)" ]
 }
-nodes_idle() {   # both nodes answer (idle, mixed or allocated)
+nodes_idle() {   # both nodes answer (idle, mixed, allocated or completing; no "*": not responding)
   [ -s "$SLURM_CONF" ] || return 1
   local n
-  n=$(sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE "^benchnode[12] (idle|mixed|allocated)" || true)
+  n=$(sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE "^benchnode[12] (idle|mixed|allocated|completing)$" || true)
   [ "$n" = 2 ]
 }
 show_logs() {
@@ -51,6 +51,11 @@ trap 'echo "slurm-up: failed at line $LINENO; see $LOG/" >&2; show_logs' ERR
 ip link add "$BRIDGE" type bridge
 ip addr add "$CTL_ADDR/24" dev "$BRIDGE"
 ip link set "$BRIDGE" up
+# where bridged frames pass through iptables (br_netfilter, e.g. beside Docker, whose FORWARD
+# policy drops them), let the nodes reach each other across the bridge, and only there
+if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" = 1 ] && command -v iptables >/dev/null; then
+  iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+fi
 for i in 1 2; do
   node=benchnode$i
   ip netns add "$node"
@@ -119,8 +124,9 @@ chmod 0700 "$CONF/munge" "$SPOOL/munge" "$LOG/munge"; chmod 0755 "$RUN/munge"; c
 runuser -u munge -- munged --socket="$RUN/munge/munge.socket" --key-file="$CONF/munge/munge.key" \
     --pid-file="$RUN/munge/munged.pid" --log-file="$LOG/munge/munged.log" --seed-file="$SPOOL/munge/munged.seed"
 # slurmctld finds itself in SlurmctldHost by host name: give it its own UTS namespace
+# shellcheck disable=SC2016   # "$0", "$1" expand in the inner shell
 unshare --uts sh -c 'hostname benchctl && exec slurmctld -c -f "$0"' "$SLURM_CONF"
-for i in 1 2; do
+for i in 1 2; do   # shellcheck disable=SC2016
   ip netns exec "benchnode$i" unshare --uts sh -c 'hostname "$0" && exec slurmd -N "$0" -f "$1"' "benchnode$i" "$SLURM_CONF"
 done
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Optional
 from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
 from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
-from bench.ablation.status import ablation_status, format_status
+from bench.ablation.status import ablation_status, format_status, runs
 from bench.ablation.tracking import choose_settings
 from bench.config import load_recipe, parse_override
 from bench.engine import distributed as dist
@@ -40,7 +41,7 @@ def run_parser() -> argparse.ArgumentParser:
         "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', "
         "'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-threads'."))
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
-    p.add_argument("--out", help="results directory (default: results/<recipe name>[-smoke])")
+    p.add_argument("--out", help="results directory (default: runs/<recipe name>[-smoke], which git ignores)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (and the teachers they need)")
     p.add_argument("--models", nargs="+", metavar="MODEL", help="run only these model columns of the recipe")
@@ -62,15 +63,18 @@ def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
     overrides = tuple(parse_override(text) for text in args.overrides)
     specs = plan(recipe, seeds=args.seeds, only=args.only, models=args.models, overrides=overrides,
                  smoke=args.smoke, where=args.recipe)
-    out = Path(args.out or Path("results") / (recipe.name + ("-smoke" if args.smoke else "")))
+    out = Path(args.out or Path("runs") / (recipe.name + ("-smoke" if args.smoke else "")))
     return recipe, specs, out
 
 
 def cmd_run(argv: Sequence[str]) -> int:
     args = run_parser().parse_args(argv)
     recipe, specs, out = planned(args)
-    print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
+    print(f"{recipe.name}: {runs(len(specs))} -> {out}", flush=True)
     wandb = choose_settings(recipe.wandb, args.wandb)
+    if dist.read_env().rank == 0:   # `status DIR` lists every run, the ones not started too (before init: no is_main)
+        check_writable(out)
+        merge_manifest(specs, out, "local")
     try:
         run_ablation(specs, out, progress=not args.no_progress, wandb=wandb, on_failure=args.on_failure)
         failure = None
@@ -116,7 +120,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
         return cmd_run(run_argv)
     if cluster.launcher == "torchrun":
         return subprocess.run(torchrun_command(cluster.nproc_per_node, run_argv)).returncode
-    print(f"{recipe.name}: {len(specs)} runs -> {out}", flush=True)
+    print(f"{recipe.name}: {runs(len(specs))} -> {out}", flush=True)
     launch_slurm(specs, out, cluster)
     print(f"follow with: python run_ablation.py status {out}")
     return 0
@@ -124,7 +128,9 @@ def cmd_launch(argv: Sequence[str]) -> int:
 
 def cmd_status(argv: Sequence[str]) -> int:
     """Every run's state; the report once all finished."""
-    p = argparse.ArgumentParser(prog="run_ablation.py status", description="State of every run of a launched ablation.")
+    p = argparse.ArgumentParser(prog="run_ablation.py status", description=(
+        "State of every run of a results directory (run here, with torchrun, or on SLURM): finished, "
+        "running (epoch, lock holder), pending, failed (why), interrupted, not started."))
     p.add_argument("results_dir")
     args = p.parse_args(argv)
     out = Path(args.results_dir)
@@ -134,13 +140,13 @@ def cmd_status(argv: Sequence[str]) -> int:
     print(format_status(rows))
     if all(r["state"] == "finished" for r in rows):
         print(write_report(out))
-        print(f"all {len(rows)} runs finished: wrote {out / 'runs.csv'} and {out / 'table.md'}")
+        print(f"all {runs(len(rows))} finished: wrote {out / 'runs.csv'} and {out / 'table.md'}")
     return 1 if any(r["state"] == "failed" for r in rows) else 0
 
 
 def cmd_report(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="run_ablation.py report", description="Regenerate tables from run directories.")
-    p.add_argument("results_dir", nargs="?", help="with --from-wandb: where to write (default: results/GROUP-wandb)")
+    p.add_argument("results_dir", nargs="?", help="with --from-wandb: where to write (default: runs/GROUP-wandb)")
     p.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="rebuild from a W&B project's runs instead")
     p.add_argument("--group", help="with --from-wandb: the ablation's W&B group")
     p.add_argument("--no-figures", action="store_true", help="tables only (figures/ is left as it is)")
@@ -148,7 +154,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     if args.from_wandb or args.group:
         if not (args.from_wandb and args.group):
             raise BenchError("report: --from-wandb ENTITY/PROJECT and --group NAME go together")
-        out = Path(args.results_dir or Path("results") / f"{args.group}-wandb")
+        out = Path(args.results_dir or Path("runs") / f"{args.group}-wandb")
         print(write_wandb_report(args.from_wandb, args.group, out))
         print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
         return 0
@@ -187,14 +193,25 @@ COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "m
             "bench-threads": cmd_bench_threads}
 
 
+def _looks_like_a_command(word: str) -> bool:
+    """A bare word that is no file: a mistyped command rather than a recipe path."""
+    return not word.startswith("-") and not word.endswith((".yaml", ".yml")) and "/" not in word and not Path(word).exists()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = COMMANDS.get(argv[0]) if argv else None
     try:
+        if command is None and argv and _looks_like_a_command(argv[0]):
+            close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise BenchError(f"'{argv[0]}' is neither a command nor a recipe file ({hint}commands: "
+                             f"{', '.join(COMMANDS)}; a recipe ends in .yaml)")
         return command(argv[1:]) if command else cmd_run(argv)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+        # on a line of its own, not after a progress bar
+        print("\ninterrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
         return 130

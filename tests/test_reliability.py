@@ -36,7 +36,7 @@ def test_sigkill_at_any_point_resumes_to_the_same_metrics_and_weights(tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_driver.py"), str(tmp_path / run),
                                json.dumps(attempts)], capture_output=True, text=True, timeout=400, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        lines += [json.loads(line) for line in proc.stdout.splitlines()]
+        lines += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]   # not the run's messages
     cut = lines[:len(kills)]
     assert [a["signal"] for a in cut] == [signal.SIGKILL] * 5 + [None]
     batch, ckpt, evaluation, external, weights, _ = cut

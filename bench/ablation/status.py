@@ -1,13 +1,16 @@
 """The state of every run of a results directory: finished, running, pending, failed (with
-SLURM's reason and the log line that says why), interrupted or not started."""
+SLURM's reason and the log line that says why), interrupted or not started. Runs are those of
+the directory's manifest (written by `run` and `launch`), else the run directories found in it."""
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 from typing import Optional
 
+from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.runs import RunDir, read_json
+from bench.runs import RunDir, RunLock, read_json, read_yaml
+from bench.runs.locks import LOCK_DIR
 
 MANIFEST = "launch.json"  # in the results directory: every run of a launched ablation
 
@@ -70,9 +73,17 @@ def run_status(out: Path, record: dict) -> tuple[str, str, str]:
             return "failed", job_id, "final.json holds a run of a different config"
         return "finished", job_id, f"top-1 {final['top1']:.2f}"
     epochs = len(rd.read_metrics())
-    progress = f"{epochs} epochs done" if epochs else ""
+    saved = read_yaml(rd / RunDir.CONFIG) or {}
+    total = saved.get("schedule", {}).get("epochs", "?")
+    progress = f"{epochs} of {total} epochs done" if epochs else ""
     if not job_id:
-        return ("interrupted" if epochs else "not submitted"), "", progress
+        failed = read_json(rd / RunDir.FAILED)
+        if failed:
+            return "failed", "", "; ".join(x for x in (failed.get("error", ""), progress) if x)
+        holder = _lock_holder(out, record["path"])
+        if holder:
+            return "running", "", f"epoch {epochs + 1} of {total}, {holder}"
+        return ("interrupted" if epochs else "not started"), "", progress
     where, detail = query_job(job_id)
     if where in ("pending", "running"):
         return where, job_id, ", ".join(x for x in (detail, progress) if x)
@@ -80,16 +91,49 @@ def run_status(out: Path, record: dict) -> tuple[str, str, str]:
     return "failed", job_id, "; ".join(x for x in (detail, reason, progress, f"log {job.get('stderr')}") if x)
 
 
+def _lock_holder(out: Path, run_path: str) -> str:
+    """"pid N on host" when a live process holds the run's lock, else "" (nothing is created)."""
+    lock = RunLock(out, Path(run_path))
+    if not lock.path.is_file():
+        return ""
+    if lock.try_acquire():
+        lock.release()
+        return ""
+    return f"lock held by {lock.holder()}"
+
+
+def discovered_runs(out: Path) -> list[dict]:
+    """The run directories under `out` (each holds a config.yaml), teachers first."""
+    records = []
+    for path in sorted(Path(out).glob("**/" + RunDir.CONFIG)):
+        rel = path.parent.relative_to(out)
+        if rel.parts[0] == LOCK_DIR or not (rel.name.startswith("seed")):
+            continue
+        try:
+            config_hash = RunConfig.model_validate(read_yaml(path)).config_hash()
+        except ValueError:
+            config_hash = None
+        records.append({"path": str(rel), "role": "teacher" if rel.parts[0] == "teachers" else "student",
+                        "config_hash": config_hash})
+    return sorted(records, key=lambda r: (r["role"] != "teacher", r["path"]))
+
+
 def ablation_status(out: Path) -> list[dict]:
-    """Every run of a launched ablation with its state."""
+    """Every run of a results directory with its state: the manifest's runs, else those found."""
     manifest = read_json(Path(out) / MANIFEST)
-    if manifest is None:
-        raise BenchError(f"{out}: no {MANIFEST}; was this ablation started with 'run_ablation.py launch'?")
+    records = manifest["runs"] if manifest is not None else discovered_runs(out)
+    if not records:
+        raise BenchError(f"{out}: no runs here (no {MANIFEST} and no run directories)")
     rows = []
-    for record in manifest["runs"]:
+    for record in records:
         state, job_id, detail = run_status(out, record)
         rows.append({"run": record["path"], "role": record["role"], "state": state, "job": job_id, "detail": detail})
     return rows
+
+
+def runs(n: int) -> str:
+    """"1 run", "3 runs"."""
+    return f"{n} run{'' if n == 1 else 's'}"
 
 
 def format_status(rows: list[dict]) -> str:
@@ -99,5 +143,5 @@ def format_status(rows: list[dict]) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    lines.append(", ".join(f"{n} {state}" for state, n in counts.items()))
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({runs(len(rows))})")
     return "\n".join(lines)

@@ -23,9 +23,14 @@ def section_class(annotation: Any) -> Optional[type[BaseModel]]:
     return None
 
 
-def unknown_key(key: str, cls: type[BaseModel], where: str) -> ConfigError:
+def section_keys(cls: type[BaseModel]) -> list[str]:
+    """A section's keys, its own before those it inherits (alpha before off_epochs)."""
     inherited = {k for base in cls.__mro__[1:] if isinstance(base, type) and issubclass(base, BaseModel) for k in base.model_fields}
-    valid = sorted(cls.model_fields, key=lambda k: k in inherited)   # the section's own keys first
+    return sorted(cls.model_fields, key=lambda k: k in inherited)
+
+
+def unknown_key(key: str, cls: type[BaseModel], where: str) -> ConfigError:
+    valid = section_keys(cls)
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}")
@@ -50,9 +55,23 @@ def format_validation(err: ValidationError, cls: type[BaseModel], where: str) ->
         loc = field_loc
     key = ".".join(loc) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
+    section = _section_at(cls, loc)
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type") and section is not None:
+        msg = f"expected a mapping of its keys ({', '.join(section_keys(section))})"
     value = first.get("input")
     shown = "" if isinstance(value, dict) or not loc else f" = {value!r}"
     return ConfigError(f"{where}: {key}{shown}: {msg}")
+
+
+def _section_at(cls: type[BaseModel], loc: list[str]) -> Optional[type[BaseModel]]:
+    """The config class of the section at dotted `loc`, None when it is a leaf."""
+    owner: Any = cls
+    for part in loc:
+        fields = getattr(owner, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        owner = section_class(fields[part].annotation)
+    return owner if loc else None
 
 
 def _field_loc(cls: type[BaseModel], loc: list[str]) -> list[str]:

@@ -81,6 +81,8 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     if main:   # only rank 0 writes files and shows progress
         run_dir.write_env(env_info(t.device, **t.runtime))
         run_dir.truncate_metrics(start)
+        if start:
+            print(f"    resumed from the checkpoint of epoch {start} of {epochs}", flush=True)
     bar = tqdm(total=epochs * n, initial=start * n, desc=label, unit="step", disable=not (progress and main),
                leave=False, dynamic_ncols=True)
     val, gaps = {}, []   # gaps: of the last epoch's evaluation, for the report's Fig. 4b

@@ -74,7 +74,7 @@ def run_contention(cores: int, seconds: float = 10.0, progress=print) -> dict:
     for name, processes, threads in (("alone", 1, cores), ("alone_budget", 1, budget),
                                      ("two_oversubscribed", 2, cores), ("two_budget", 2, budget)):
         progress(f"{name}: {processes} process(es) x {threads} thread(s), {seconds:.0f} s")
-        runs = measure(processes, threads, seconds)
+        runs = measure(processes, threads, seconds, warmup=1)
         scenarios[name] = {"processes": processes, "threads_each": threads, "runs": runs,
                            "steps_per_s_each": [r["steps_per_s"] for r in runs]}
     return {"workload": {**WORKLOAD, "image_px": IMAGE_PX}, "cores": cores, "window_s": seconds, "scenarios": scenarios}
