@@ -20,7 +20,7 @@ from typing import Optional
 from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
 from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
-from bench.ablation.status import ablation_status, format_status, runs
+from bench.ablation.status import MANIFEST, ablation_status, discovered_runs, format_status, runs
 from bench.ablation.tracking import choose_settings
 from bench.config import load_recipe, parse_override
 from bench.engine import distributed as dist
@@ -30,6 +30,7 @@ from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_threads
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.wandb import log_report, write_wandb_report
+from bench.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "default.yaml"
@@ -72,7 +73,10 @@ def cmd_run(argv: Sequence[str]) -> int:
     recipe, specs, out = planned(args)
     print(f"{recipe.name}: {runs(len(specs))} -> {out}", flush=True)
     wandb = choose_settings(recipe.wandb, args.wandb)
-    if dist.read_env().rank == 0:   # `status DIR` lists every run, the ones not started too (before init: no is_main)
+    fresh, main = not out.exists(), dist.read_env().rank == 0   # before init: no is_main
+    manifest = out / MANIFEST
+    before = manifest.read_bytes() if manifest.is_file() else None
+    if main:   # `status DIR` lists every run, the ones not started too
         check_writable(out)
         merge_manifest(specs, out, "local")
     try:
@@ -80,6 +84,15 @@ def cmd_run(argv: Sequence[str]) -> int:
         failure = None
     except RunsFailed as err:   # the finished runs are still tabulated
         failure = err
+    except BenchError:   # bad input found at start-up leaves the directory as it was
+        if main:
+            if before is None:
+                manifest.unlink(missing_ok=True)
+            else:
+                atomic_write(manifest, lambda f: f.write(before))
+            if fresh and not discovered_runs(out):
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     if not dist.is_main():   # under torchrun / SLURM, rank 0 writes the report
         return 1 if failure else 0
     print(write_report(out))
