@@ -16,7 +16,6 @@ from bench.ablation import plan, run_ablation, tracking
 from bench.cli import main
 from bench.config import WandbConfig, load_recipe, tricks_on
 from bench.errors import BenchError, ConfigError
-from bench.report import frames
 from bench.report.wandb import load_wandb_results, log_report, write_wandb_report
 from bench.runs import RunDir
 
@@ -203,7 +202,7 @@ def test_tables_rebuilt_from_the_api_are_identical_to_the_local_ones(logged, tmp
     out, _, offline = logged
     api = StandInApi(offline)
     remote = load_wandb_results("me/bench-test", "out", api=api)
-    local = frames.load_results(out)
+    local = report.frames.load_results(out)
     assert api.queries == [("me/bench-test", {"group": "out"})]
     pd.testing.assert_frame_equal(remote.runs, local.runs)
     pd.testing.assert_frame_equal(remote.curves, local.curves)

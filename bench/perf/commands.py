@@ -44,6 +44,15 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _show_and_record(table: str, result: dict, out: Optional[str]) -> int:
+    """Print a benchmark's table; write its JSON result to `out` (a new file) when given."""
+    print(table)
+    if out:
+        write_json(Path(out), result)
+        print(f"wrote {out}")
+    return 0
+
+
 def bench_parser() -> argparse.ArgumentParser:
     d = BenchSettings()
     p = argparse.ArgumentParser(prog="run_ablation.py bench", description=(
@@ -76,11 +85,7 @@ def cmd_bench(argv) -> int:
         narrow = {"channels": [width * 2**i for i in range(4)], "stem_width": width}
         args.update(model_kwargs=narrow, teacher_kwargs=narrow)
     result = run_benchmark(BenchSettings(**args), progress=lambda msg: print(msg, flush=True))
-    print(format_table(result))
-    if out:
-        write_json(Path(out), result)
-        print(f"wrote {out}")
-    return 0
+    return _show_and_record(format_table(result), result, out)
 
 
 def cmd_bench_loader(argv: Sequence[str]) -> int:
@@ -110,11 +115,7 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
                                 seconds=args.seconds, progress=lambda msg: print(msg, flush=True))
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(torch.device("cpu"))
-    print(format_result(result))
-    if args.out:
-        write_json(Path(args.out), result)
-        print(f"wrote {args.out}")
-    return 0
+    return _show_and_record(format_result(result), result, args.out)
 
 
 def cmd_bench_threads(argv: Sequence[str]) -> int:
@@ -130,8 +131,4 @@ def cmd_bench_threads(argv: Sequence[str]) -> int:
     refuse_existing(args.out)
     result = run_contention(args.cores, args.seconds, progress=lambda msg: print(msg, flush=True))
     result["environment"] = env_info(torch.device("cpu"))
-    print(format_contention(result))
-    if args.out:
-        write_json(Path(args.out), result)
-        print(f"wrote {args.out}")
-    return 0
+    return _show_and_record(format_contention(result), result, args.out)
