@@ -64,8 +64,8 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
             if name not in known:
                 kind = "step" if flag == "--only" else "model"
                 raise ConfigError(f"{flag} {name}: no such {kind} in {where} ({kind}s: {', '.join(known)})")
-    if overrides:
-        check_recipe(recipe, where, overrides)
+    if overrides:   # only the runs planned: an error names none that would not train
+        check_recipe(recipe, where, overrides, steps=only, models=models)
     shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
     students, teachers_needed = [], {}
     trained = {t.name: t.train for t in recipe.teachers}

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel
 
-from bench.config.schema import RunConfig
+from bench.config.schema import RunConfig, ScheduleConfig
 from bench.config.validation import section_class, unknown_key
 from bench.errors import ConfigError
 
@@ -67,11 +67,35 @@ def apply_override(raw: dict, path: str, value: Any) -> dict:
     return out
 
 
+def apply_overrides(raw: dict, overrides: tuple[tuple[str, Any], ...], schedule: ScheduleConfig) -> dict:
+    """Every `--set` on one run's raw config, whose schedule before them is `schedule`.
+
+    `schedule.epochs=N` alone also moves the step-decay milestones to the same fractions of the
+    run's training (the paper's 30, 60, 90 of 120 epochs are its quarters): each run scales its
+    own, so a mixup step of 200 epochs and one of 120 both end at N. A `schedule.milestones`
+    (or a whole `schedule`) in the same overrides is taken as given.
+    """
+    for path, value in overrides:
+        raw = apply_override(raw, path, value)
+    paths = {path for path, _ in overrides}
+    epochs = raw.get("schedule", {}).get("epochs") if isinstance(raw.get("schedule"), dict) else None
+    if ("schedule.epochs" in paths and not paths & {"schedule", "schedule.milestones"}
+            and type(epochs) is int and epochs > 0 and epochs != schedule.epochs):
+        raw = apply_override(raw, "schedule.milestones", scale_milestones(schedule.milestones, schedule.epochs, epochs))
+    return raw
+
+
+def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
+    """Milestones at the same fractions of `to_epochs` as of `from_epochs`: m·to/from rounded,
+    kept within [1, to_epochs], those that round together merged."""
+    return sorted({max(1, min(to_epochs, round(m * to_epochs / from_epochs))) for m in milestones})
+
+
 def smoke_config(cfg: RunConfig) -> RunConfig:
     """The same run shrunk to 2 epochs of 3 batches, for checking a pipeline end to end."""
     s = cfg.schedule
     epochs = min(s.epochs, 2)
-    milestones = sorted({max(1, min(epochs, round(m * epochs / s.epochs))) for m in s.milestones})
+    milestones = scale_milestones(s.milestones, s.epochs, epochs)
     update: dict[str, Any] = {
         "schedule": s.model_copy(update={"epochs": epochs, "warmup_epochs": min(s.warmup_epochs, 1),
                                          "milestones": milestones}),

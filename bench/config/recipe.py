@@ -2,6 +2,7 @@
 resolves to one `RunConfig`. A recipe may `extends:` another recipe file and change a few keys."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
-from bench.config.overrides import apply_override, deep_merge
+from bench.config.overrides import apply_overrides, deep_merge
 from bench.config.schema import ModelConfig, RunConfig, WandbConfig
 from bench.config.validation import validate
 from bench.errors import ConfigError
@@ -93,8 +94,11 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
-def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], ...] = ()) -> None:
-    """Names unique, parents and teachers known, and every (model, step) and teacher resolves."""
+def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], ...] = (),
+                 steps: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None) -> None:
+    """Names unique, parents and teachers known, and every (model, step) and teacher resolves.
+    `steps` and `models` narrow that to the runs of `--only` and `--models` and the teachers they
+    distil from, so that an error in an override names only runs that would train."""
     for kind, items in (("step", recipe.steps), ("model", recipe.models), ("teacher", recipe.teachers)):
         names = [item.name for item in items]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -108,20 +112,33 @@ def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], .
     for model in recipe.paper_models:
         if model not in model_names(recipe):
             raise ConfigError(f"{where}: paper_models: '{model}' is not a model of this recipe ({', '.join(model_names(recipe))})")
+    runs = [(m, s.name) for m in model_names(recipe) if not models or m in models
+            for s in recipe.steps if not steps or s.name in steps]
     teachers = [t.name for t in recipe.teachers]
-    for teacher in recipe.teachers:
-        model = resolve_teacher(recipe, teacher.name, where, overrides).model
-        if not teacher.train and not (model.checkpoint or model.pretrained):
-            raise ConfigError(f"{where}: teacher '{teacher.name}': train: false needs model.checkpoint or model.pretrained")
-        cfg = resolve_teacher(recipe, teacher.name, where, overrides)
-        if cfg.distill is not None:
-            raise ConfigError(f"{where}: teacher '{teacher.name}': a teacher cannot itself distil")
-    for model in model_names(recipe):
-        for step in recipe.steps:
-            cfg = resolve_step(recipe, model, step.name, where, overrides)
-            if cfg.distill is not None and cfg.distill.teacher not in teachers:
-                raise ConfigError(f"{where}: step '{step.name}': distill.teacher = '{cfg.distill.teacher}' is not a teacher "
-                                  f"of this recipe (teachers: {', '.join(teachers) or 'none'})")
+    used = teachers if steps is None and models is None else [
+        t for t in teachers if t in {_teacher_of(resolve_step(recipe, m, s, where)) for m, s in runs}]
+    for teacher in used:   # teachers train first, so their errors come first
+        _check_teacher(recipe, teacher, where, overrides)
+    for model, step in runs:
+        cfg = resolve_step(recipe, model, step, where, overrides)
+        if cfg.distill is not None and cfg.distill.teacher not in teachers:
+            raise ConfigError(f"{where}: step '{step}': distill.teacher = '{cfg.distill.teacher}' is not a teacher "
+                              f"of this recipe (teachers: {', '.join(teachers) or 'none'})")
+        if cfg.distill is not None and cfg.distill.teacher not in used:   # an override chose another teacher
+            _check_teacher(recipe, cfg.distill.teacher, where, overrides)
+
+
+def _teacher_of(cfg: RunConfig) -> Optional[str]:
+    return cfg.distill.teacher if cfg.distill is not None else None
+
+
+def _check_teacher(recipe: Recipe, teacher: str, where: str, overrides: tuple[tuple[str, Any], ...]) -> None:
+    cfg = resolve_teacher(recipe, teacher, where, overrides)
+    spec = next(t for t in recipe.teachers if t.name == teacher)
+    if not spec.train and not (cfg.model.checkpoint or cfg.model.pretrained):
+        raise ConfigError(f"{where}: teacher '{teacher}': train: false needs model.checkpoint or model.pretrained")
+    if cfg.distill is not None:
+        raise ConfigError(f"{where}: teacher '{teacher}': a teacher cannot itself distil")
 
 
 def model_names(recipe: Recipe) -> list[str]:
@@ -146,9 +163,8 @@ def _step_raw(recipe: Recipe, step_name: str) -> dict:
 
 
 def _finish(raw: dict, where: str, overrides, seed: int) -> RunConfig:
-    validate(RunConfig, raw, where)   # errors in the recipe itself are reported against the file
-    for path, value in overrides:
-        raw = apply_override(raw, path, value)
+    recipe_cfg = validate(RunConfig, raw, where)   # errors in the recipe itself are reported against the file
+    raw = apply_overrides(raw, overrides, recipe_cfg.schedule)
     raw["seed"] = seed
     return validate(RunConfig, raw, f"{where} with --set" if overrides else where)
 
