@@ -1,6 +1,7 @@
 """The command line: `run_ablation.py`, `python -m bench` and the `run-ablation` console command.
 
     [run] RECIPE        train a recipe's ablation here and tabulate it (the default command)
+    plan RECIPE         every run it would train, with its settings and cost; nothing is run
     launch RECIPE       the same, locally, with torchrun, or as SLURM jobs
     status DIR          the state of every run of a launched ablation
     report DIR          rebuild the tables and figures from run directories (or W&B)
@@ -20,6 +21,7 @@ from typing import Optional
 from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
 from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
+from bench.ablation.preview import Throughput, format_plan, plan_table, read_bench_json
 from bench.ablation.status import MANIFEST, ablation_status, discovered_runs, format_status, runs
 from bench.ablation.tracking import choose_settings
 from bench.config import load_recipe, parse_override
@@ -36,19 +38,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "default.yaml"
 
 
-def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_ablation.py", description=(
-        "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
-        "Other commands: 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', 'report RESULTS_DIR', "
-        "'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-threads'."))
+def add_selection(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments that choose the runs: recipe, seeds, steps, models, overrides, smoke."""
     p.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: %(default)s)")
-    p.add_argument("--out", help="results directory (default: runs/<recipe name>[-smoke], which git ignores)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the recipe's)")
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (and the teachers they need)")
     p.add_argument("--models", nargs="+", metavar="MODEL", help="run only these model columns of the recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value in every run, e.g. --set schedule.epochs=5")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 batches per run: check the pipeline")
+    return p
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = add_selection(argparse.ArgumentParser(prog="run_ablation.py", description=(
+        "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
+        "Other commands: 'plan RECIPE', 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', "
+        "'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-threads', 'fidelity'.")))
+    p.add_argument("--out", help="results directory (default: runs/<recipe name>[-smoke], which git ignores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--on-failure", choices=["continue", "stop"], default="continue",
                    help="when a run's loss becomes NaN/inf: go on with the runs that do not need it "
@@ -64,7 +71,7 @@ def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
     overrides = tuple(parse_override(text) for text in args.overrides)
     specs = plan(recipe, seeds=args.seeds, only=args.only, models=args.models, overrides=overrides,
                  smoke=args.smoke, where=args.recipe)
-    out = Path(args.out or Path("runs") / (recipe.name + ("-smoke" if args.smoke else "")))
+    out = Path(getattr(args, "out", None) or Path("runs") / (recipe.name + ("-smoke" if args.smoke else "")))
     return recipe, specs, out
 
 
@@ -101,6 +108,28 @@ def cmd_run(argv: Sequence[str]) -> int:
         return 1
     print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
     log_report(wandb, out)
+    return 0
+
+
+def cmd_plan(argv: Sequence[str]) -> int:
+    """Every run the command would train, its settings and its cost; nothing is trained or written."""
+    p = add_selection(argparse.ArgumentParser(prog="run_ablation.py plan", description=(
+        "Show every run of a recipe in launch order: the step it builds on, what it changes, its effective "
+        "settings, the training images it processes and its device-hours at a given or measured throughput. "
+        "Nothing is trained or written.")))
+    p.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown table (default) or CSV")
+    p.add_argument("--images-per-s", type=float, metavar="N",
+                   help="training images/s of one device, for every run without a --bench measurement")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="a 'bench' command's JSON: its rates for the runs of its model, crop and precision (repeatable)")
+    args = p.parse_args(argv)
+    if args.images_per_s is not None and args.images_per_s <= 0:
+        raise BenchError(f"--images-per-s {args.images_per_s:g}: must be > 0")
+    recipe, specs, _ = planned(args)
+    rates = [read_bench_json(path) for path in args.bench]
+    if args.images_per_s:
+        rates.append(Throughput(args.images_per_s))
+    print(format_plan(plan_table(specs, rates), args.format), end="")
     return 0
 
 
@@ -201,7 +230,7 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
+COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader,
             "bench-threads": cmd_bench_threads}
 

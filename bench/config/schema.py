@@ -37,6 +37,9 @@ class DataConfig(Strict):
     crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
     color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
+    # False: brightness, contrast, saturation (GluonCV's train_imagenet.py); True: brightness,
+    # saturation and hue, the paper's words (Section 2.1), hue rotated by U[−jπ, jπ] as MXNet's HueJitterAug
+    color_jitter_hue: bool = False
     lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
     pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
     hflip: bool = True                          # random horizontal flip (not for digits)
@@ -134,7 +137,8 @@ class RunConfig(Strict):
     # stays out of the hash while it is off, and so does a key added since while it has its
     # default: adding a trick or a setting keeps every recorded run's hash.
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
-    added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"))
+    added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
+                                                       ("data", "color_jitter_hue"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}

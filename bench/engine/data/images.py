@@ -55,7 +55,10 @@ def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip())
     if cfg.color_jitter:
         j = cfg.color_jitter
-        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        # hue: torchvision shifts by U[−h, h] of the colour circle; MXNet's HueJitterAug(j) rotates
+        # by U[−jπ, jπ], half a circle per unit, hence h = j / 2
+        jitter = dict(hue=j / 2) if cfg.color_jitter_hue else dict(contrast=j)
+        steps.append(v2.ColorJitter(brightness=j, saturation=j, **jitter))
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if cfg.lighting_std:
         steps.append(Lighting(cfg.lighting_std))
