@@ -22,9 +22,10 @@ def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
     seen = []
     real = loop.train_step
 
-    def spy(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing=None, teacher=None):
+    def spy(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing=None, teacher=None,
+            terms=None):
         seen.append((cfg.label_smoothing is not None, mixing is not None, cfg.distill is not None, teacher is not None))
-        return real(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing, teacher)
+        return real(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing, teacher, terms)
 
     monkeypatch.setattr(loop, "train_step", spy)
     result = bm.run_benchmark(bm.BenchSettings(**TINY))

@@ -1,12 +1,15 @@
 """The training engine: recipe settings reach the code they name; determinism; resume."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import bench.config.schema as schema_mod
 import bench.engine as engine
+import bench.engine.loop as loop_mod
 import bench.engine.loss as loss_mod
 import bench.engine.training as setup_mod
 import bench.tricks.mixup as mixup_mod
@@ -15,7 +18,7 @@ from bench.config import RunConfig
 from bench.engine.data import build_data
 from bench.engine.models import build_model
 from bench.runs import RunDir, files
-from bench.tricks import distill_loss, mix_batch, smooth_targets, soft_cross_entropy
+from bench.tricks import distill_loss, mix_batch, smooth_targets, soft_cross_entropy, soft_target_entropy
 from bench.tricks.mixup import Mixup
 
 
@@ -166,3 +169,40 @@ def test_final_weights_load_as_a_teacher(tiny_cfg, tmp_path):
     engine.train(tiny_cfg, tmp_path, progress=False)
     teacher = setup_mod.load_teacher(tiny_cfg, tmp_path / RunDir.WEIGHTS, 10, 1, torch.device("cpu"))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_distillation_parts_for_display_leave_the_loss_bit_identical(tiny_cfg):
+    """The progress bar's `hard` and `kd_kl` come out of the same call; the optimized loss (and so
+    metrics.jsonl's train_loss) is the same tensor, bit for bit, as without them."""
+    cfg = with_(tiny_cfg, distill={"teacher": "t", "temperature": 20.0})
+    model, teacher = build_model(cfg.model, 10, 1).eval(), build_model(cfg.model, 10, 1).eval()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    terms = {}
+    loss = engine.training_loss(model, x, y, cfg, 10, teacher=teacher, terms=terms)
+    assert torch.equal(loss, engine.training_loss(model, x, y, cfg, 10, teacher=teacher))
+    entropy = float(soft_target_entropy(teacher(x).detach(), 20.0))
+    assert entropy == pytest.approx(400 * math.log(10), rel=0.01)     # the constant that alarmed users
+    assert float(terms["hard"]) + float(terms["kd_kl"]) + entropy == pytest.approx(loss.item(), rel=1e-5)
+    assert 0 <= float(terms["kd_kl"]) < 0.05 * entropy
+    same = {}
+    engine.training_loss(model, x, y, cfg, 10, teacher=model, terms=same)
+    assert float(same["kd_kl"]) == pytest.approx(0.0, abs=1e-4)        # the student agrees with its teacher
+
+
+def test_progress_bar_shows_distillation_as_hard_and_kl_parts():
+    row = {"train_loss": 921.5, "val_top1": 97.25}
+    parts = {"hard": torch.tensor(2.0 * 8), "kd_kl": torch.tensor(0.5 * 8)}
+    shown = loop_mod.progress_postfix(2, row, loop_mod.EpochStats(torch.tensor(921.5 * 8), 8, 0.1, 1.0, parts))
+    assert shown == {"epoch": "3", "hard": "2.000", "kd_kl": "0.500", "top1": "97.2"}
+    plain = loop_mod.progress_postfix(0, {"train_loss": 1.25, "val_top1": 50.0},
+                                      loop_mod.EpochStats(torch.tensor(10.0), 8, 0.1, 1.0))
+    assert plain == {"epoch": "1", "loss": "1.250", "top1": "50.0"}
+
+
+def test_a_distillation_epoch_sums_the_parts_and_logs_the_optimized_loss(tiny_cfg):
+    cfg = with_(tiny_cfg, distill={"teacher": "t", "temperature": 20.0})
+    t = setup_mod.setup(cfg, (tiny_cfg, None))
+    stats = engine.train_epoch(t, 0)
+    assert set(stats.terms_sum) == {"hard", "kd_kl"}
+    mean_loss = float(stats.loss_sum) / stats.images
+    assert mean_loss > 100 and float(stats.terms_sum["kd_kl"]) / stats.images < 10   # T² × entropy is in the loss only

@@ -26,6 +26,7 @@ class EpochStats(NamedTuple):
     images: int              # images this rank trained on
     lr: float                # of the epoch's last step
     time_s: float
+    terms_sum: dict = {}     # with distillation: Σ part × batch size of the loss's parts, for display
 
 
 def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda: None) -> EpochStats:
@@ -35,20 +36,40 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
     mixer = t.cfg.mixing()
     mixer = mixer if mixer is not None and mixer.active(epoch, t.cfg.schedule.epochs) else None
     loss_sum, seen, lr, t0 = torch.zeros((), device=t.device), 0, 0.0, time.perf_counter()
+    terms, terms_sum = ({}, {}) if t.cfg.distill is not None else (None, {})
     for i, (images, labels) in enumerate(t.data.train.epoch(epoch)):
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
         mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
         loss = train_step(t.net, t.optimizer, t.scaler, images, labels, lr, t.cfg, t.data.num_classes, t.device,
-                          mixing, t.teacher)
+                          mixing, t.teacher, terms)
         t.guard.update(loss, step)
         t.tracker.log_step(step, lr, loss)
         loss_sum += loss * len(labels)
+        for key, value in (terms or {}).items():
+            terms_sum[key] = terms_sum.get(key, 0) + value * len(labels)
         seen += len(labels)
         on_step()
     if t.cfg.efficient.bn_batch_size:   # ghost batch norm: ranks kept their own running statistics
         dist.average_buffers(t.model)
-    return EpochStats(loss_sum, seen, lr, time.perf_counter() - t0)
+    return EpochStats(loss_sum, seen, lr, time.perf_counter() - t0, terms_sum)
+
+
+def progress_postfix(epoch: int, row: dict, stats: EpochStats) -> dict[str, str]:
+    """What the progress bar shows after `epoch`: the epoch's mean training loss and top-1.
+
+    With distillation the loss is shown as its two parts instead, `hard` (the cross-entropy with
+    the targets) and `kd_kl` (the soft term as T²·KL, 0 where the student agrees with the
+    teacher): the soft term being a cross-entropy, the total includes T² × the teacher's entropy,
+    a constant near T²·log K (≈ 920 at T = 20, K = 10) that would hide what changes. The
+    metrics.jsonl `train_loss` stays the loss that is optimized.
+    """
+    shown = {"epoch": str(epoch + 1)}
+    if stats.terms_sum:   # this rank's images only: for display
+        shown.update({key: f"{float(value) / stats.images:.3f}" for key, value in stats.terms_sum.items()})
+    else:
+        shown["loss"] = f"{row['train_loss']:.3f}"
+    return {**shown, "top1": f"{row['val_top1']:.1f}"}
 
 
 def epoch_row(epoch: int, stats: EpochStats, val: dict, device: torch.device) -> dict:
@@ -96,7 +117,7 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
             run_dir.append_metrics(row)
             t.tracker.log_epoch(row)
             save_checkpoint(t, run_dir, epoch)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", top1=f"{val['val_top1']:.1f}")
+        bar.set_postfix(progress_postfix(epoch, row, stats))
     bar.close()
     if not val:   # resumed after the last epoch's checkpoint: evaluate the restored weights
         val = evaluate(t.model, t.data.val, cfg, t.device, gaps)

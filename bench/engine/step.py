@@ -39,12 +39,14 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> t
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: RunConfig, num_classes: int,
                device: torch.device, mixing: Optional[Mixing] = None,
-               teacher: Optional[nn.Module] = None) -> torch.Tensor:
+               teacher: Optional[nn.Module] = None,
+               terms: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """One optimizer step on one batch; returns the detached loss without a device sync.
 
     Args:
         images: (N, C, H, W) and labels: (N,) as the loader gives them (moved to `device` here).
         lr: this step's learning rate, from the run's schedule.
+        terms: filled by `training_loss` with the loss's parts for display (distillation).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -53,7 +55,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     if mixing is not None:
         mixing = mixing.to(device)
     with autocast(device, cfg.efficient.precision):
-        loss = training_loss(model, images, labels, cfg, num_classes, mixing, teacher)
+        loss = training_loss(model, images, labels, cfg, num_classes, mixing, teacher, terms=terms)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -1,5 +1,5 @@
 """The paper's tricks, each a small pure function with its config (None = off)."""
-from bench.tricks.distill import DistillConfig, combine_distill, distill_loss, soft_cross_entropy
+from bench.tricks.distill import DistillConfig, combine_distill, distill_loss, soft_cross_entropy, soft_target_entropy
 from bench.tricks.efficient import EfficientConfig, autocast_dtype, param_groups, weight_dtype, zero_gamma
 from bench.tricks.label_smoothing import LabelSmoothingConfig, smooth_targets
 from bench.tricks.mixing import Mixing, MixingConfig
@@ -9,5 +9,5 @@ from bench.tricks.schedule import lr_at
 __all__ = [
     "DistillConfig", "EfficientConfig", "LabelSmoothingConfig", "Mixing", "MixingConfig",
     "MixupConfig", "autocast_dtype", "combine_distill", "distill_loss", "lr_at", "mix_batch", "param_groups",
-    "sample_mixing", "smooth_targets", "soft_cross_entropy", "weight_dtype", "zero_gamma",
+    "sample_mixing", "smooth_targets", "soft_cross_entropy", "soft_target_entropy", "weight_dtype", "zero_gamma",
 ]

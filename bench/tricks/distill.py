@@ -42,6 +42,18 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return temperature**2 * soft_cross_entropy(student_logits / temperature, soft_targets)
 
 
+def soft_target_entropy(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·H(softmax(r/T)), averaged over the batch: by how much `distill_loss` (a cross-entropy)
+    exceeds T²·KL(softmax(r/T) ‖ softmax(z/T)). It does not depend on the student; at T = 20 the
+    soft targets are near uniform, so it is close to T²·log K (≈ 920 for K = 10).
+
+    Args:
+        teacher_logits: (N, K) r.
+        temperature: T > 0.
+    """
+    return distill_loss(teacher_logits, teacher_logits, temperature)
+
+
 def combine_distill(hard: torch.Tensor, soft: torch.Tensor, hard_weight: Optional[float]) -> torch.Tensor:
     """Paper (Eq. 6): hard + soft. GluonCV: w·hard + (1 − w)·soft with w = `hard_weight`."""
     if hard_weight is None:
