@@ -31,8 +31,9 @@ from bench.errors import BenchError
 from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_threads
 from bench.perf.model_info import models_table
 from bench.report import write_report
+from bench.report.fidelity import fidelity_markdown, table6_specs
 from bench.report.wandb import log_report, write_wandb_report
-from bench.runs import atomic_write
+from bench.runs import atomic_write, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "default.yaml"
@@ -230,9 +231,19 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_fidelity(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py fidelity", description=(
+        "Regenerate docs/fidelity.md: every Table 6 setting in the paper, in GluonCV and in recipes/table6.yaml."))
+    p.add_argument("--out", default=str(ROOT / "docs" / "fidelity.md"), help="where to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    write_text(Path(args.out), fidelity_markdown(table6_specs(ROOT)))
+    print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader,
-            "bench-threads": cmd_bench_threads}
+            "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity}
 
 
 def _looks_like_a_command(word: str) -> bool:

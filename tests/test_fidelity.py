@@ -1,0 +1,59 @@
+"""docs/fidelity.md is generated from the recipes and agrees with `plan`; the switches it names exist."""
+from __future__ import annotations
+
+from torchvision.transforms import v2
+
+from bench.ablation import plan
+from bench.cli import ROOT, main
+from bench.config import DataConfig, load_recipe, parse_override
+from bench.engine.data.images import train_transform
+from bench.report.fidelity import SETTINGS, check_plan_agrees, fidelity_markdown, table6_specs
+
+
+def test_the_committed_page_is_the_generated_one():
+    committed = (ROOT / "docs" / "fidelity.md").read_text()
+    assert committed == fidelity_markdown(table6_specs(ROOT)), \
+        "docs/fidelity.md is stale: run `python run_ablation.py fidelity`"
+
+
+def test_plan_shows_the_values_of_the_page():
+    assert check_plan_agrees(table6_specs(ROOT)) == []
+    assert {s.plan_column for s in SETTINGS} >= {"global_batch", "bn_batch", "peak_lr", "warmup_epochs", "epochs", "precision"}
+
+
+def test_a_recipe_change_changes_the_page():
+    path = ROOT / "recipes" / "table6.yaml"
+    changed = plan(load_recipe(path), where=str(path), overrides=(parse_override("efficient.precision=bf16"),
+                                                                 parse_override("distill.hard_weight=0.5")))
+    page, before = fidelity_markdown(changed), fidelity_markdown(table6_specs(ROOT))
+    assert page != before
+    assert "| precision | FP16 with an FP32 master copy (Section 3.1, Table 3) | model zoo command: --dtype float16 " \
+           "(multi_precision) | bf16 |" in page
+    assert "| hard_weight 0.5 |" in page and "| Eq. 6 |" in before
+
+
+def test_every_disagreement_names_the_key_that_switches():
+    for s in SETTINGS:
+        if s.follows != "both":
+            assert s.why and "`" in s.why, s.name
+    page = fidelity_markdown(table6_specs(ROOT))
+    for key in ("data.color_jitter_hue: true", "label_smoothing.form: uniform", "distill.hard_weight: 0.5"):
+        assert key in page
+
+
+def _jitter(cfg: DataConfig) -> v2.ColorJitter:
+    return next(t for t in train_transform(cfg, 32).transforms if isinstance(t, v2.ColorJitter))
+
+
+def test_colour_jitter_gluoncv_by_default_and_the_papers_hue_by_a_key():
+    gluon = _jitter(DataConfig(dataset="imagenet"))
+    assert gluon.contrast == gluon.brightness == gluon.saturation == (0.6, 1.4) and gluon.hue is None
+    paper = _jitter(DataConfig(dataset="imagenet", color_jitter_hue=True))
+    assert paper.contrast is None and paper.hue == (-0.2, 0.2)   # ±0.2 of the colour circle = ±0.4π rad, as HueJitterAug(0.4)
+    assert paper.brightness == paper.saturation == (0.6, 1.4)
+
+
+def test_the_command_writes_the_page(tmp_path, capsys):
+    out = tmp_path / "fidelity.md"
+    assert main(["fidelity", "--out", str(out)]) == 0
+    assert out.read_text() == (ROOT / "docs" / "fidelity.md").read_text()
