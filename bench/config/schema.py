@@ -18,7 +18,16 @@ class ModelConfig(Strict):
     small_input: bool = False          # stride-1 stem and no max-pool, for 8-32 px images
     kwargs: dict[str, Any] = {}        # passed to timm.create_model (e.g. channels, stem_width)
     pretrained: Optional[str] = None   # a timm pretrained tag (e.g. resnet152d.ra2_in1k), for teachers
-    checkpoint: Optional[str] = None   # a file of weights (a state dict, or a run's model.pt), for teachers
+    checkpoint: Optional[str] = None   # a file of weights (a state dict, a run's model.pt, a timm train.py
+    #                                    checkpoint, a .safetensors file), for teachers
+    checkpoint_key: Optional[str] = None   # the checkpoint's entry to load (e.g. state_dict_ema); None: "model",
+    #                                        else "state_dict", else the file's own dict
+
+    @model_validator(mode="after")
+    def _key_needs_a_file(self) -> ModelConfig:
+        if self.checkpoint_key is not None and self.checkpoint is None:
+            raise ValueError(f"model.checkpoint_key={self.checkpoint_key!r} needs model.checkpoint (the file it is an entry of)")
+        return self
 
 
 class DataConfig(Strict):
@@ -138,6 +147,7 @@ class RunConfig(Strict):
     # default: adding a trick or a setting keeps every recorded run's hash.
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
+                                                       ("model", "checkpoint_key"),
                                                        ("data", "color_jitter_hue"))
 
     def config_hash(self) -> str:

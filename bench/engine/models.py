@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import timm
 import torch
+from timm.models import clean_state_dict
 from torch import nn
 
 from bench.config import ModelConfig
@@ -60,13 +61,18 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
     if zero_gamma:
         apply_zero_gamma(model)
     if cfg.checkpoint:
-        load_weights(model, cfg.checkpoint, f"model {cfg.name} for {num_classes} classes", "model.checkpoint")
+        load_weights(model, cfg.checkpoint, f"model {cfg.name} for {num_classes} classes", "model.checkpoint",
+                     cfg.checkpoint_key)
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path, what: str, source: Optional[str] = None) -> nn.Module:
-    """Load weights into `model`: a state dict file (a run's model.pt), a checkpoint holding one
-    under "model" (a run's last.pt), either saved from DistributedDataParallel ("module.").
+def load_weights(model: nn.Module, path: str | Path, what: str, source: Optional[str] = None,
+                 key: Optional[str] = None) -> nn.Module:
+    """Load weights into `model` from a file of the kinds teachers come in: a state dict (a
+    run's model.pt), a run's last.pt ("model"), a checkpoint of timm's train.py ("state_dict",
+    "state_dict_ema", with its `args`), or a safetensors file; the state dict is the one under
+    `key` when given (`select_state_dict`). Keys saved from DistributedDataParallel ("module.")
+    or torch.compile ("_orig_mod."), in either order, are matched to the bare model's.
 
     Every problem is one line naming the file (as `source = path` when given, e.g.
     "model.checkpoint"), and, for weights of another architecture or class count, the first
@@ -76,14 +82,13 @@ def load_weights(model: nn.Module, path: str | Path, what: str, source: Optional
     if not Path(path).is_file():
         raise BenchError(f"{label}: no such file")
     try:
-        state = load_torch(Path(path))
+        loaded = load_torch(Path(path))
     except BenchError as err:
         raise BenchError(f"{label}: {str(err).removeprefix(f'{path}: ')}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = select_state_dict(loaded, key, label)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(f"{label}: not a state dict of model weights ({type(state).__name__})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = clean_state_dict(state)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -97,6 +102,22 @@ def load_weights(model: nn.Module, path: str | Path, what: str, source: Optional
                          f"{len(unexpected)} unexpected, e.g. {detail})")
     model.load_state_dict(state)
     return model
+
+
+def select_state_dict(loaded: Any, key: Optional[str], label: str) -> Any:
+    """The state dict in a loaded file: the entry `key` when given (e.g. "state_dict_ema" of a
+    timm checkpoint); else the entry "model" (a run's last.pt), else "state_dict" (timm's
+    train.py), else the file's own dict (a state dict, a safetensors file)."""
+    if key is not None:
+        if not isinstance(loaded, dict) or key not in loaded:
+            present = sorted(map(str, loaded)) if isinstance(loaded, dict) else []
+            shown = ", ".join(present[:12]) + (f", ... ({len(present)} in all)" if len(present) > 12 else "")
+            raise BenchError(f"{label}: no entry {key!r} (model.checkpoint_key) in the file; it holds: {shown or 'no entries'}")
+        return loaded[key]
+    for default in ("model", "state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(default), dict):
+            return loaded[default]
+    return loaded
 
 
 def make_small_input(model: nn.Module) -> nn.Module:

@@ -1,14 +1,17 @@
 """Files that are whole or absent: atomic writes (temporary file, fsync, rename) and safe reads."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import safetensors.torch
 import torch
 import yaml
 
@@ -67,11 +70,55 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    """Load a checkpoint with the safe (weights-only) unpickler; a bad file is named."""
+    """Load a checkpoint with the safe (weights-only) unpickler, or a safetensors file (by its
+    suffix or its header); a bad file is named.
+
+    Besides tensors and plain containers, the unpickler admits only `argparse.Namespace`: the
+    `args` that timm's train.py stores in its checkpoints. Any other pickled object is refused
+    unread, so loading a file never runs its code.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except Exception as err:  # a header that lies, a truncated file
+            raise BenchError(f"{path}: not a readable safetensors file ({type(err).__name__}: {_first_line(err)})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _pickled_globals(path)
+        if not unsafe:
+            raise BenchError(f"{path}: not a readable checkpoint (UnpicklingError: {_first_line(err)})") from None
+        raise BenchError(f"{path}: not a readable checkpoint (it pickles objects other than weights: "
+                         f"{', '.join(unsafe)}; refused unread)") from None
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise BenchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        raise BenchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether a file starts as safetensors does: an 8-byte little-endian header length, then a
+    JSON object of that length that fits in the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = Path(path).stat().st_size
+    except OSError:   # not a file: torch.load names the problem
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The classes and functions a torch file's pickle names beyond what weights need (read, not run)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: torch names none
+        return []
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).splitlines()
+    return lines[0][:120] if lines else ""
 
 
 def read_json(path: Path) -> Optional[dict]:
