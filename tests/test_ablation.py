@@ -157,10 +157,11 @@ def test_a_teacher_not_trained_needs_weights(write_recipe):
 
 def test_the_committed_fashion_mnist_runs_are_finished_under_their_recipe():
     """The config hash is stable: every run in results/ still counts as finished for its recipe
-    (adding a trick section to the schema must not turn recorded runs into conflicts)."""
+    (adding a trick section to the schema must not turn recorded runs into conflicts), its
+    students with the teacher identity their final.json records (bench.ablation.legacy)."""
     recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-cpu.yaml")
     out = ROOT / "results" / "fashion_mnist_table6"
     specs = plan(recipe)
     assert len(specs) == (2 + 6) * 3   # two teachers and six steps, seeds 0-2
     for spec in specs:
-        assert RunDir(out / spec.path).state(spec.config) == "finished", spec.path
+        assert RunDir(out / spec.path).state(spec.config, spec.teacher_hash) == "finished", spec.path

@@ -59,7 +59,7 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
     if main:
         check_writable(out)
     for spec in specs:   # a finished run of another config stops everything before anything trains
-        run_dir(out, spec).check_config(spec.config)
+        run_dir(out, spec).check_config(spec.config, spec.teacher_hash)
     by_path = {spec.path: spec for spec in specs}
     finals: list[dict] = []
     failed: dict[Path, str] = {}
@@ -100,7 +100,7 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
              progress: bool, failed: dict[Path, str], wandb: Optional[WandbConfig] = None) -> Optional[dict]:
     """Train (or resume, or skip) one run while holding its lock; None when it failed."""
     rd, main = run_dir(out, spec), dist.is_main()
-    state = rd.check_config(spec.config)   # again: another process may have finished it meanwhile
+    state = rd.check_config(spec.config, spec.teacher_hash)   # again: another process may have finished it meanwhile
     if state == "finished":
         echo(f"{tag}: finished, skipped")
         return rd.read_final()
@@ -110,7 +110,7 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     created = not rd.path.exists()
     if main:
         remove_stale_temporaries(rd.path)
-        rd.write_config(spec.config)
+        rd.write_config(spec.config, spec.teacher_hash)
     t0 = time.perf_counter()
     try:
         with start_run(wandb, spec, rd.path, out) as tracker:   # an exception closes the W&B run as failed

@@ -117,7 +117,7 @@ def launch_slurm(specs: list[RunSpec], out: Path, cluster: ClusterConfig, echo=p
     """Submit one job per unfinished run, teachers first; a run that distils depends (afterok)
     on its teacher's job. Runs finished or already queued are left alone. Returns path → job id."""
     out = Path(out).resolve()
-    states = {spec.path: run_dir(out, spec).check_config(spec.config) for spec in specs}
+    states = {spec.path: run_dir(out, spec).check_config(spec.config, spec.teacher_hash) for spec in specs}
     by_path = {spec.path: spec for spec in specs}
     job_ids: dict[Path, str] = {}
     for spec in specs:   # plan() puts teachers first
@@ -132,7 +132,7 @@ def launch_slurm(specs: list[RunSpec], out: Path, cluster: ClusterConfig, echo=p
             continue
         teacher = by_path.get(spec.teacher_path) if spec.teacher_path else None
         dependency = f"afterok:{job_ids[spec.teacher_path]}" if teacher and spec.teacher_path in job_ids else None
-        rd.write_config(spec.config)
+        rd.write_config(spec.config, spec.teacher_hash)
         executor = _executor(cluster, rd / "slurm", f"bench:{spec.label}", dependency)
         job = executor.submit(RunJob(out, spec, teacher))
         job_ids[spec.path] = job.job_id

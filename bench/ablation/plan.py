@@ -16,6 +16,7 @@ import timm
 from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
 from bench.engine.models import LOCAL_MODELS
 from bench.errors import ConfigError
+from bench.runs import sha256_file
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RunSpec:
     paper_table: Optional[str] = None   # the recipe's paper_table, for the report
     paper_model: Optional[str] = None   # the paper's model this column stands in for
     teacher_config: Optional[RunConfig] = None   # a teacher given as weights (train: false)
+    teacher_hash: Optional[str] = None   # the teacher's identity, part of a distilled run's (`teacher_hash`)
 
     @property
     def label(self) -> str:
@@ -44,6 +46,7 @@ class RunSpec:
         return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
                 "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
                 "teacher": str(self.teacher_path) if self.teacher_path else _given_teacher(self.teacher_config),
+                "teacher_hash": self.teacher_hash,
                 "paper_table": self.paper_table, "paper_model": self.paper_model}
 
 
@@ -52,6 +55,20 @@ def _given_teacher(cfg: Optional[RunConfig]) -> Optional[str]:
     if cfg is None:
         return None
     return cfg.model.checkpoint or f"{cfg.model.name}.{cfg.model.pretrained}"
+
+
+def given_teacher_hash(cfg: RunConfig, digests: dict[str, str], label: str) -> str:
+    """The identity of a teacher given as weights: the hash of its config with model.checkpoint
+    read as the file's sha256 (the same bytes anywhere are the same teacher, other bytes another);
+    a pretrained tag counts as it is. (A trained teacher's identity is its config hash.)"""
+    path = cfg.model.checkpoint
+    if path is None:
+        return cfg.config_hash()
+    if path not in digests:
+        if not Path(path).is_file():
+            raise ConfigError(f"{label}: model.checkpoint = {path}: no such file")
+        digests[path] = sha256_file(Path(path))
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": f"sha256:{digests[path]}"})}).config_hash()
 
 
 def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
@@ -69,6 +86,7 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
     shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
     students, teachers_needed = [], {}
     trained = {t.name: t.train for t in recipe.teachers}
+    digests: dict[str, str] = {}   # of the weights files of given teachers, each read once
     for seed in seeds if seeds is not None else recipe.seeds:
         for model in model_names(recipe):
             if models and model not in models:
@@ -77,16 +95,19 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 if only and step.name not in only:
                     continue
                 cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
-                teacher_path, teacher_cfg = None, None
+                teacher_path, teacher_cfg, identity = None, None, None
                 if cfg.distill is not None and trained[cfg.distill.teacher]:
                     teacher_path = Path("teachers", cfg.distill.teacher, f"seed{seed}")
                     teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
+                    identity = shrink(resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)).config_hash()
                 elif cfg.distill is not None:   # given weights: loaded, not trained
                     teacher_cfg = resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)
+                    identity = given_teacher_hash(teacher_cfg, digests, f"{where}: teacher '{cfg.distill.teacher}'")
                 parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
                 students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
                                         Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path,
-                                        recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg))
+                                        recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg,
+                                        identity))
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))

@@ -71,6 +71,10 @@ def run_status(out: Path, record: dict) -> tuple[str, str, str]:
     if final is not None:
         if final.get("config_hash") != record["config_hash"]:
             return "failed", job_id, "final.json holds a run of a different config"
+        if record.get("teacher_hash") is not None and final.get("teacher_hash") != record["teacher_hash"]:
+            recorded = final.get("teacher_hash")
+            return "failed", job_id, (f"final.json holds a run of another teacher ({recorded})" if recorded
+                                      else "final.json names no teacher (recorded before a student's identity included its teacher's)")
         return "finished", job_id, f"top-1 {final['top1']:.2f}"
     epochs = len(rd.read_metrics())
     saved = read_yaml(rd / RunDir.CONFIG) or {}
@@ -103,18 +107,24 @@ def _lock_holder(out: Path, run_path: str) -> str:
 
 
 def discovered_runs(out: Path) -> list[dict]:
-    """The run directories under `out` (each holds a config.yaml), teachers first."""
-    records = []
+    """The run directories under `out` (each holds a config.yaml), teachers first; a student that
+    distils from a teacher trained here expects that teacher's config hash as its teacher_hash."""
+    records, configs = [], {}
     for path in sorted(Path(out).glob("**/" + RunDir.CONFIG)):
         rel = path.parent.relative_to(out)
         if rel.parts[0] == LOCK_DIR or not (rel.name.startswith("seed")):
             continue
         try:
-            config_hash = RunConfig.model_validate(read_yaml(path)).config_hash()
+            configs[rel] = RunConfig.model_validate(read_yaml(path))
         except ValueError:
-            config_hash = None
+            configs[rel] = None
         records.append({"path": str(rel), "role": "teacher" if rel.parts[0] == "teachers" else "student",
-                        "config_hash": config_hash})
+                        "config_hash": configs[rel].config_hash() if configs[rel] else None})
+    for record in records:
+        cfg = configs[Path(record["path"])]
+        teacher = Path("teachers", cfg.distill.teacher, f"seed{cfg.seed}") if cfg and cfg.distill else None
+        if teacher in configs and configs[teacher] is not None:
+            record["teacher_hash"] = configs[teacher].config_hash()
     return sorted(records, key=lambda r: (r["role"] != "teacher", r["path"]))
 
 

@@ -4,6 +4,7 @@ what it holds is a run of the same config.
 ```
 <out>/<model>/<NN-step>/seed<k>/       (teachers: <out>/teachers/<name>/seed<k>/)
   config.yaml   the resolved config, written before training
+  teacher.json  a distilled run's teacher identity, written with config.yaml (final.json repeats it)
   env.json      versions, git commit, device, threads, world size
   metrics.jsonl one row per epoch, append-only
   last.pt       checkpoint for resume (model, optimizer, scaler, epoch, every RNG state)
@@ -34,6 +35,17 @@ def flat_config(tree: dict) -> dict[str, Any]:
     return pd.json_normalize(tree, sep=".").add_prefix(CONFIG_PREFIX).iloc[0].to_dict() if tree else {}
 
 
+def teacher_state(record: dict, teacher_hash: Optional[str], state: str, name: str) -> tuple[str, str]:
+    """(`state`, "") when a run's `record` (final.json, teacher.json) names the teacher
+    `teacher_hash` (or none is expected), else ("conflict", why)."""
+    recorded = record.get("teacher_hash")
+    if teacher_hash is None or recorded == teacher_hash:
+        return state, ""
+    if recorded is None:
+        return "conflict", f" (its {name} names no teacher: recorded before a student's identity included its teacher's)"
+    return "conflict", f" (its teacher differs: trained from teacher {recorded}, this one is {teacher_hash})"
+
+
 class RunDir:
     CONFIG = "config.yaml"
     ENV = "env.json"
@@ -45,7 +57,8 @@ class RunDir:
     FAILED = "failed.json"              # a run stopped by a NaN/inf loss; removed when it finishes
     JOB = "job.json"                    # the SLURM job that trains it, its logs
     WANDB_ID = "wandb_id"
-    STARTED = (CONFIG, ENV, METRICS, WANDB_ID)   # what starting a run writes before its first checkpoint
+    TEACHER = "teacher.json"            # {"teacher_hash": ...} of a run that distils
+    STARTED = (CONFIG, TEACHER, ENV, METRICS, WANDB_ID)   # what starting a run writes before its first checkpoint
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -64,27 +77,45 @@ class RunDir:
     def read_final(self) -> Optional[dict]:
         return files.read_json(self / self.FINAL)
 
-    def state(self, cfg: RunConfig) -> str:
-        """"finished", "partial" (a checkpoint to resume), "new", or "conflict" (another config)."""
+    def state(self, cfg: RunConfig, teacher_hash: Optional[str] = None) -> str:
+        """"finished", "partial" (a checkpoint to resume), "new", or "conflict" (another config).
+
+        A distilled run's identity includes its teacher's (`teacher_hash`: the trained teacher's
+        config hash, or that of a teacher given as weights with its file's sha256): a run of
+        another teacher, or one recorded without its teacher's identity, is a conflict.
+        """
+        return self._state(cfg, teacher_hash)[0]
+
+    def check_config(self, cfg: RunConfig, teacher_hash: Optional[str] = None) -> str:
+        """`state(cfg, teacher_hash)`, or a one-line error when the directory holds a run of
+        another config (or of another teacher)."""
+        state, why = self._state(cfg, teacher_hash)
+        if state == "conflict":
+            raise BenchError(f"{self.path}: holds a run of a different config{why}; choose another --out or move it away")
+        return state
+
+    def _state(self, cfg: RunConfig, teacher_hash: Optional[str]) -> tuple[str, str]:
+        """(state, why it is a conflict when it is one)."""
+        assert (cfg.distill is None) == (teacher_hash is None), "a distilled run is identified with its teacher"
         final = self.read_final()
         if final is not None:
-            return "finished" if final.get("config_hash") == cfg.config_hash() else "conflict"
+            if final.get("config_hash") != cfg.config_hash():
+                return "conflict", ""
+            return teacher_state(final, teacher_hash, "finished", self.FINAL)
         if not (self / self.CHECKPOINT).exists():
-            return "new"
+            return "new", ""
         saved = files.read_yaml(self / self.CONFIG)
-        return "partial" if saved is not None and RunConfig.model_validate(saved) == cfg else "conflict"
-
-    def check_config(self, cfg: RunConfig) -> str:
-        """`state(cfg)`, or a one-line error when the directory holds a run of another config."""
-        state = self.state(cfg)
-        if state == "conflict":
-            raise BenchError(f"{self.path}: holds a run of a different config; choose another --out or move it away")
-        return state
+        if saved is None or RunConfig.model_validate(saved) != cfg:
+            return "conflict", ""
+        return teacher_state(files.read_json(self / self.TEACHER) or {}, teacher_hash, "partial", self.TEACHER)
 
     # ---- files written while the run trains --------------------------------------------------
 
-    def write_config(self, cfg: RunConfig) -> None:
+    def write_config(self, cfg: RunConfig, teacher_hash: Optional[str] = None) -> None:
+        """config.yaml, and teacher.json for a run that distils (its teacher's identity)."""
         files.write_yaml(self / self.CONFIG, cfg.model_dump(mode="json"))
+        if teacher_hash is not None:
+            files.write_json(self / self.TEACHER, {"teacher_hash": teacher_hash})
 
     def write_env(self, env: dict) -> None:
         files.write_json(self / self.ENV, env)
