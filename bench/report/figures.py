@@ -15,64 +15,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.config import RunConfig, schedule_for
+from bench.report.curves import mean_curve, plot_curve, plot_curves
 from bench.report.frames import Results, run_config
-from bench.report.stats import step_stats
+from bench.report.staircase import plot_staircase
+from bench.report.style import COLORS, PAPER_COLOR, STYLE
+from bench.report.style import first_model as _first_model
+from bench.report.style import students as _students
 from bench.runs import atomic_write
 
-STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 12,
-         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-         "legend.frameon": False, "figure.dpi": 100, "savefig.dpi": 200, "savefig.bbox": "tight"}
-COLORS = mpl.colormaps["tab10"].colors
-PAPER_COLOR = "0.35"
 METADATA = {"png": None, "pdf": {"CreationDate": None}}   # no date in a PDF: the same data, the same bytes
-
-
-def _students(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["role"] == "student"]
-
-
-def _first_model(runs: pd.DataFrame) -> str:
-    return str(_students(runs)["model"].iloc[0])
-
-
-def plot_staircase(runs: pd.DataFrame, stats: Optional[pd.DataFrame] = None) -> Figure:
-    """Top-1 per step and model (mean ± std over seeds as error bars); the paper's values, where the
-    recipe names a table, as hollow reference markers on their own axis at the right."""
-    stats = step_stats(runs) if stats is None else stats
-    steps = stats.drop_duplicates("step").sort_values("step_index")["step"].tolist()
-    x = {s: i for i, s in enumerate(steps)}
-    models = list(dict.fromkeys(stats["model"]))
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(max(6.5, 1.3 * len(steps) + 2), 4.5), layout="constrained")
-        ax = fig.subplots()
-        width = 0.5 / max(len(models), 1)
-        for i, (model, s) in enumerate(stats.groupby("model", sort=False)):
-            xs = np.array([x[v] for v in s["step"]]) + (i - (len(models) - 1) / 2) * width
-            n = int(s["n"].max())
-            ax.errorbar(xs, s["top1"], yerr=s["top1_std"].fillna(0), fmt="-o", color=COLORS[i], lw=2, ms=7,
-                        capsize=4, label=f"{model} (ours, n={n} seed{'s' if n > 1 else ''})")
-        paper = stats.dropna(subset=["paper_top1"])
-        if not paper.empty:
-            right = ax.twinx()
-            right.spines["right"].set_visible(True)
-            right.grid(False)
-            paper_model = _students(runs).drop_duplicates("model").set_index("model")["paper_model"]
-            for i, (model, s) in enumerate(paper.groupby("model", sort=False)):
-                right.plot([x[v] for v in s["step"]], s["paper_top1"], "D--", mfc="none", color=COLORS[i], ms=8,
-                           lw=1, alpha=0.7, label=f"paper: {paper_model.get(model, model)} on ImageNet (right axis)")
-            right.set_ylabel("paper top-1 (%, ImageNet)", color=PAPER_COLOR)
-            right.tick_params(axis="y", colors=PAPER_COLOR)
-            handles = ax.get_legend_handles_labels()
-            extra = right.get_legend_handles_labels()
-            ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper left")
-        else:
-            ax.legend(loc="upper left")
-        ax.set_xticks(range(len(steps)), [("+ " if i else "") + s.replace("_", " ") for i, s in enumerate(steps)],
-                      rotation=20, ha="right")
-        ax.set_xlabel("refinement (cumulative)")
-        ax.set_ylabel("validation top-1 (%)")
-        ax.set_title("Ablation staircase: each trick on top of the last")
-    return fig
 
 
 def _pick(runs: pd.DataFrame, child, parent) -> tuple[Optional[str], Optional[str]]:
@@ -125,19 +76,6 @@ def plot_lr_schedules(runs: pd.DataFrame) -> Figure:
     return fig
 
 
-def _mean_curve(curves: pd.DataFrame, runs: pd.DataFrame, step: str, model: str) -> pd.DataFrame:
-    paths = runs[(runs["role"] == "student") & (runs["model"] == model) & (runs["step"] == step)]["path"]
-    c = curves[curves["path"].isin(paths)]
-    return c.groupby("epoch")["val_top1"].agg(["mean", "std", "count"]).reset_index()
-
-
-def _plot_curve(ax, c: pd.DataFrame, color, label: str) -> None:
-    ax.plot(c["epoch"] + 1, c["mean"], "-o", color=color, lw=2, ms=3, label=label)
-    if (c["count"] > 1).any():
-        ax.fill_between(c["epoch"] + 1, c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0),
-                        color=color, alpha=0.18, lw=0)
-
-
 def plot_schedule_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     """Fig. 3b: validation top-1 vs epoch of the step-decay and the cosine runs (mean ± std over seeds)."""
     with mpl.rc_context(STYLE):
@@ -145,29 +83,11 @@ def plot_schedule_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         ax = fig.subplots()
         for i, step in enumerate(schedule_steps(runs)):
             if step is not None:
-                _plot_curve(ax, _mean_curve(curves, runs, step, _first_model(runs)), COLORS[i], step)
+                plot_curve(ax, mean_curve(curves, runs, step, _first_model(runs)), COLORS[i], step)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation top-1 (%)")
         ax.set_title("Fig. 3b: validation accuracy, step vs cosine")
         ax.legend(loc="lower right")
-    return fig
-
-
-def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
-    """Validation top-1 vs epoch of every step, one panel per model."""
-    s = _students(runs)
-    models = list(dict.fromkeys(s["model"]))
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(6.5 * len(models), 4.4), layout="constrained")
-        axes = fig.subplots(1, len(models), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            steps = s[s["model"] == model].drop_duplicates("step").sort_values("step_index")["step"]
-            for i, step in enumerate(steps):
-                _plot_curve(ax, _mean_curve(curves, runs, step, model), COLORS[i % len(COLORS)], step)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("validation top-1 (%)")
-            ax.set_title(f"Validation curves: {model}")
-            ax.legend(loc="lower right", fontsize=9)
     return fig
 
 
@@ -233,14 +153,18 @@ def plot_logit_gaps(runs: pd.DataFrame, gaps: pd.DataFrame) -> Figure:
 
 
 def make_figures(results: Results) -> dict[str, Figure]:
-    """Every figure the data allows, by file stem."""
-    runs = results.runs
+    """Every figure the data allows, by file stem (from a runs.csv alone: no curves, no gaps, so
+    neither `curves`, Fig. 3b nor Fig. 4b)."""
+    runs, with_curves = results.runs, not results.curves.empty
     if _students(runs).empty:
         return {}
-    figs = {"staircase": plot_staircase(runs), "curves": plot_curves(runs, results.curves)}
+    figs = {"staircase": plot_staircase(runs)}
+    if with_curves:
+        figs["curves"] = plot_curves(runs, results.curves)
     if all(schedule_steps(runs)):
         figs["fig3a_lr"] = plot_lr_schedules(runs)
-        figs["fig3b_val_top1"] = plot_schedule_curves(runs, results.curves)
+        if with_curves:
+            figs["fig3b_val_top1"] = plot_schedule_curves(runs, results.curves)
     k = _students(runs)["num_classes"].dropna()
     if len(k):
         figs["fig4a_gap_theory"] = plot_logit_gap_theory(int(k.iloc[0]))

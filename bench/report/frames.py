@@ -6,6 +6,7 @@ DataFrames, so frames built from another source (W&B) give the same tables and f
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from bench.runs import RunDir, read_yaml
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
 PAPER_DIR = Path(__file__).resolve().parent.parent.parent / "results" / "paper"
+PAPER_DATASET = "imagenet"   # every published table of the paper is on ImageNet
+RUNS_CSV = "runs.csv"
 RUN_COLUMNS = ["model", "role", "step", "step_index", "parent_step", "seed", "top1", "top5", "epochs",
                "train_time_s", "images_per_s", "config_hash", "teacher", "teacher_hash", "paper_table", "paper_model",
                "num_classes", "steps_per_epoch", "path"]
@@ -32,11 +35,13 @@ class Results:
     runs: one row per finished run (RUN_COLUMNS, then the flattened config).
     curves: one row per run and epoch: `path` and the metrics.jsonl keys (epoch, val_top1, lr, ...).
     gaps: one row per run and validation image: `path`, `logit_gap` (max logit − mean of the others).
+    from_runs_csv: read from a runs.csv (no run directories): the report leaves that file as it is.
     """
 
     runs: pd.DataFrame
     curves: pd.DataFrame
     gaps: pd.DataFrame
+    from_runs_csv: bool = False
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
@@ -63,6 +68,18 @@ def runs_frame(rows: list[dict]) -> pd.DataFrame:
                                  ignore_index=True)
 
 
+def read_runs_csv(path: Path) -> pd.DataFrame:
+    """A runs.csv read back as the runs DataFrame: config lists (milestones, crop_scale), which
+    the CSV holds as their text, are lists again; writing it again gives the same bytes."""
+    df = pd.read_csv(path)
+    rows = df.to_dict("records")
+    for row in rows:
+        for key, value in row.items():
+            if str(key).startswith(CONFIG_PREFIX) and isinstance(value, str) and value.startswith("["):
+                row[key] = ast.literal_eval(value)
+    return runs_frame(rows)
+
+
 def load_curves(results_dir: Path, run_paths) -> pd.DataFrame:
     """The metrics.jsonl rows of the given runs, with their `path`."""
     frames = [pd.DataFrame(RunDir(Path(results_dir) / p).read_metrics()).assign(path=p) for p in run_paths]
@@ -81,11 +98,20 @@ def load_logit_gaps(results_dir: Path, run_paths) -> pd.DataFrame:
 
 
 def load_results(results_dir: Path) -> Results:
-    """Everything a report needs, read from the run directories under `results_dir`."""
+    """Everything a report needs, read from the run directories under `results_dir`.
+
+    A folder with a runs.csv and no run directories (a published result whose run directories
+    were not kept, e.g. results/default) is read from its runs.csv: the tables and the figures
+    that need only the runs (staircase, Fig. 3a, Fig. 4a) can be rebuilt; curves and gaps are empty,
+    and runs.csv itself is not rewritten.
+    """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise BenchError(f"{results_dir}: no such results directory")
     df = load_runs(results_dir)
+    if df.empty and (results_dir / RUNS_CSV).is_file():
+        return Results(read_runs_csv(results_dir / RUNS_CSV), pd.DataFrame(columns=["path", "epoch", "val_top1"]),
+                       pd.DataFrame(columns=["path", "logit_gap"]), from_runs_csv=True)
     return Results(df, load_curves(results_dir, df["path"]), load_logit_gaps(results_dir, df["path"]))
 
 
@@ -115,7 +141,9 @@ def load_paper(table: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
 
 def paper_values(df: pd.DataFrame, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     """For each student (model, step) whose recipe names a paper table: the published top-1/top-5 of
-    the paper's model it stands in for (`paper_model`) at the step of the same name."""
+    the paper's model it stands in for (`paper_model`) at the step of the same name, with the
+    table's name and the model's label (`paper_table`, `paper_label`: "table6", "ResNet-50-D")."""
+    columns = ["model", "step", "paper_top1", "paper_top5", "paper_table", "paper_label"]
     students = df[(df["role"] == "student") & df["paper_table"].notna()]
     out = []
     for (table, paper_model), group in students.groupby(["paper_table", "paper_model"]):
@@ -125,8 +153,8 @@ def paper_values(df: pd.DataFrame, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
             batch = group[f"{CONFIG_PREFIX}data.global_batch_size"].iloc[0]
             paper = paper[paper["batch_size"] == batch]
         for model in group["model"].unique():
-            out.append(paper[["step", "top1", "top5"]].assign(model=model))
+            out.append(paper[["step", "top1", "top5", "model_label"]].assign(model=model, paper_table=table))
     if not out:
-        return pd.DataFrame(columns=["model", "step", "paper_top1", "paper_top5"])
-    return pd.concat(out).rename(columns={"top1": "paper_top1", "top5": "paper_top5"})[
-        ["model", "step", "paper_top1", "paper_top5"]].drop_duplicates(["model", "step"])
+        return pd.DataFrame(columns=columns)
+    return pd.concat(out).rename(columns={"top1": "paper_top1", "top5": "paper_top5", "model_label": "paper_label"})[
+        columns].drop_duplicates(["model", "step"])

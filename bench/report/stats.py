@@ -3,13 +3,17 @@ seed-paired t-intervals, the paper's published values beside ours."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from bench.report.frames import paper_values
+from bench.report.frames import PAPER_DATASET, paper_values
+from bench.runs.rundir import CONFIG_PREFIX
+
+MAX_VALIDATION_IMAGES = 1_000_000
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -18,8 +22,9 @@ def t_quantile(p: float, dof: int) -> float:
 
 
 def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Each student step's top-1 change against the step it builds on, paired by seed:
-    mean difference, its two-sided `confidence` t-interval (n ≥ 2 pairs) and whether it excludes 0."""
+    """Each student step's top-1 change against the step it builds on, paired by seed: over the
+    `n_pairs` seeds both steps have, the mean difference, its two-sided `confidence` t-interval
+    (n_pairs ≥ 2) and whether it excludes 0. Seeds only one of the two steps has are left out."""
     students = df[df["role"] == "student"]
     rows = []
     for (model, step), group in students.groupby(["model", "step"], sort=False):
@@ -40,27 +45,62 @@ def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 
 def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (model, student step) in recipe order: n seeds, mean and std of top-1/top-5,
-    Δ top-1 against the parent step's mean, the paired interval, and the paper's values."""
+    Δ top-1 against the parent step over the seeds both have (`n_pairs`, from `paired_deltas`)
+    and its interval, and the paper's values.
+
+    A Δ between two means over different seeds would mix a trick's effect with seed noise (one
+    seed of a step minus the mean of two of its parent), so Δ is only ever the paired mean. The
+    paper's columns are its own: `paper_delta_top1` is its value at this step minus its value at
+    the same parent step. `vs_paper_*` (ours − published) is filled only for runs on the paper's
+    data set: a difference between top-1 on digits and top-1 on ImageNet means nothing.
+    """
     students = df[df["role"] == "student"]
     columns = ["model", "step_index", "step", "parent_step", "n", "top1", "top1_std", "top5", "top5_std",
-               "delta_top1", "ci_low", "ci_high", "excludes_zero", "paper_top1", "paper_top5",
-               "vs_paper_top1", "vs_paper_top5"]
+               "n_pairs", "delta_top1", "ci_low", "ci_high", "excludes_zero", "paper_top1", "paper_delta_top1",
+               "paper_top5", "vs_paper_top1", "vs_paper_top5", "paper_table", "paper_label"]
     if students.empty:
         return pd.DataFrame(columns=columns)
     stats = (students.groupby(["model", "step_index", "step"], sort=True)
              .agg(parent_step=("parent_step", "first"), n=("seed", "nunique"), top1=("top1", "mean"),
                   top1_std=("top1", "std"), top5=("top5", "mean"), top5_std=("top5", "std"))
              .reset_index())
-    means = stats.set_index(["model", "step"])["top1"]
-    stats["delta_top1"] = stats["top1"] - [means.get((m, p), np.nan) if isinstance(p, str) else np.nan
-                                           for m, p in zip(stats["model"], stats["parent_step"])]
-    ci = paired_deltas(students, confidence)[["model", "step", "ci_low", "ci_high", "excludes_zero"]]
-    stats = stats.merge(ci, on=["model", "step"], how="left")
+    deltas = paired_deltas(students, confidence)
+    stats = stats.merge(deltas.drop(columns="parent_step"), on=["model", "step"], how="left")
+    stats.loc[stats["parent_step"].isna(), "n_pairs"] = np.nan   # a first step has nothing to pair with
     paper = paper_values(df) if paper is None else paper
     stats = stats.merge(paper, on=["model", "step"], how="left")
-    stats["vs_paper_top1"] = stats["top1"] - stats["paper_top1"]
-    stats["vs_paper_top5"] = stats["top5"] - stats["paper_top5"]
+    published = stats.set_index(["model", "step"])["paper_top1"]
+    stats["paper_delta_top1"] = stats["paper_top1"] - [published.get((m, p), np.nan) if isinstance(p, str) else np.nan
+                                                       for m, p in zip(stats["model"], stats["parent_step"])]
+    same_data = stats["model"].map(_on_paper_data(students))
+    stats["vs_paper_top1"] = (stats["top1"] - stats["paper_top1"]).where(same_data)
+    stats["vs_paper_top5"] = (stats["top5"] - stats["paper_top5"]).where(same_data)
     return stats[columns].sort_values(["model", "step_index"], ignore_index=True)
+
+
+def _on_paper_data(students: pd.DataFrame) -> dict[str, bool]:
+    """Per model: whether all its runs are on the paper's data set."""
+    key = f"{CONFIG_PREFIX}data.dataset"
+    if key not in students:
+        return {m: False for m in students["model"].unique()}
+    return {m: bool((g[key] == PAPER_DATASET).all()) for m, g in students.groupby("model")}
+
+
+def validation_images(top1) -> Optional[int]:
+    """The number of validation images N that top-1 values (%) are counts of, or None.
+
+    Each value is 100·correct/N, so each is a fraction with a denominator dividing N; their least
+    common multiple is N (or a divisor of it, when every run is correct on a multiple of N/d
+    images: then the one-image resolution shown is coarser than the truth, never finer).
+    """
+    denominators = []
+    for value in pd.Series(top1, dtype=float).dropna():
+        fraction = Fraction(value / 100).limit_denominator(MAX_VALIDATION_IMAGES)
+        if abs(100.0 * fraction.numerator / fraction.denominator - value) > 1e-12 * max(value, 1.0):
+            return None
+        denominators.append(fraction.denominator)
+    n = math.lcm(*denominators) if denominators else 0
+    return n if 1 < n <= MAX_VALIDATION_IMAGES else None
 
 
 def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:

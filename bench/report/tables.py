@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.frames import Results
+from bench.report.frames import RUNS_CSV, Results
 from bench.report.stats import ablation_table, paired_deltas
 from bench.runs import write_text
 
@@ -21,39 +21,76 @@ def _signed(x: float) -> str:
     return "" if pd.isna(x) else f"{x:+.2f}"
 
 
+def _delta(d: float, n_pairs: float, n: int, lo: float, hi: float, excludes: bool) -> str:
+    """Our Δ: '+0.56', with its interval '[lo, hi]' (and * when it excludes 0) over ≥ 2 paired
+    seeds, and '(n=k)' when it is over fewer seeds than the step has."""
+    if pd.isna(n_pairs):
+        return ""
+    if n_pairs == 0:
+        return "– (no common seed)"
+    text = _signed(d) + (f" [{_signed(lo)}, {_signed(hi)}]{'*' if excludes else ''}" if not pd.isna(lo) else "")
+    return text + (f" (n={int(n_pairs)})" if n_pairs != n else "")
+
+
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """`ablation_table` as display strings: per model n, top-1, Δ top-1 (with its paired interval
-    when there are several seeds; * when it excludes 0), top-5 and, with a paper table, the
-    published value and our difference to it."""
+    """`ablation_table` as display strings: per model n, top-1, Δ top-1 over the seeds the step
+    and its parent share (with its paired interval when there are several; * when it excludes 0)
+    and, with a paper table, the paper's own Δ between the same two steps beside it, then top-5
+    and the published values. Ours − published is shown only for runs on the paper's data set."""
     models = list(dict.fromkeys(table.columns.get_level_values(0)))
     with_paper = any(table[(m, "paper_top1")].notna().any() for m in models)
+    same_data = any(table[(m, "vs_paper_top1")].notna().any() for m in models)
     out = {}
     for m in models:
         t = table[m]
         n = t["n"].fillna(0).astype(int)
         out[(m, "n")] = n.astype(str)
         out[(m, "top-1 (%)")] = [_mean_std(a, s, k) for a, s, k in zip(t["top1"], t["top1_std"], n)]
-        out[(m, "Δ top-1")] = [_signed(d) + (f" [{_signed(lo)}, {_signed(hi)}]{'*' if ex else ''}" if not pd.isna(lo) else "")
-                               for d, lo, hi, ex in zip(t["delta_top1"], t["ci_low"], t["ci_high"], t["excludes_zero"])]
+        out[(m, "Δ top-1")] = [_delta(*row) for row in zip(t["delta_top1"], t["n_pairs"], n, t["ci_low"],
+                                                            t["ci_high"], t["excludes_zero"])]
+        if with_paper:
+            out[(m, "paper Δ top-1")] = [_signed(d) for d in t["paper_delta_top1"]]
         out[(m, "top-5 (%)")] = [_mean_std(a, s, k) for a, s, k in zip(t["top5"], t["top5_std"], n)]
         if with_paper:
             for k in ("top1", "top5"):
-                out[(m, f"paper {k[:3]}-{k[3]}")] = [
-                    "–" if pd.isna(p) else f"{p:.2f} ({_signed(d)})" for p, d in zip(t[f"paper_{k}"], t[f"vs_paper_{k}"])]
+                out[(m, f"paper {k[:3]}-{k[3]}")] = ["–" if pd.isna(p) else f"{p:.2f}" for p in t[f"paper_{k}"]]
+        if same_data:
+            out[(m, "ours − paper top-1")] = [_signed(d) for d in t["vs_paper_top1"]]
     return pd.DataFrame(out, index=table.index)
 
 
+def _paper_note(table: pd.DataFrame) -> str:
+    models = list(dict.fromkeys(table.columns.get_level_values(0)))
+    sources = []
+    for m in models:
+        t = table[m].dropna(subset=["paper_top1"])
+        if not t.empty:
+            table_name = str(t["paper_table"].iloc[0]).replace("table", "Table ")
+            sources.append(f"{t['paper_label'].iloc[0]} in {table_name}" + (f" for {m}" if len(models) > 1 else ""))
+    if not sources:
+        return ""
+    note = (f"; paper: He et al. 2019 on ImageNet ({', '.join(sources)}), its published value and its own Δ"
+            " between the same two steps")
+    if not any(table[(m, "vs_paper_top1")].notna().any() for m in models):
+        note += " (these runs are on another data set: no difference to the paper's values is taken)"
+    return note
+
+
 def _note(table: pd.DataFrame, confidence: float) -> str:
-    seeds = int(table.xs("n", axis=1, level=1).max().max())
-    note = (f"Top-1/top-5 (%) on the validation split, mean ± std over {seeds} seeds; " if seeds > 1
-            else "Top-1/top-5 (%) on the validation split, one seed; ")
-    note += "Δ top-1 is against the step each row builds on"
+    n = table.xs("n", axis=1, level=1)
+    seeds, varied = int(n.max().max()), n.nunique(dropna=True).max() > 1 or n.max().nunique() > 1
+    if seeds <= 1:
+        note = "Top-1/top-5 (%) on the validation split, one seed; "
+    elif varied:
+        note = "Top-1/top-5 (%) on the validation split, mean ± std over each row's n seeds; "
+    else:
+        note = f"Top-1/top-5 (%) on the validation split, mean ± std over {seeds} seeds; "
+    note += "Δ top-1 is against the step each row builds on, over the seeds both have (paired by seed"
+    note += "; (n=k) where that is fewer than the row's n)" if varied else ")"
     if seeds > 1:
-        note += (f", with its {confidence:.0%} t-interval paired by seed (* where it excludes 0: larger than"
+        note += (f", with its {confidence:.0%} t-interval over ≥ 2 pairs (* where it excludes 0: larger than"
                  " seed noise)")
-    if any(table[(m, "paper_top1")].notna().any() for m in dict.fromkeys(table.columns.get_level_values(0))):
-        note += "; paper: the published value (our value − published)"
-    return note + "."
+    return note + _paper_note(table) + "."
 
 
 def table_markdown(table: pd.DataFrame, confidence: float = 0.95) -> str:
@@ -71,7 +108,7 @@ def table_markdown(table: pd.DataFrame, confidence: float = 0.95) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$",
-          "Δ": r"$\Delta$", "–": "--", "−": "-", "*": r"$^*$"}
+          "Δ": r"$\Delta$", "–": "--", "−": "-", "*": r"$^*$", "≥": r"$\geq$"}
 
 
 def _tex(text: Any) -> str:
@@ -90,9 +127,11 @@ def table_latex(table: pd.DataFrame, confidence: float = 0.95) -> str:
 
 
 def write_tables(results: Results, out_dir: Path, confidence: float = 0.95) -> str:
-    """runs.csv, table.csv, table.md, table.tex and deltas.csv in `out_dir`; returns the Markdown."""
+    """runs.csv (unless it is where the runs came from), table.csv, table.md, table.tex and
+    deltas.csv in `out_dir`; returns the Markdown."""
     out_dir = Path(out_dir)
-    write_text(out_dir / "runs.csv", results.runs.to_csv(index=False))
+    if not results.from_runs_csv:
+        write_text(out_dir / RUNS_CSV, results.runs.to_csv(index=False))
     table = ablation_table(results.runs, confidence=confidence)
     flat = table.copy()
     flat.columns = [f"{m}/{v}" for m, v in flat.columns]
