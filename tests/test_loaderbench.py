@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 import bench.engine.data.images as images
@@ -32,12 +33,23 @@ def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
     real = images.read_image
     monkeypatch.setattr(images, "read_image", lambda p: seen.append(p) or real(p))
     r = lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.05)
-    assert r["images"] == 6 and set(r["loader_images_per_s"]) == {"0"}
+    assert r["images"] == 6 and {p: set(v) for p, v in r["loader_images_per_s"].items()} == {"worker": {"0"}, "device": {"0"}}
     assert all(str(tmp_path) in p for p in seen) and len(seen) > 6   # decode and the loader both read the files
-    assert r["decode_images_per_s"] > 0 and r["transform_images_per_s"] > 0
-    assert r["loader_images_per_s_per_worker"]["0"] == r["loader_images_per_s"]["0"]
-    best = r["loader_images_per_s"]["0"]
-    assert r["cores_per_gpu"]["resnet50_v1"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
+    assert r["decode_images_per_s"] > 0 and min(r["transform_images_per_s"].values()) > 0
+    assert r["device_augment_images_per_s"] > 0
+    for path in ("worker", "device"):
+        assert r["loader_images_per_s_per_worker"][path]["0"] == r["loader_images_per_s"][path]["0"]
+        best = r["loader_images_per_s"][path]["0"]
+        assert r["cores_per_gpu"][path]["resnet50_v1"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
+
+
+def test_the_device_paths_workers_send_uint8(tmp_path, monkeypatch):
+    lb.write_photo_tree(tmp_path, images=4, classes=2, size=(96, 72))
+    sent = []
+    real = lb._loader_rates
+    monkeypatch.setattr(lb, "_loader_rates", lambda samples, t, *a: sent.append(t(images.read_image(samples[0][0]))) or real(samples, t, *a))
+    lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.02)
+    assert [x.dtype for x in sent] == [torch.float32, torch.uint8]
 
 
 def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
@@ -46,7 +58,7 @@ def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
             "--seconds", "0.05", "--out", str(out)]
     assert main(args) == 0
     result = json.loads(out.read_text())
-    assert result["source"].startswith("generated: 4 JPEGs") and result["loader_images_per_s"]["1"] > 0
+    assert result["source"].startswith("generated: 4 JPEGs") and result["loader_images_per_s"]["device"]["1"] > 0
     assert "cores per GPU" in capsys.readouterr().out
     before = out.read_text()
     assert main(args) == 2 and out.read_text() == before

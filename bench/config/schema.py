@@ -43,6 +43,9 @@ class DataConfig(Strict):
     eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
     workers: int = Field(8, ge=0)               # DataLoader processes per device (ImageFolder)
     pin_memory: bool = True
+    # worker: workers decode, crop, flip, jitter, add lighting noise and normalise, sending float32;
+    # device: workers decode, crop and flip and send uint8, the rest runs batched on the device
+    augment_on: Literal["worker", "device"] = "worker"
     crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
     color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
@@ -148,7 +151,7 @@ class RunConfig(Strict):
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
                                                        ("model", "checkpoint_key"),
-                                                       ("data", "color_jitter_hue"))
+                                                       ("data", "color_jitter_hue"), ("data", "augment_on"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}

@@ -86,7 +86,7 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     set_threads(threads, source, show=dist.is_main())
     deterministic = resolve_deterministic(cfg.runtime.deterministic, device)
     seed_everything(cfg.seed, deterministic)
-    data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
+    data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size, device)
     ghost = cfg.efficient.bn_batch_size
     if ghost is not None and (cfg.data.global_batch_size // ctx.world_size) % ghost:
         raise BenchError(f"efficient.bn_batch_size = {ghost}: does not divide the per-device batch of "

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from bench.config import DataConfig
+from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
 from bench.errors import ConfigError
 from bench.report.frames import load_paper
@@ -66,13 +67,29 @@ def _endless(batches) -> Iterator:
         yield from batches.epoch(epoch)
 
 
+def _loader_rates(samples, transform, batch_size: int, workers: Sequence[int], seconds: float, progress, label: str) -> dict:
+    rates = {}
+    for w in workers:
+        progress(f"DataLoader, {label} path, {w} worker(s)")
+        # shuffled epochs drop the last partial batch: every batch holds batch_size images
+        stream = _endless(LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w))
+        next(stream)   # worker start-up and the first batch are not timed
+        rates[str(w)] = _rate(lambda s=stream: next(s), seconds, per_call=batch_size)
+        stream.close()
+    return rates
+
+
 def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image_size: int, seconds: float,
                    progress: Callable[[str], None] = lambda msg: None) -> dict:
-    cfg = DataConfig(dataset="imagefolder", root=str(root), global_batch_size=batch_size, image_size=image_size)
+    """Both data paths: "worker" (workers decode, crop, flip, jitter, light and normalise, sending
+    float32) and "device" (workers decode, crop and flip, sending uint8; `DeviceAugment` does the
+    rest batched, timed here on this process's device)."""
+    cfgs = {path: DataConfig(dataset="imagefolder", root=str(root), global_batch_size=batch_size, image_size=image_size,
+                             augment_on=path) for path in ("worker", "device")}
     _, samples = scan_split(Path(root, "train"))
     if len(samples) < batch_size:
         raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
-    transform = train_transform(cfg, image_size)
+    transforms = {path: train_transform(cfg, image_size) for path, cfg in cfgs.items()}
     paths = itertools.cycle([p for p, _ in samples])
 
     threads = torch.get_num_threads()
@@ -81,39 +98,48 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
         progress("decoding alone, one thread")
         decode = _rate(lambda: read_image(next(paths)), seconds)
         decoded = itertools.cycle([read_image(next(paths)) for _ in range(32)])
-        progress("the train transform alone, one thread")
-        augment = _rate(lambda: transform(next(decoded)), seconds)
+        augment = {}
+        for path, transform in transforms.items():
+            progress(f"the {path} path's train transform alone, one thread")
+            augment[path] = _rate(lambda t=transform: t(next(decoded)), seconds)
     finally:
         torch.set_num_threads(threads)
+    progress("the device path's batched augmentation, on this process's device")
+    batch = torch.stack([transforms["device"](next(decoded)) for _ in range(batch_size)])
+    device_augment = DeviceAugment(cfgs["device"], torch.device("cpu"))
+    on_device = _rate(lambda: device_augment(batch, seed=0), seconds, per_call=batch_size)
 
-    loader = {}
-    for w in workers:
-        progress(f"DataLoader, {w} worker(s)")
-        # shuffled epochs drop the last partial batch: every batch holds batch_size images
-        stream = _endless(LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w))
-        next(stream)   # worker start-up and the first batch are not timed
-        loader[str(w)] = _rate(lambda s=stream: next(s), seconds, per_call=batch_size)
-        stream.close()
-    per_worker = {w: ips / max(int(w), 1) for w, ips in loader.items()}
-    # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads
-    best = max([v for w, v in per_worker.items() if int(w) > 0] or per_worker.values())
+    loader = {path: _loader_rates(samples, t, batch_size, workers, seconds, progress, path) for path, t in transforms.items()}
+    per_worker = {path: {w: ips / max(int(w), 1) for w, ips in rates.items()} for path, rates in loader.items()}
     paper = {m: paper_images_per_s_per_gpu(t) for m, t in paper_minutes_per_epoch().items()}
+    cores = {}
+    for path, rates in per_worker.items():
+        # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads
+        best = max([v for w, v in rates.items() if int(w) > 0] or rates.values())
+        cores[path] = {m: ips / best for m, ips in paper.items()}
     return {
         "images": len(samples), "image_size": image_size, "batch_size": batch_size,
         "decode_images_per_s": decode, "transform_images_per_s": augment,
+        "device_augment_images_per_s": on_device, "device_augment_device": "cpu",
         "loader_images_per_s": loader, "loader_images_per_s_per_worker": per_worker,
-        "paper_images_per_s_per_gpu": paper, "cores_per_gpu": {m: ips / best for m, ips in paper.items()},
+        "paper_images_per_s_per_gpu": paper, "cores_per_gpu": cores,
     }
 
 
 def format_result(r: dict) -> str:
+    t = r["transform_images_per_s"]
     lines = [f"{r['images']} JPEGs, crop {r['image_size']} px, batch {r['batch_size']}",
-             f"decode only: {r['decode_images_per_s']:.0f} images/s; train transform only: "
-             f"{r['transform_images_per_s']:.0f} images/s (one thread)",
-             "", "| workers | images/s | per worker |", "|---|---|---|"]
-    for w, ips in r["loader_images_per_s"].items():
-        lines.append(f"| {w} | {ips:.0f} | {r['loader_images_per_s_per_worker'][w]:.0f} |")
-    lines += ["", "paper's rate per V100 (Table 3, efficient) and the loader cores it needs at this machine's rate:"]
+             f"one thread: decode only {r['decode_images_per_s']:.0f} images/s; train transform only "
+             f"{t['worker']:.0f} (worker path), {t['device']:.0f} (device path: crop and flip, uint8)",
+             f"device path's batched jitter, lighting and normalisation: {r['device_augment_images_per_s']:.0f} images/s "
+             f"on {r['device_augment_device']}",
+             "", "| workers | worker path images/s | per worker | device path images/s | per worker |", "|---|---|---|---|---|"]
+    for w in r["loader_images_per_s"]["worker"]:
+        cells = [f"{r[k][p][w]:.0f}" for p in ("worker", "device") for k in ("loader_images_per_s", "loader_images_per_s_per_worker")]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    lines += ["", "paper's rate per V100 (Table 3, efficient) and the loader cores it needs at this machine's rate "
+              "(worker path / device path):"]
     for m, ips in r["paper_images_per_s_per_gpu"].items():
-        lines.append(f"  {m}: {ips:.0f} images/s -> {r['cores_per_gpu'][m]:.1f} cores per GPU")
+        lines.append(f"  {m}: {ips:.0f} images/s -> {r['cores_per_gpu']['worker'][m]:.1f} / "
+                     f"{r['cores_per_gpu']['device'][m]:.1f} cores per GPU")
     return "\n".join(lines)

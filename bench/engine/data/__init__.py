@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import DataConfig
+from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder, train_transform
 from bench.engine.data.small import load_cifar, load_fashion_mnist
 from bench.errors import BenchError
@@ -112,13 +113,14 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> Data:
+def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
+               device: torch.device = torch.device("cpu")) -> Data:
     """The data set named by `cfg.dataset`, with its training augmentation; `rank` and
     `world_size` pick this process's share of every global batch."""
     if cfg.global_batch_size % world_size:
         raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} is not divisible by the world size {world_size}")
     if cfg.dataset in ("imagenet", "imagefolder"):
-        return build_imagefolder(cfg, seed, rank, world_size)
+        return build_imagefolder(cfg, seed, rank, world_size, device)
     if cfg.dataset != "digits":
         return build_small(cfg, seed, rank, world_size)
     images, labels = load_digits_arrays()
@@ -161,15 +163,19 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
     return Data(train=train, val=val, num_classes=num_classes, in_chans=x_train.shape[1], image_size=size)
 
 
-def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
+def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
+                      device: torch.device = torch.device("cpu")) -> Data:
     """root/train and root/val through the paper's train and eval transforms."""
     classes, train_samples, val_samples = scan_imagefolder(cfg.root, cfg.dataset)
     _check_batch(cfg, len(train_samples))
     size = cfg.image_size or 224
     resize = cfg.eval_resize or round(size / 0.875)
     loader = dict(seed=seed, rank=rank, world_size=world_size, workers=cfg.workers, pin_memory=cfg.pin_memory)
+    on_device = cfg.augment_on == "device"
     train = LoaderBatches(FolderImages(train_samples, train_transform(cfg, size)), cfg.global_batch_size,
-                          shuffle=True, max_batches=cfg.max_train_batches, **loader)
-    val = LoaderBatches(FolderImages(val_samples, eval_transform(size, resize)), cfg.eval_batch_size,
-                        max_batches=cfg.max_val_batches, **loader)
+                          shuffle=True, max_batches=cfg.max_train_batches,
+                          augment=DeviceAugment(cfg, device) if on_device else None, **loader)
+    val = LoaderBatches(FolderImages(val_samples, eval_transform(size, resize, to_float=not on_device)),
+                        cfg.eval_batch_size, max_batches=cfg.max_val_batches,
+                        augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)
     return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

@@ -15,13 +15,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from bench.config import DataConfig
+from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment
 from bench.errors import BenchError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Principal components of ImageNet's RGB pixels (Krizhevsky et al. 2012), for lighting noise.
-PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 LAYOUT = "DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (ILSVRC with val sorted into class folders)"
 
 
@@ -49,10 +45,13 @@ class Lighting(nn.Module):
 
 
 def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
-    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1)."""
+    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1);
+    with `data.augment_on: device`, only the crop and flip (uint8 out, `DeviceAugment` does the rest)."""
     steps = [v2.PILToTensor(), v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
+    if cfg.augment_on == "device":
+        return v2.Compose(steps)
     if cfg.color_jitter:
         j = cfg.color_jitter
         # hue: torchvision shifts by U[−h, h] of the colour circle; MXNet's HueJitterAug(j) rotates
@@ -65,10 +64,13 @@ def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
     return v2.Compose(steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def eval_transform(size: int, resize: int) -> v2.Compose:
-    """Shorter side to `resize`, center crop `size` (224 ← 256; Inception-V3: 299 ← 342)."""
-    return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def eval_transform(size: int, resize: int, to_float: bool = True) -> v2.Compose:
+    """Shorter side to `resize`, center crop `size` (224 ← 256; Inception-V3: 299 ← 342), then
+    ImageNet mean/std (or uint8 out, `to_float=False`, for `DeviceAugment`)."""
+    steps = [v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    if to_float:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
 
 
 def read_image(path: str) -> Image.Image:
@@ -116,9 +118,9 @@ class LoaderBatches:
 
     def __init__(self, dataset: FolderImages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None, workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, augment: Optional[DeviceAugment] = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.rank, self.world_size, self.max_batches = rank, world_size, max_batches
+        self.rank, self.world_size, self.max_batches, self.augment = rank, world_size, max_batches, augment
         self._sampler = _Batches()
         self._loader = DataLoader(dataset, batch_sampler=self._sampler, num_workers=workers,
                                   pin_memory=pin_memory and torch.cuda.is_available(),
@@ -138,7 +140,11 @@ class LoaderBatches:
             [(int(i), (base * 10_000_019 + int(i)) % 2**62)
              for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
             for b in range(len(self))]
-        yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
+        if self.augment is None:
+            yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
+            return
+        for b, (images, labels) in enumerate(self._loader):   # uint8 from the workers
+            yield self.augment(images, (base * 7_000_003 + b) * 2_654_435_761 % 2**62, self.rank, self.world_size), labels
 
 
 def _class_folders(split_dir: Path) -> list[str]:

@@ -1,0 +1,95 @@
+"""Photometric augmentation batched on the device: the same distributions as the per-image worker
+transforms, the same draws on any launch, and uint8 batches from the workers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from bench.config import DataConfig
+from bench.engine.data import build_data
+from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, adjust_hue
+from bench.engine.data.fake import write_fake_data
+from bench.engine.data.images import Lighting, train_transform
+
+CPU = torch.device("cpu")
+
+
+def _photos(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """n smooth colour images (uint8), different enough to exercise every colour operation."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 3, 3, generator=g)
+    return (torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 255).round().to(torch.uint8)
+
+
+def _worker_photometric(cfg: DataConfig) -> v2.Compose:
+    """The worker path's transforms after the crop and flip (those are the same on both paths)."""
+    steps = [t for t in train_transform(cfg, 16).transforms if isinstance(t, (v2.ColorJitter, v2.ToDtype, Lighting, v2.Normalize))]
+    return v2.Compose(steps)
+
+
+def _stats(x: torch.Tensor) -> torch.Tensor:
+    """Per channel: the mean and the quartiles of per-image means and stds over the batch."""
+    means, stds = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+    q = torch.tensor([0.25, 0.5, 0.75])
+    return torch.cat([means.mean(0), torch.quantile(means, q, dim=0).flatten(), torch.quantile(stds, q, dim=0).flatten()])
+
+
+@pytest.mark.parametrize("hue", [False, True], ids=["gluoncv", "paper-hue"])
+def test_device_path_has_the_distributions_of_the_worker_path(hue):
+    cfg = DataConfig(dataset="imagenet", color_jitter_hue=hue)
+    images = _photos(2).repeat(4096, 1, 1, 1)              # 4,096 draws of each of 2 photos
+    worker = _worker_photometric(cfg)
+    torch.manual_seed(0)
+    per_image = torch.stack([worker(img) for img in images])
+    batched = DeviceAugment(cfg, CPU)(images, seed=1)
+    for k in range(2):   # photo by photo, the same spread of outcomes: within ~4 standard errors, plus
+        # the worker path's uint8 rounding after each colour operation (about 0.02 here)
+        a, b = _stats(per_image[k::2]), _stats(batched[k::2])
+        assert torch.allclose(a, b, atol=0.06), (k, (a - b).abs().max())
+    plain = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.0), CPU)(images, seed=1)
+    assert (batched - plain).abs().mean() > 0.1            # and the augmentation did something
+
+
+def test_edge_values_normalise_only():
+    images = _photos(8)
+    expected = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    none = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.0), CPU)
+    assert torch.allclose(none(images, seed=3), expected, atol=1e-6)
+    evaluation = DeviceAugment(DataConfig(dataset="imagenet"), CPU, train=False)
+    assert torch.allclose(evaluation(images, seed=3), expected, atol=1e-6)
+
+
+def test_hue_rotation_matches_torchvision():
+    x = _photos(6).float() / 255
+    for shift in (0.0, 0.1, -0.25, 0.5):
+        ours = adjust_hue(x, torch.full((6,), shift))
+        assert torch.allclose(ours, TF.adjust_hue(x, shift), atol=2e-3), shift
+
+
+def test_same_draws_on_any_launch_and_per_seed():
+    aug = DeviceAugment(DataConfig(dataset="imagenet"), CPU)
+    images = _photos(12)
+    whole = aug(images, seed=7)
+    shares = [aug(images[r::3], seed=7, rank=r, world_size=3) for r in range(3)]
+    for r in range(3):
+        assert torch.equal(shares[r], whole[r::3])
+    assert torch.equal(aug(images, seed=7), whole) and not torch.allclose(aug(images, seed=8), whole)
+
+
+def test_workers_send_uint8_and_the_batches_arrive_normalised(tmp_path):
+    root = write_fake_data(tmp_path)["imagenet"]
+    common = dict(dataset="imagefolder", root=str(root), global_batch_size=4, eval_batch_size=4, image_size=32,
+                  eval_resize=36, workers=0, max_train_batches=2, max_val_batches=1)
+    device, worker = (build_data(DataConfig(augment_on=a, **common), seed=0) for a in ("device", "worker"))
+    assert device.train.dataset.transform(Image.new("RGB", (40, 40))).dtype == torch.uint8
+    assert device.val.dataset.transform(Image.new("RGB", (40, 40))).dtype == torch.uint8
+    (xd, yd), (xw, yw) = next(device.train.epoch(0)), next(worker.train.epoch(0))
+    assert xd.dtype == xw.dtype == torch.float32 and xd.shape == xw.shape and torch.equal(yd, yw)
+    assert abs(xd.mean() - xw.mean()) < 0.5 and not torch.equal(xd, xw)   # same crops, other colour draws
+    (vd, _), (vw, _) = next(device.val.epoch(0)), next(worker.val.epoch(0))
+    assert torch.allclose(vd, vw, atol=1e-5)               # evaluation: no randomness, the same pixels
+    assert np.isfinite(xd.numpy()).all()
