@@ -16,6 +16,7 @@ from bench.cli import ROOT, main
 from bench.config import load_recipe
 from bench.engine.data.sizes import TRAIN_IMAGES
 from bench.engine.models import build_model
+from bench.report.frames import load_paper
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 TABLE6 = ROOT / "recipes" / "table6.yaml"
@@ -162,3 +163,14 @@ def test_one_teacher_resolution_for_every_column():
     inception = [s for s in _table6(models=["inception_v3"]) if s.role == "student"]
     assert {s.config.data.image_size for s in inception} == {299}
     assert {s.teacher_path for s in inception if s.teacher_path} == set(full)
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if load_recipe(r).paper_table], ids=lambda p: p.name)
+def test_every_student_has_its_paper_row(recipe):
+    """Each (model column, step) of a recipe that names a paper table is compared with the paper's
+    row of the model it stands in for (paper_models) at the step of the same name."""
+    loaded = load_recipe(recipe)
+    paper = load_paper(loaded.paper_table)
+    rows = {(m, s) for m, s in zip(paper["model"], paper["step"])}
+    students = {(s.paper_model, s.step) for s in plan(loaded, where=str(recipe)) if s.role == "student"}
+    assert students <= rows, sorted(students - rows)
