@@ -1,6 +1,6 @@
 """Train one tiny run again and again in forked processes that are SIGKILLed at chosen points.
 
-    python tests/kill_driver.py RUN_DIR '[["batch", 5], ["ckpt", 1], ["eval", 2], ["external", 3], ["weights", 1], [null, 0]]'
+    python tests/kill_driver.py RUN_DIR '[["batch", 5], ["ckpt", 1], ["eval", 2], ["external", 3], ["weights", 1], [null, 0]]' [RUNTIME]
 
 The parent imports torch once and forks one child per attempt (each a real process, killed
 with SIGKILL: by itself at a hook, or by the parent for "external"). It prints one JSON line
@@ -8,6 +8,7 @@ per attempt: how the child ended, the epoch of the checkpoint it left, stray tem
 Points: "batch" k = during the k-th training loss of the process; "ckpt"/"weights" k = halfway
 through writing the k-th checkpoint / the final weights; "eval" k = after the first batch of
 the k-th evaluation; "external" k = the parent kills the child once metrics.jsonl has k rows.
+RUNTIME, a JSON object, sets `runtime` keys of the run (e.g. mid-epoch checkpoints).
 """
 from __future__ import annotations
 
@@ -84,19 +85,20 @@ def arm(point: str, at: int) -> None:
         torch.save = save
 
 
-def child(run_dir: Path, point, at: int) -> None:
+def child(run_dir: Path, point, at: int, runtime: dict) -> None:
     torch.set_num_threads(1)
     if point not in (None, "external"):
         arm(point, at)
-    final = engine.train(RunConfig.model_validate(CONFIG), run_dir, progress=False)
+    cfg = RunConfig.model_validate({**CONFIG, "runtime": {**CONFIG["runtime"], **runtime}})
+    final = engine.train(cfg, run_dir, progress=False)
     runs.write_json(run_dir / "result.json", final)
 
 
-def attempt(run_dir: Path, point, at: int) -> dict:
+def attempt(run_dir: Path, point, at: int, runtime: dict) -> dict:
     pid = os.fork()
     if pid == 0:
         try:
-            child(run_dir, point, at)
+            child(run_dir, point, at, runtime)
         finally:
             os._exit(0)
     if point == "external":
@@ -106,17 +108,18 @@ def attempt(run_dir: Path, point, at: int) -> dict:
             time.sleep(0.001)
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    ckpt = run_dir / RunDir.CHECKPOINT
+    state = runs.load_torch(run_dir / RunDir.CHECKPOINT) if (run_dir / RunDir.CHECKPOINT).is_file() else {}
     return {"point": point, "at": at, "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "checkpoint_epoch": runs.load_torch(ckpt)["epoch"] if ckpt.is_file() else None,
+            "checkpoint_epoch": state.get("epoch"), "checkpoint_batch": state.get("partial", {}).get("batch"),
             "tmp_files": sorted(p.name for p in run_dir.glob(".*.tmp"))}
 
 
 def main() -> None:
     run_dir, plan = Path(sys.argv[1]), json.loads(sys.argv[2])
+    runtime = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     run_dir.mkdir(parents=True, exist_ok=True)
     for point, at in plan:
-        print(json.dumps(attempt(run_dir, point, at)), flush=True)
+        print(json.dumps(attempt(run_dir, point, at, runtime)), flush=True)
 
 
 if __name__ == "__main__":

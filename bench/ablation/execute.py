@@ -12,6 +12,7 @@ from bench.ablation.tracking import start_run
 from bench.config import WandbConfig
 from bench.engine import distributed as dist
 from bench.engine.guard import NonFiniteLoss
+from bench.engine.interrupt import StopRequest
 from bench.engine.loop import train
 from bench.errors import BenchError
 from bench.runs import RunDir, RunLock, read_json, remove_stale_temporaries, write_json
@@ -42,9 +43,10 @@ class RunsFailed(BenchError):
 
 def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print, on_failure: str = "continue",
-                 wandb: Optional[WandbConfig] = None) -> list[dict]:
+                 wandb: Optional[WandbConfig] = None, stop: Optional[StopRequest] = None) -> list[dict]:
     """Train every spec in order (skipping finished ones); returns their final records.
     With `wandb` settings, each run trained is mirrored to a W&B run (`bench.ablation.tracking`).
+    With `stop` (set by a signal handler) the run in progress checkpoints and raises `Preempted`.
 
     Each run is trained under its lock (`bench.runs.locks`): a run that another process holds is
     skipped, a teacher is waited for. A run whose loss becomes NaN/inf is marked failed
@@ -73,7 +75,7 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
             if not _take_lock(lock, spec, tag, echo):
                 continue
             dist.barrier()   # every rank decides on the run's state once rank 0 holds its lock
-            final = _run_one(spec, out, by_path, tag, echo, progress, failed, wandb)
+            final = _run_one(spec, out, by_path, tag, echo, progress, failed, wandb, stop)
         if final is not None:
             finals.append(final)
         elif on_failure == "stop":
@@ -97,7 +99,8 @@ def _take_lock(lock: RunLock, spec: RunSpec, tag: str, echo: Callable[[str], Non
 
 
 def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, echo: Callable[[str], None],
-             progress: bool, failed: dict[Path, str], wandb: Optional[WandbConfig] = None) -> Optional[dict]:
+             progress: bool, failed: dict[Path, str], wandb: Optional[WandbConfig] = None,
+             stop: Optional[StopRequest] = None) -> Optional[dict]:
     """Train (or resume, or skip) one run while holding its lock; None when it failed."""
     rd, main = run_dir(out, spec), dist.is_main()
     state = rd.check_config(spec.config, spec.teacher_hash)   # again: another process may have finished it meanwhile
@@ -115,7 +118,7 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     try:
         with start_run(wandb, spec, rd.path, out) as tracker:   # an exception closes the W&B run as failed
             result = train(spec.config, rd, teacher_run=_teacher_run(spec, out, by_path), label=spec.label,
-                           progress=progress, tracker=tracker)
+                           progress=progress, tracker=tracker, stop=stop)
     except NonFiniteLoss as err:
         if main:
             write_json(rd / RunDir.FAILED, {**spec.record(), "error": str(err), "step": err.step,

@@ -7,6 +7,8 @@ any, and the run), so a requeued job resumes from the run's last epoch checkpoin
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from bench.ablation.execute import run_ablation, run_dir
 from bench.ablation.plan import RunSpec
 from bench.ablation.status import MANIFEST, query_job
 from bench.config import format_validation
+from bench.engine.interrupt import Preempted, StopRequest
 from bench.errors import BenchError, ConfigError
 from bench.runs import RunDir, read_json, write_json
 from bench.strict import Strict
@@ -82,13 +85,35 @@ class RunJob:
         if self.teacher is not None and run_dir(self.out, self.teacher).state(self.teacher.config) != "finished":
             raise BenchError(f"{self.out / self.teacher.path}: teacher run not finished")
         specs = [self.teacher, self.spec] if self.teacher is not None else [self.spec]
-        return run_ablation(specs, self.out, progress=False)[-1]
+        # SLURM signals every task: the requeue signal (submitit's, --signal=USR2@signal_delay_s)
+        # before the time limit, SIGTERM before a requeue, preemption or cancel (KillWait later,
+        # SIGKILL). Each only sets a flag; the run checkpoints at its next check (all ranks at the
+        # same step) and raises Preempted here, outside any signal handler.
+        requeue = requeue_signal()
+        on_requeue = signal.getsignal(requeue)   # submitit's: pickles checkpoint(), scontrol requeue, exit
+        try:
+            with StopRequest().installed([requeue, signal.SIGTERM]) as stop:
+                return run_ablation(specs, self.out, progress=False, stop=stop)[-1]
+        except Preempted as stopped:
+            print(f"    {stopped}", flush=True)
+            if stopped.signum == requeue and callable(on_requeue):
+                on_requeue(stopped.signum, None)   # rank 0 requeues the job and exits; other ranks return here
+            raise   # SIGTERM: SLURM ends (and requeues) the job itself
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
 
-        # the epoch checkpoint (last.pt) is the state; the requeued job re-enters __call__
+        # last.pt is the state (written mid-epoch before this is called); the requeued job re-enters __call__
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal submitit asks SLURM for before the time limit: SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise BenchError(f"environment variable SUBMITIT_PREEMPT_SIGNAL = {name!r}: not a signal name (e.g. USR2)") from None
 
 
 def _executor(cluster: ClusterConfig, folder: Path, name: str, dependency: Optional[str]):

@@ -101,6 +101,12 @@ class RuntimeConfig(Strict):
     # intra-op CPU threads of each process; auto: the cores this process may use (affinity,
     # SLURM_CPUS_PER_TASK) shared among the local ranks, less one per loader worker
     threads: Union[Literal["auto"], PositiveInt] = "auto"
+    # the NaN/inf loss guard, a stop request (SLURM's signal) and a checkpoint falling due are
+    # looked at every this many batches, one device sync each, and at every epoch's end
+    nan_check_steps: PositiveInt = 50
+    # a checkpoint within an epoch (data position and RNG included) every this many minutes, at
+    # the first check after it falls due; None or 0: at epoch ends only
+    checkpoint_every_min: Optional[float] = Field(10.0, ge=0.0)
 
 
 class RunConfig(Strict):
@@ -151,7 +157,8 @@ class RunConfig(Strict):
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
                                                        ("model", "checkpoint_key"),
-                                                       ("data", "color_jitter_hue"), ("data", "augment_on"))
+                                                       ("data", "color_jitter_hue"), ("data", "augment_on"),
+                                                       ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}

@@ -147,6 +147,22 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks of a small tensor on this rank's device (itself when alone)."""
+    if _CURRENT.distributed:
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
+    return values
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj` (small, picklable), in rank order."""
+    if not _CURRENT.distributed:
+        return [obj]
+    out: list = [None] * _CURRENT.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
 def local_device(name: str) -> torch.device:
     """The device of this process: `cuda:local_rank` when CUDA is asked for (or "auto" finds it)."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):

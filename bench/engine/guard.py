@@ -19,8 +19,9 @@ class NonFiniteLoss(BenchError):
 class LossGuard:
     """Remembers the first global step whose loss is not finite.
 
-    `update` runs on the device (no `.item()`), `check` syncs once, at the end of an epoch,
-    before that epoch can be evaluated or checkpointed.
+    `update` runs on the device (no `.item()`); the loop reads `first_step` at its checks (every
+    `runtime.nan_check_steps` batches and at each epoch's end, one device sync each, agreed over
+    the ranks) and calls `check`, before anything after the bad step can be evaluated or saved.
     """
 
     def __init__(self, device: torch.device):
@@ -33,14 +34,14 @@ class LossGuard:
         self.first_step = torch.where(new, torch.full_like(self.first_step, step), self.first_step)
         self.value = torch.where(new, loss, self.value)
 
-    def check(self, steps_per_epoch: int, checkpoint: Path) -> None:
-        """Raise `NonFiniteLoss` if any step so far had a NaN or infinite loss."""
-        step = int(self.first_step)
+    def check(self, step: int, steps_per_epoch: int, checkpoint: Path, saved: str) -> None:
+        """Raise `NonFiniteLoss` when `step`, the first step with a NaN or infinite loss on any
+        rank (−1: none yet), is one; `saved` says which checkpoint `checkpoint` holds ("" none)."""
         if step < 0:
             return
         epoch, batch = divmod(step, steps_per_epoch)
-        value = float(self.value)
-        kept = f"last good checkpoint kept: {checkpoint} (epoch {epoch - 1})" if epoch > 0 and Path(checkpoint).is_file() \
+        value = float(self.value) if int(self.first_step) == step else float("nan")   # another rank's step
+        kept = f"last good checkpoint kept: {checkpoint} ({saved})" if saved and Path(checkpoint).is_file() \
             else "no checkpoint yet"
         raise NonFiniteLoss(f"loss became {value} at step {step} (epoch {epoch}, batch {batch + 1} of "
                             f"{steps_per_epoch}); run stopped, {kept}", step, epoch, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -14,30 +14,47 @@ from bench.config import RunConfig
 from bench.engine import distributed as dist
 from bench.engine.checkpoint import restore_checkpoint, save_checkpoint
 from bench.engine.evaluate import evaluate
+from bench.engine.interrupt import Preempted, StopRequest, signal_name
 from bench.engine.step import train_step
 from bench.engine.tracker import Tracker
-from bench.engine.training import Training, setup
+from bench.engine.training import EpochStats, Training, setup
 from bench.runs import RunDir
 from bench.runs.environment import env_info
 
-
-class EpochStats(NamedTuple):
-    loss_sum: torch.Tensor   # Σ loss × batch size on this rank, on the device (no sync yet)
-    images: int              # images this rank trained on
-    lr: float                # of the epoch's last step
-    time_s: float
-    terms_sum: dict = {}     # with distillation: Σ part × batch size of the loss's parts, for display
+NO_STEP = -(2**62)   # "no NaN yet" in the ranks' agreement, which takes a maximum of −step
 
 
-def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda: None) -> EpochStats:
-    """One pass over the training batches of `epoch`: lr from the schedule, the batch's mixing
-    (when a mixing trick is on for this epoch), one optimizer step, the NaN guard, the tracker."""
+def check_in(t: Training, stats: EpochStats, save: Callable[[EpochStats], None]) -> None:
+    """Every `runtime.nan_check_steps` batches and at the epoch's end: one device sync (one
+    all-reduce under DDP, so that every rank acts at the same step) for the NaN guard, a stop
+    request (any rank's signal) and a checkpoint falling due (rank 0's clock). A NaN/inf loss
+    raises `NonFiniteLoss`; a stop request saves the epoch so far and raises `Preempted`."""
+    every_s = 60 * (t.cfg.runtime.checkpoint_every_min or 0)
+    due = dist.is_main() and every_s > 0 and time.monotonic() - t.saved_time >= every_s
+    bad = t.guard.first_step
+    agreed = torch.cat([torch.where(bad < 0, NO_STEP, -bad).view(1),
+                        torch.tensor([t.stop.requested, due], dtype=torch.long, device=t.device)])
+    neg_step, stop, due = dist.all_reduce_max(agreed).tolist()
+    t.guard.check(-1 if neg_step == NO_STEP else -neg_step, t.steps_per_epoch, t.checkpoint, t.saved_at)
+    if stop or (due and stats.batch < t.steps_per_epoch):   # at the epoch's end its own checkpoint follows
+        save(stats)
+    if stop:
+        raise Preempted(f"stopped on {signal_name(t.stop.signum)} in epoch {stats.epoch} after {stats.batch} of "
+                        f"{t.steps_per_epoch} batches; checkpoint written: {t.checkpoint}", t.stop.signum or 0)
+
+
+def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda: None,
+                resume: Optional[EpochStats] = None, save: Callable[[EpochStats], None] = lambda stats: None) -> EpochStats:
+    """One pass over the training batches of `epoch` (from `resume`'s data position and sums when
+    given): lr from the schedule, the batch's mixing (when a mixing trick is on for this epoch),
+    one optimizer step, the NaN guard, the tracker, and `check_in` every few batches (`save`
+    writes a mid-epoch checkpoint)."""
     t.net.train()
     mixer = t.cfg.mixing()
     mixer = mixer if mixer is not None and mixer.active(epoch, t.cfg.schedule.epochs) else None
-    loss_sum, seen, lr, t0 = torch.zeros((), device=t.device), 0, 0.0, time.perf_counter()
-    terms, terms_sum = ({}, {}) if t.cfg.distill is not None else (None, {})
-    for i, (images, labels) in enumerate(t.data.train.epoch(epoch)):
+    stats = resume or EpochStats(torch.zeros((), device=t.device), epoch=epoch)
+    terms, every, t0 = ({} if t.cfg.distill is not None else None), t.cfg.runtime.nan_check_steps, time.perf_counter()
+    for i, (images, labels) in enumerate(t.data.train.epoch(epoch, stats.batch), start=stats.batch):
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
         mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
@@ -45,14 +62,16 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
                           mixing, t.teacher, terms)
         t.guard.update(loss, step)
         t.tracker.log_step(step, lr, loss)
-        loss_sum += loss * len(labels)
-        for key, value in (terms or {}).items():
-            terms_sum[key] = terms_sum.get(key, 0) + value * len(labels)
-        seen += len(labels)
+        stats.add(loss, len(labels), lr, terms)
         on_step()
+        if stats.batch % every == 0 and stats.batch < t.steps_per_epoch:
+            stats.time_s, t0 = stats.time_s + time.perf_counter() - t0, time.perf_counter()
+            check_in(t, stats, save)
+    stats.time_s += time.perf_counter() - t0
+    check_in(t, stats, save)   # a NaN/inf epoch is never evaluated or saved
     if t.cfg.efficient.bn_batch_size:   # ghost batch norm: ranks kept their own running statistics
         dist.average_buffers(t.model)
-    return EpochStats(loss_sum, seen, lr, time.perf_counter() - t0, terms_sum)
+    return stats
 
 
 def progress_postfix(epoch: int, row: dict, stats: EpochStats) -> dict[str, str]:
@@ -89,34 +108,33 @@ def final_record(t: Training, val: dict) -> dict:
 
 
 def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,
-          label: str = "", progress: bool = True, tracker: Optional[Tracker] = None) -> dict:
+          label: str = "", progress: bool = True, tracker: Optional[Tracker] = None,
+          stop: Optional[StopRequest] = None) -> dict:
     """Train one run in `run_dir`, resuming from its checkpoint; returns what final.json holds.
 
     Args:
         teacher_run: the teacher's config and final weights, when `cfg.distill` is set.
         tracker: receives each batch's lr and loss and each epoch's metrics row (W&B).
+        stop: set by a signal handler: the run checkpoints at its next check and raises `Preempted`.
     """
     run_dir, main = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir, dist.is_main()
     t = setup(cfg, teacher_run, tracker)
-    start, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
-    if main:   # only rank 0 writes files and shows progress
-        run_dir.write_env(env_info(t.device, **t.runtime))
-        run_dir.truncate_metrics(start)
-        if start:
-            print(f"    resumed from the checkpoint of epoch {start} of {epochs}", flush=True)
-    bar = tqdm(total=epochs * n, initial=start * n, desc=label, unit="step", disable=not (progress and main),
-               leave=False, dynamic_ncols=True)
+    t.checkpoint, t.stop = run_dir / RunDir.CHECKPOINT, stop or t.stop
+    resume, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
+    start_message(t, run_dir, resume, main)
+    bar = tqdm(total=epochs * n, initial=resume.epoch * n + resume.batch, desc=label, unit="step",
+               disable=not (progress and main), leave=False, dynamic_ncols=True)
     val, gaps = {}, []   # gaps: of the last epoch's evaluation, for the report's Fig. 4b
-    for epoch in range(start, epochs):
-        stats = train_epoch(t, epoch, bar.update)
-        t.guard.check(n, run_dir / RunDir.CHECKPOINT)   # a NaN/inf epoch is never saved
+    for epoch in range(resume.epoch, epochs):
+        stats = train_epoch(t, epoch, bar.update, resume if epoch == resume.epoch else None,
+                            lambda partial: save_checkpoint(t, run_dir, partial.epoch - 1, partial))
         t.train_time_s += stats.time_s
         val = evaluate(t.model, t.data.val, cfg, t.device, gaps if epoch == epochs - 1 else None)
         row = epoch_row(epoch, stats, val, t.device)
         if main:
             run_dir.append_metrics(row)
             t.tracker.log_epoch(row)
-            save_checkpoint(t, run_dir, epoch)
+        save_checkpoint(t, run_dir, epoch)
         bar.set_postfix(progress_postfix(epoch, row, stats))
     bar.close()
     if not val:   # resumed after the last epoch's checkpoint: evaluate the restored weights
@@ -124,3 +142,17 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     if main:
         run_dir.save_outputs(t.model.state_dict(), torch.cat(gaps).numpy())
     return final_record(t, val)
+
+
+def start_message(t: Training, run_dir: RunDir, resume: EpochStats, main: bool) -> None:
+    """Rank 0 records the environment, keeps the metrics rows of the epochs before `resume`'s and
+    says where the run resumes."""
+    if not main:
+        return
+    run_dir.write_env(env_info(t.device, **t.runtime))
+    run_dir.truncate_metrics(resume.epoch)
+    if resume.batch:
+        print(f"    resumed in epoch {resume.epoch + 1} of {t.cfg.schedule.epochs}, after batch {resume.batch} "
+              f"of {t.steps_per_epoch}", flush=True)
+    elif resume.epoch:
+        print(f"    resumed from the checkpoint of epoch {resume.epoch} of {t.cfg.schedule.epochs}", flush=True)

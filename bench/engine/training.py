@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from bench.engine import distributed as dist
 from bench.engine.data import Data, build_data
 from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
+from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
 from bench.engine.runtime import resolve_deterministic, resolve_threads, set_threads
 from bench.engine.step import build_optimizer
@@ -42,10 +44,40 @@ class Training:
     tracker: Tracker = field(default_factory=Tracker)
     train_time_s: float = 0.0
     runtime: dict = field(default_factory=dict)   # resolved threads and determinism, for the run's record
+    stop: StopRequest = field(default_factory=StopRequest)   # a signal asking the run to checkpoint and stop
+    checkpoint: Optional[Path] = None   # the run directory's last.pt
+    saved_at: str = ""                 # the checkpoint last written or restored, e.g. "epoch 3"; "" none
+    saved_time: float = field(default_factory=time.monotonic)   # when (time.monotonic()), for the next one
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.data.train)
+
+
+@dataclass
+class EpochStats:
+    """An epoch's training so far, on this rank; a mid-epoch checkpoint carries it (every rank's),
+    so that a resumed epoch logs the row of an uninterrupted one."""
+
+    loss_sum: torch.Tensor   # Σ loss × batch size on this rank, on the device (no sync yet)
+    images: int = 0          # images this rank trained on
+    lr: float = 0.0          # of the last step
+    time_s: float = 0.0
+    terms_sum: dict = field(default_factory=dict)   # with distillation: Σ part × batch size of the loss's parts
+    epoch: int = 0
+    batch: int = 0           # batches of the epoch trained: the data position
+
+    def add(self, loss: torch.Tensor, images: int, lr: float, terms: Optional[dict]) -> None:
+        """One more batch of `images` images whose mean loss is `loss` (and parts `terms`)."""
+        self.loss_sum += loss * images
+        for key, value in (terms or {}).items():
+            self.terms_sum[key] = self.terms_sum.get(key, 0) + value * images
+        self.images, self.lr, self.batch = self.images + images, lr, self.batch + 1
+
+    def sums(self) -> dict:
+        """This rank's sums, on the CPU, for a checkpoint."""
+        return {"loss_sum": self.loss_sum.cpu(), "images": self.images,
+                "terms_sum": {key: value.cpu() for key, value in self.terms_sum.items()}}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

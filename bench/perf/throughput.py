@@ -10,11 +10,9 @@ round's ratio.
 from __future__ import annotations
 
 import dataclasses
-import resource
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ from bench.engine.models import build_model
 from bench.engine.step import autocast, build_optimizer, to_device
 from bench.engine.training import Training, seed_everything
 from bench.errors import ConfigError
-from bench.runs.environment import env_info
+from bench.perf.summary import summarize
 from bench.tricks import autocast_dtype
 
 TRICKS = {"plain": {}, "label_smoothing": {"label_smoothing": {"eps": 0.1}}, "mixup": {"mixup": {"alpha": 0.2}},
@@ -96,8 +94,8 @@ class SyntheticBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, epoch: int):
-        return (self.batches[i % len(self.batches)] for i in range(self.steps))
+    def epoch(self, epoch: int, start: int = 0):
+        return (self.batches[i % len(self.batches)] for i in range(start, self.steps))
 
 
 def harness_runner(base: Training, cfg: RunConfig) -> Callable[[int], torch.Tensor]:
@@ -245,6 +243,9 @@ def run_benchmark(s: BenchSettings, progress: Callable[[str], None] = lambda msg
     cfgs = {name: s.run_config(tricks) for name, tricks in TRICKS.items()}
     base, reference = build_training(s, cfgs["plain"], device)
     batches = base.data.train.batches
+    # the NaN guard's check (one device sync) after every step, against the default's few per epoch
+    cfgs["nan_check_every_step"] = cfgs["plain"].model_copy(
+        update={"runtime": cfgs["plain"].runtime.model_copy(update={"nan_check_steps": 1})})
     runners = {name: harness_runner(base, cfg) for name, cfg in cfgs.items()}
     progress("counting FLOPs")
     flops = count_train_flops(runners["plain"])
@@ -261,40 +262,3 @@ def run_benchmark(s: BenchSettings, progress: Callable[[str], None] = lambda msg
     dtype = autocast_dtype(s.precision) or torch.float32
     peak = matmul_peak_flop_per_s(device, dtype, 8192 if device.type == "cuda" else 1024, s.probe_s)
     return summarize(s, device, timed, flops, peak, loader_ips)
-
-
-def _median_ratio(a: list[float], b: list[float]) -> float:
-    """Median over rounds of time(b) / time(a): the throughput of a relative to b."""
-    return statistics.median(tb / ta for ta, tb in zip(a, b))
-
-
-def summarize(s: BenchSettings, device, timed: dict, flops: int, peak: float, loader_ips: float) -> dict:
-    variants = {}
-    for name, t in timed.items():
-        ips = [s.steps * s.batch_size / x for x in t["times_s"]]
-        variants[name] = {
-            "images_per_s": statistics.median(ips), "images_per_s_min": min(ips), "images_per_s_max": max(ips),
-            "step_time_s": statistics.median(t["times_s"]) / s.steps,
-            "ratio_to_plain": _median_ratio(t["times_s"], timed["plain"]["times_s"]),
-            "ratio_to_pytorch": _median_ratio(t["times_s"], timed["pytorch"]["times_s"]),
-            "peak_mem_mib": t["peak_mem_mib"]}
-    step_s = variants["plain"]["step_time_s"]
-    extra = [(d - p) / s.steps for d, p in zip(timed["distill"]["times_s"], timed["plain"]["times_s"])]
-    r = {
-        "settings": asdict(s), "environment": env_info(device), "variants": variants,
-        "train_flop_per_step": flops, "achieved_flop_per_s": flops / step_s, "matmul_peak_flop_per_s": peak,
-        "flop_utilization": flops / step_s / peak,
-        "loader_images_per_s": loader_ips, "loader_ratio_to_step": loader_ips / variants["plain"]["images_per_s"],
-        "distill_extra_s_per_step": statistics.median(extra),
-        "teacher_forward_s_per_step": variants["teacher_forward"]["step_time_s"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    v = variants
-    r["targets_met"] = {
-        "harness_within_3pct_of_pytorch": v["plain"]["ratio_to_pytorch"] >= 0.97,
-        "label_smoothing_under_2pct": v["label_smoothing"]["ratio_to_plain"] >= 0.98,
-        "mixup_under_2pct": v["mixup"]["ratio_to_plain"] >= 0.98,
-        "distill_at_most_teacher_forward": r["distill_extra_s_per_step"] <= 1.02 * r["teacher_forward_s_per_step"],
-        "loader_at_least_1_5x_step": r["loader_ratio_to_step"] >= 1.5,
-    }
-    return r

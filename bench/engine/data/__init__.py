@@ -55,28 +55,37 @@ class TensorBatches:
         n = len(self.labels) // self.batch_size if self.shuffle else -(-len(self.labels) // self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` from batch `start` on (a resumed run's data position): the
+        batches before it are neither gathered nor augmented, only their random draws repeated."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            # drawn for the global batch, so any world size sees the same pixels
+            shifts = shift_draws(len(idx), self.shift_px, g) if self.shift_px else None
+            flipped = torch.rand(len(idx), generator=g) < 0.5 if self.flip else None
+            if b < start:
+                continue
             images = self.images[idx]
             if self.mean is not None:
                 images = (images.float() - self.mean) / self.std
-            if self.shift_px:   # drawn for the global batch, so any world size sees the same pixels
-                images = random_shift(images, self.shift_px, g)
-            if self.flip:
-                flipped = torch.rand(len(idx), generator=g) < 0.5
+            if shifts is not None:
+                images = shift_images(images, self.shift_px, *shifts)
+            if flipped is not None:
                 images = torch.where(flipped[:, None, None, None], images.flip(3), images)
             yield images[self.rank::self.world_size], self.labels[idx][self.rank::self.world_size]
 
 
-def random_shift(images: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_px` pixels (zero padding, then a random crop)."""
+def shift_draws(n: int, max_px: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dy, dx), each (n,) in [0, 2·max_px]: the offsets of `shift_images`' crops."""
+    return (torch.randint(0, 2 * max_px + 1, (n,), generator=g), torch.randint(0, 2 * max_px + 1, (n,), generator=g))
+
+
+def shift_images(images: torch.Tensor, max_px: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Translate each image by up to `max_px` pixels (zero padding, then the crop at (dy, dx))."""
     n, _, h, w = images.shape
     padded = F.pad(images, (max_px,) * 4)
-    dy = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * max_px + 1, (n,), generator=g)
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
     batch = torch.arange(n)[:, None, None, None]

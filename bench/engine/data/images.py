@@ -131,7 +131,8 @@ class LoaderBatches:
         n = n // self.batch_size if self.shuffle else -(-n // self.batch_size)
         return min(n, self.max_batches) if self.max_batches else n
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` from batch `start` on; the ones before it are never loaded."""
         base = self.seed * 1_000_003 + epoch
         g = torch.Generator().manual_seed(base)
         n = len(self.dataset)
@@ -139,11 +140,11 @@ class LoaderBatches:
         self._sampler.batches = [
             [(int(i), (base * 10_000_019 + int(i)) % 2**62)
              for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
-            for b in range(len(self))]
+            for b in range(start, len(self))]
         if self.augment is None:
             yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
             return
-        for b, (images, labels) in enumerate(self._loader):   # uint8 from the workers
+        for b, (images, labels) in enumerate(self._loader, start=start):   # uint8 from the workers
             yield self.augment(images, (base * 7_000_003 + b) * 2_654_435_761 % 2**62, self.rank, self.world_size), labels
 
 
