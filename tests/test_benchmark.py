@@ -32,7 +32,8 @@ def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
     assert set(seen) == {(False, False, False, True), (True, False, False, True), (False, True, False, True),
                          (False, False, True, True), (True, True, True, True)}
     variants = result["variants"]
-    assert list(variants) == ["pytorch", "plain", "label_smoothing", "mixup", "distill", "all", "teacher_forward", "eval"]
+    assert list(variants) == ["pytorch", "plain", "label_smoothing", "mixup", "distill", "all", "nan_check_every_step",
+                              "teacher_forward", "eval"]
     assert variants["plain"]["ratio_to_plain"] == 1.0 and variants["pytorch"]["ratio_to_pytorch"] == 1.0
     assert all(v["images_per_s_min"] <= v["images_per_s"] <= v["images_per_s_max"] for v in variants.values())
     assert result["train_flop_per_step"] > 0 and 0 < result["flop_utilization"]
@@ -55,14 +56,22 @@ def test_summary_ratios_are_paired_per_round():
     t = lambda *x: {"times_s": list(x), "peak_mem_mib": None}
     timed = {"pytorch": t(1.0, 2.0, 1.0), "plain": t(1.0, 2.0, 1.0), "label_smoothing": t(1.1, 2.2, 1.1),
              "mixup": t(1.0, 2.0, 1.0), "distill": t(2.0, 3.0, 2.0), "all": t(2.0, 3.0, 2.0),
-             "teacher_forward": t(0.5, 0.5, 0.5), "eval": t(0.1, 0.1, 0.1)}
+             "nan_check_every_step": t(1.0, 2.0, 1.0), "teacher_forward": t(0.5, 0.5, 0.5), "eval": t(0.1, 0.1, 0.1)}
     r = bm.summarize(s, torch.device("cpu"), timed, flops=10**9, peak=10**10, loader_ips=100.0)
     assert r["variants"]["label_smoothing"]["ratio_to_plain"] == pytest.approx(1 / 1.1)
     assert r["variants"]["plain"]["images_per_s"] == pytest.approx(10.0)
     assert r["distill_extra_s_per_step"] == pytest.approx(1.0)
     assert r["targets_met"] == {"harness_within_3pct_of_pytorch": True, "label_smoothing_under_2pct": False,
                                 "mixup_under_2pct": True, "distill_at_most_teacher_forward": False,
-                                "loader_at_least_1_5x_step": True}
+                                "loader_at_least_1_5x_step": True, "nan_check_under_1pct_at_default": True}
+    assert r["nan_check_s_per_check"] is None   # one step a round: no check beyond the epoch's end
+    steps4 = bm.BenchSettings(**{**TINY, "steps": 4, "batch_size": 10, "rounds": 3})
+    timed4 = {**timed, "nan_check_every_step": t(2.5, 3.5, 2.5)}   # 0.5 s for each of 3 checks
+    r4 = bm.summarize(steps4, torch.device("cpu"), timed4, flops=10**9, peak=10**10, loader_ips=100.0)
+    assert r4["nan_check_s_per_check"] == pytest.approx(0.5)
+    assert r4["nan_check_cost_at_default"] == pytest.approx(0.5 / 50 / 0.25)
+    assert not r4["targets_met"]["nan_check_under_1pct_at_default"]
+    assert "NaN check: 500000 us per check" in bench_commands.format_table(r4)
     assert "label_smoothing_under_2pct NO" in bench_commands.format_table(r)
 
 

@@ -39,9 +39,18 @@ def format_table(r: dict) -> str:
               f"distillation adds {r['distill_extra_s_per_step'] * 1e3:.1f} ms/step; the teacher's forward takes "
               f"{r['teacher_forward_s_per_step'] * 1e3:.1f} ms/step",
               f"loader: {r['loader_images_per_s']:.0f} images/s = {r['loader_ratio_to_step']:.1f}x the plain step",
+              nan_check_line(r),
               f"peak process memory: {r['peak_rss_mib']:.0f} MiB",
               "targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in r["targets_met"].items())]
     return "\n".join(lines)
+
+
+def nan_check_line(r: dict) -> str:
+    """What the NaN guard's check (one device sync) costs, alone and at the default interval."""
+    if r["nan_check_s_per_check"] is None:
+        return "NaN check: not measured (one step a round)"
+    return (f"NaN check: {r['nan_check_s_per_check'] * 1e6:.0f} us per check; every "
+            f"{r['nan_check_steps_default']} steps (the default) {100 * r['nan_check_cost_at_default']:.3f}% of a step")
 
 
 def _show_and_record(table: str, result: dict, out: Optional[str]) -> int:
