@@ -1,102 +1,84 @@
 """Weights & Biases mirror of an ablation (wandb is imported only when it is switched on).
 
-One W&B run per training run: group = the ablation, job_type = the model, name = step/seed,
-tags = the tricks switched on (`bench.config.tricks_on`), config = the resolved run config with flat dotted keys (the
-names of the YAML and of the DataFrame columns). History: per-iteration `batch/lr` and
-`batch/train_loss` against `global_step`, and the rows of metrics.jsonl against `epoch`.
-Summary: the run's final.json record, also whole under `final` so that it can be read back.
-A W&B failure prints one line and stops logging; it never stops training.
+One W&B run per training run: group = the ablation, job_type = its role (teacher / student),
+name = model/step/seed, tags = the tricks switched on (`bench.config.tricks_on`), config =
+nested sections: `run` (the identifying columns of its runs.csv row: model, role, step, seed,
+path, ...) and the resolved run config as in config.yaml, so that the W&B filter
+`config.schedule.kind` is the runs.csv column `config.schedule.kind`. History: per-iteration
+`batch/lr` and `batch/train_loss` against `global_step`, and the rows of metrics.jsonl against
+`epoch`. Summary: the run's final.json record, also whole under `final` so that it can be read
+back. Lineage: a finished run logs its final weights (model.pt) as a `model` artifact, and a
+student declares its teacher's as its input. A W&B failure prints one line and stops logging;
+it never stops training.
 """
 from __future__ import annotations
 
-import netrc
 import os
+import re
 import secrets
 import shutil
-import socket
-import sys
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 import torch
-import torch.distributed as dist
 
+from bench.ablation.wandb_connect import first_line, init_run, rank, sweep_run_id, warn
 from bench.config import WandbConfig, tricks_on
 from bench.engine.tracker import Tracker
-from bench.errors import ConfigError
-from bench.runs import RunDir, write_text
-from bench.runs.rundir import flat_config
+from bench.errors import BenchError
+from bench.runs import RunDir, read_json, write_text
 
 EPOCH_METRICS = ("train_loss", "lr", "val_top1", "val_top5", "val_loss", "images_per_s", "epoch_time_s")
-MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-
-
-def choose_settings(recipe: Optional[WandbConfig], flag: Optional[bool]) -> Optional[WandbConfig]:
-    """`--wandb` switches logging on (with the recipe's settings, if any), `--no-wandb` off;
-    without either, the recipe decides."""
-    if flag is None:
-        return recipe
-    return (recipe or WandbConfig()) if flag else None
-
-
-def _warn(message: str) -> None:
-    print(f"wandb: {message}", file=sys.stderr, flush=True)
-
-
-def _has_api_key(host: str) -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _reachable(host: str, port: int, timeout_s: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
-
-
-def resolve_mode(settings: WandbConfig) -> str:
-    """online / offline / disabled: the recipe's, else $WANDB_MODE, else online only when an
-    API key is known and the W&B server answers."""
-    if settings.mode is not None:
-        return settings.mode
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env:
-        if env not in MODES:
-            raise ConfigError(f"WANDB_MODE={env!r}: expected one of {', '.join(MODES)}")
-        return MODES[env]
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    host = url.hostname or "api.wandb.ai"
-    if _has_api_key(host) and _reachable(host, url.port or (80 if url.scheme == "http" else 443)):
-        return "online"
-    return "offline"
+RUN_SECTION = "run"   # the W&B config section of a run's identifying columns
 
 
 def ablation_group(settings: WandbConfig, out: Path) -> str:
     return settings.group or Path(out).resolve().name
 
 
-def wandb_dir(out: Path) -> Path:
-    """Where wandb writes its `wandb/` folder: $WANDB_DIR, else the results directory."""
-    return Path(os.environ.get("WANDB_DIR") or out)
+def for_sweep(settings: WandbConfig, specs: list, base: Path) -> tuple[WandbConfig, Path]:
+    """The W&B settings and the results directory of a sweep's run: its own folder
+    `base/<run id>` (the runs of a sweep differ in config, so they cannot share run directories),
+    and the group `base`'s name (one for the whole sweep). A sweep's run is one student: its
+    top1 is the metric the sweep optimises."""
+    students = [spec for spec in specs if spec.role == "student"]
+    if len(students) != 1:
+        raise BenchError(f"in a W&B sweep (WANDB_SWEEP_ID={os.environ.get('WANDB_SWEEP_ID')}) one command trains one "
+                         f"student run, this one plans {len(students)}: use --only STEP with one seed and one model")
+    group = settings.group or Path(base).resolve().name
+    return settings.model_copy(update={"group": group}), Path(base) / str(sweep_run_id())
 
 
 def run_config(spec) -> dict[str, Any]:
-    """A run's W&B config: the identifying columns of its DataFrame row (model, role, step, seed,
-    ..., path) and its resolved config, flattened as in that row."""
-    return {**spec.record(), "path": str(spec.path), **flat_config(spec.config.model_dump(mode="json"))}
+    """A run's W&B config: its identifying columns under `run`, then the resolved config's
+    sections (model, data, optim, schedule, ..., None for a trick that is off)."""
+    return {RUN_SECTION: {**spec.record(), "path": str(spec.path)}, **spec.config.model_dump(mode="json")}
 
 
-def _rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+def artifact_name(group: str, path: Path) -> str:
+    """The model artifact of the run at `path` in `group`: unique in a project, e.g.
+    default-teachers-teacher-seed0 or default-resnet18d-04-distill-seed0."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join([group, *Path(path).parts]))[:128]
+
+
+def model_artifact(name: str, run_dir: Path):
+    """A run's final weights as a draft `model` artifact, its final.json record as metadata: the
+    same weights and record give the same artifact (digest and metadata), whichever run builds it."""
+    import wandb
+
+    artifact = wandb.Artifact(name, type="model", metadata=read_json(Path(run_dir) / RunDir.FINAL) or {})
+    artifact.add_file(str(Path(run_dir) / RunDir.WEIGHTS), name=RunDir.WEIGHTS)
+    return artifact
+
+
+def use_model(run, artifact) -> None:
+    """Declare `artifact` an input of `run`. W&B refuses `use_artifact` offline, so an offline run
+    writes the record that `use_artifact` writes online for a draft artifact (logged, then used
+    once committed); `wandb sync` turns it into the same lineage."""
+    if run.offline:
+        run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+    else:
+        run.use_artifact(artifact)
 
 
 def _run_id(path: Path) -> str:
@@ -109,40 +91,22 @@ def _run_id(path: Path) -> str:
     return run_id
 
 
-def _init(settings: WandbConfig, out: Path, id_dir: Path, **kwargs):
-    """wandb.init with our defaults; an online start that fails is retried offline."""
-    import wandb
-
-    mode = resolve_mode(settings)
-    if mode == "disabled":
-        return None
-    common = dict(project=settings.project or os.environ.get("WANDB_PROJECT") or "bench",
-                  entity=settings.entity or os.environ.get("WANDB_ENTITY") or None,
-                  group=ablation_group(settings, out), id=_run_id(id_dir), resume="allow",
-                  dir=str(wandb_dir(out)), settings=wandb.Settings(console="off", silent=True), **kwargs)
-    wandb_dir(out).mkdir(parents=True, exist_ok=True)
-    try:
-        return wandb.init(mode=mode, **common)
-    except Exception as err:
-        if mode != "online":
-            raise
-        _warn(f"online start failed ({type(err).__name__}: {err}); logging offline instead")
-        return wandb.init(mode="offline", **common)
-
-
 class WandbTracker(Tracker):
-    def __init__(self, run, log_every_steps: int, run_dir: Path):
+    def __init__(self, run, log_every_steps: int, run_dir: Path, artifact: Optional[str] = None):
         self.run, self.every, self.pending, self.run_dir = run, log_every_steps, [], Path(run_dir)
+        self.artifact = artifact   # the name its final weights are logged under; None: not logged
 
-    def _guard(self, what: str, fn) -> None:
+    def _guard(self, what: str, fn, stop: bool = True) -> None:
+        """Call `fn`; a failure prints one line and, with `stop`, ends the logging of this run
+        (an extra such as an artifact failing leaves the metrics logged)."""
         if self.run is None:
             return
         try:
             fn()
         except Exception as err:  # a tracking failure must never stop training
-            _warn(f"{what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                  "logging stops, training goes on")
-            self.run, self.pending = None, []
+            warn(f"{what} failed ({first_line(err)}); " + ("logging stops, training goes on" if stop else "logging goes on"))
+            if stop:
+                self.run, self.pending = None, []
 
     def log_step(self, step: int, lr: float, loss) -> None:
         if self.run is not None and step % self.every == 0:
@@ -164,23 +128,41 @@ class WandbTracker(Tracker):
         if (self.run_dir / RunDir.LOGIT_GAPS).is_file():
             shutil.copyfile(self.run_dir / RunDir.LOGIT_GAPS, Path(self.run.dir) / RunDir.LOGIT_GAPS)
 
+    def _log_weights(self) -> None:
+        if self.artifact is not None and (self.run_dir / RunDir.WEIGHTS).is_file():
+            self.run.log_artifact(model_artifact(self.artifact, self.run_dir))
+
     def finish(self, final: Optional[dict] = None, failed: bool = False) -> None:
         self._guard("logging batches", self._flush)
         if final is not None:
             self._guard("writing the summary", lambda: self.run.summary.update({**final, "final": dict(final)}))
-            self._guard("uploading the logit gaps", self._upload_gaps)
+            self._guard("uploading the logit gaps", self._upload_gaps, stop=False)
+            self._guard("logging the model artifact", self._log_weights, stop=False)
         self._guard("finishing the run", lambda: self.run.finish(exit_code=1 if failed else 0))
         self.run = None
 
 
 def start_run(settings: Optional[WandbConfig], spec, run_dir: Path, out: Path) -> Tracker:
     """The tracker of one training run: a W&B run on rank 0 when `settings` is set, else a no-op.
-    Never raises: a W&B problem prints one line and the run trains untracked."""
-    if settings is None or _rank() != 0:
+    Never raises: a W&B problem prints one line and the run trains untracked.
+
+    In a sweep (started by `wandb agent`), the student is the sweep's run and the only run this
+    process logs: W&B gives every `wandb.init` of the process the agent's run id, so teachers
+    train untracked here (their weights still appear as the student's input artifact).
+    """
+    if settings is None or rank() != 0:
         return Tracker()
+    sweep_id = sweep_run_id()
+    if sweep_id is not None and spec.role != "student":
+        warn(f"{spec.path} is not logged: in a sweep, this process logs only the sweep's run {sweep_id}")
+        return Tracker()
+    group = ablation_group(settings, out)
     try:
-        run = _init(settings, out, Path(run_dir), job_type=spec.model, name=f"{spec.step}/seed{spec.seed}",
-                    tags=tricks_on(spec.config), config=run_config(spec))
+        if sweep_id is not None:
+            write_text(Path(run_dir) / RunDir.WANDB_ID, sweep_id + "\n")
+        run = init_run(settings, out, None if sweep_id else _run_id(Path(run_dir)), group, job_type=spec.role,
+                       name=f"{spec.model}/{spec.step}/seed{spec.seed}", tags=tricks_on(spec.config),
+                       config=run_config(spec))
         if run is None:
             return Tracker()
         run.define_metric("global_step")
@@ -189,7 +171,12 @@ def start_run(settings: Optional[WandbConfig], spec, run_dir: Path, out: Path) -
         for key in EPOCH_METRICS:
             run.define_metric(key, step_metric="epoch")
     except Exception as err:
-        _warn(f"could not start a run for {spec.path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-              "training goes on without it")
+        warn(f"could not start a run for {spec.path} ({first_line(err)}); training goes on without it")
         return Tracker()
-    return WandbTracker(run, settings.log_every_steps, run_dir)
+    tracker = WandbTracker(run, settings.log_every_steps, run_dir,
+                           artifact_name(group, spec.path) if settings.log_model else None)
+    if settings.log_model and spec.teacher_path is not None:
+        teacher = Path(out) / spec.teacher_path
+        tracker._guard("declaring the teacher's weights as input",
+                       lambda: use_model(run, model_artifact(artifact_name(group, spec.teacher_path), teacher)), stop=False)
+    return tracker

@@ -203,3 +203,4 @@ class WandbConfig(Strict):
     mode: Optional[Literal["online", "offline", "disabled"]] = None  # None: $WANDB_MODE, else online
     #                                    when an API key is known and the server answers, else offline
     log_every_steps: int = Field(1, gt=0)   # per-iteration lr and loss every this many batches
+    log_model: bool = True             # each finished run's model.pt as a W&B model artifact (lineage)

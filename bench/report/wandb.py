@@ -1,6 +1,9 @@
-"""An ablation's report in W&B and back: the tables and figures logged to a summary run of the
-group, and a group's runs read through `wandb.Api()` into `bench.report.frames.Results`, so that the
-same tables and figures are rebuilt from W&B alone."""
+"""A W&B group's runs read through `wandb.Api()` into `bench.report.frames.Results`, so that the
+same tables and figures are rebuilt from W&B alone (the summary run: `bench.report.wandb_summary`).
+
+Configs are read both as logged now (nested sections: `run` with the identifying columns, then
+the run config's sections) and as older runs logged them (flat keys: `path`, `config.data.global_batch_size`).
+"""
 from __future__ import annotations
 
 import tempfile
@@ -10,50 +13,14 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from bench.ablation.tracking import _init, _rank, _warn, resolve_mode, wandb_dir
-from bench.config import WandbConfig
+from bench.ablation.tracking import RUN_SECTION
+from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError
 from bench.report.figures import write_figures
-from bench.report.frames import Results, load_results, runs_frame
-from bench.report.stats import ablation_table
-from bench.report.tables import format_table, write_tables
+from bench.report.frames import Results, runs_frame
+from bench.report.tables import write_tables
 from bench.runs import RunDir
-from bench.runs.rundir import CONFIG_PREFIX
-
-SUMMARY_JOB = "summary"
-
-
-def _cell(value: Any) -> Any:
-    """A value a W&B table cell takes: lists and mappings as text."""
-    return value if value is None or isinstance(value, (str, int, float, bool, np.generic)) else str(value)
-
-
-def log_report(settings: Optional[WandbConfig], out: Path) -> None:
-    """Log `out`'s runs, ablation table and figures/*.png to the group's summary run, and say how
-    to upload offline runs. Never raises."""
-    if settings is None or _rank() != 0:
-        return
-    out = Path(out)
-    try:
-        import wandb
-
-        run = _init(settings, out, out, job_type=SUMMARY_JOB, name=SUMMARY_JOB, tags=[SUMMARY_JOB])
-        if run is not None:
-            found = load_results(out)
-            shown = format_table(ablation_table(found.runs))
-            data: dict[str, Any] = {"runs": wandb.Table(dataframe=found.runs.map(_cell))}
-            if not shown.empty:
-                shown.columns = [f"{m} {c}" for m, c in shown.columns]
-                data["table"] = wandb.Table(dataframe=shown.reset_index())
-            for png in sorted((out / "figures").glob("*.png")):
-                data[f"figures/{png.stem}"] = wandb.Image(str(png))
-            run.log(data)
-            run.finish()
-    except Exception as err:  # the report is on disk already; W&B is a mirror
-        _warn(f"logging the report failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-    if resolve_mode(settings) == "offline":
-        where = wandb_dir(out) / "wandb"
-        print(f"wandb: offline runs are in {where}; upload them later with: wandb sync {where}/offline-run-*")
+from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
 
 def _plain(value: Any) -> Any:
@@ -82,12 +49,25 @@ def _gaps(run) -> Optional[np.ndarray]:
         return None
 
 
+def config_columns(config: dict[str, Any]) -> tuple[Optional[str], dict[str, Any]]:
+    """(the run's path, its `config.*` columns) from a W&B config, nested or flat. The nested
+    sections are flattened as runs.csv flattens config.yaml; keys that are not a section (a
+    sweep's own parameters, W&B's) are left out."""
+    flat = {k: v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}
+    if flat:   # an older run: `path` and the identifying columns beside the flat `config.*` keys
+        return config.get("path"), flat
+    ids = config.get(RUN_SECTION)
+    path = ids.get("path") if isinstance(ids, dict) else None
+    return path, flat_config({k: v for k, v in config.items() if k in RunConfig.model_fields})
+
+
 def load_wandb_results(path: str, group: str, api=None) -> Results:
     """The finished runs of W&B group `group` in `path` ("ENTITY/PROJECT"), as the frames that
     `bench.report.frames.load_results` builds from run directories.
 
     A run counts when its summary holds `final` (what final.json holds); its DataFrame row is
-    that record, its `path` and its `config.*` keys. Of runs with the same path, the latest wins.
+    that record, its `path` and its `config.*` columns (`config_columns`). Of runs with the same
+    path, the latest wins.
     """
     if path.count("/") != 1 or not all(path.split("/")):
         raise ConfigError(f"--from-wandb {path!r}: expected ENTITY/PROJECT")
@@ -104,12 +84,10 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
     gaps: dict[str, np.ndarray] = {}
     for run in found:
         final = _plain(run.summary.get("final"))
-        config = _plain(dict(run.config))
-        if not final or "path" not in config:   # the summary run, or a run that did not finish
+        run_path, columns = config_columns(_plain(dict(run.config)))
+        if not final or run_path is None:   # the summary run, or a run that did not finish
             continue
-        run_path = config["path"]
-        rows[run_path] = {**final, "path": run_path,
-                          **{k: v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}}
+        rows[run_path] = {**final, "path": run_path, **columns}
         curves[run_path] = _history(run).assign(path=run_path)
         gap = _gaps(run)
         if gap is not None:
