@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
 from bench.ablation.preview import Throughput, format_plan, plan_table, read_bench_json
 from bench.ablation.status import MANIFEST, ablation_status, discovered_runs, format_status, runs
-from bench.ablation.tracking import choose_settings
-from bench.config import load_recipe, parse_override
+from bench.ablation.tracking import for_sweep
+from bench.ablation.wandb_connect import choose_settings, sweep_run_id
+from bench.config import WandbConfig, load_recipe, parse_override, with_bare_overrides
 from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
@@ -32,7 +34,8 @@ from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_threads
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.fidelity import fidelity_markdown, table6_specs
-from bench.report.wandb import log_report, write_wandb_report
+from bench.report.wandb import write_wandb_report
+from bench.report.wandb_summary import log_report
 from bench.runs import atomic_write, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +49,7 @@ def add_selection(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (and the teachers they need)")
     p.add_argument("--models", nargs="+", metavar="MODEL", help="run only these model columns of the recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value in every run, e.g. --set schedule.epochs=5")
+                   help="override a config value in every run, e.g. --set schedule.epochs=5 (or a bare schedule.epochs=5)")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 batches per run: check the pipeline")
     return p
 
@@ -66,6 +69,12 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(p: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`p`'s arguments, a bare `key.path=value` read as `--set key.path=value` (as `wandb agent` passes them)."""
+    takes_value = {s for action in p._actions if action.nargs is None for s in action.option_strings}
+    return p.parse_args(with_bare_overrides(list(argv), takes_value))
+
+
 def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
     """The recipe's name, its planned runs and the results directory of parsed run arguments."""
     recipe = load_recipe(args.recipe)
@@ -77,10 +86,13 @@ def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
 
 
 def cmd_run(argv: Sequence[str]) -> int:
-    args = run_parser().parse_args(argv)
+    args = parse(run_parser(), argv)
     recipe, specs, out = planned(args)
-    print(f"{recipe.name}: {runs(len(specs))} -> {out}", flush=True)
     wandb = choose_settings(recipe.wandb, args.wandb)
+    if sweep_run_id() is not None and args.wandb is not False:   # started by `wandb agent`: log to its run
+        base = Path(args.out or Path("runs") / f"{recipe.name}-sweep-{os.environ['WANDB_SWEEP_ID']}")
+        wandb, out = for_sweep(wandb or WandbConfig(), specs, base)
+    print(f"{recipe.name}: {runs(len(specs))} -> {out}", flush=True)
     fresh, main = not out.exists(), dist.read_env().rank == 0   # before init: no is_main
     manifest = out / MANIFEST
     before = manifest.read_bytes() if manifest.is_file() else None
@@ -123,7 +135,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
                    help="training images/s of one device, for every run without a --bench measurement")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
                    help="a 'bench' command's JSON: its rates for the runs of its model, crop and precision (repeatable)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.images_per_s is not None and args.images_per_s <= 0:
         raise BenchError(f"--images-per-s {args.images_per_s:g}: must be > 0")
     recipe, specs, _ = planned(args)
@@ -144,7 +156,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
     p.add_argument("--gpus-per-node", type=int)
     p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit of each job, minutes")
     p.add_argument("--nproc-per-node", type=int, help="torchrun: processes on this node")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     cluster = load_cluster(args.cluster, {k: getattr(args, k) for k in (
         "launcher", "partition", "nodes", "gpus_per_node", "time_min", "nproc_per_node")})
     recipe, specs, out = planned(args)
@@ -193,6 +205,8 @@ def cmd_report(argv: Sequence[str]) -> int:
     p.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="rebuild from a W&B project's runs instead")
     p.add_argument("--group", help="with --from-wandb: the ablation's W&B group")
     p.add_argument("--no-figures", action="store_true", help="tables only (figures/ is left as it is)")
+    p.add_argument("--wandb", action="store_true", help="also log RESULTS_DIR's report to its W&B summary run "
+                   "(project: $WANDB_PROJECT, else bench; group: the directory's name)")
     args = p.parse_args(argv)
     if args.from_wandb or args.group:
         if not (args.from_wandb and args.group):
@@ -207,6 +221,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         raise BenchError(f"{args.results_dir}: no such results directory")
     print(write_report(Path(args.results_dir), figures=not args.no_figures))
     print(f"wrote runs.csv, table.md/.csv/.tex, deltas.csv{'' if args.no_figures else ' and figures/'} in {args.results_dir}")
+    log_report(WandbConfig() if args.wandb else None, Path(args.results_dir))
     return 0
 
 
@@ -248,7 +263,8 @@ COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "repor
 
 def _looks_like_a_command(word: str) -> bool:
     """A bare word that is no file: a mistyped command rather than a recipe path."""
-    return not word.startswith("-") and not word.endswith((".yaml", ".yml")) and "/" not in word and not Path(word).exists()
+    return (not word.startswith("-") and not word.endswith((".yaml", ".yml")) and "/" not in word and "=" not in word
+            and not Path(word).exists())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

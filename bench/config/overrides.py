@@ -3,7 +3,9 @@ the recipe's cumulative `set:`s (`deep_merge`), and `--smoke`'s shrunk runs."""
 from __future__ import annotations
 
 import copy
+import re
 import typing
+from collections.abc import Collection, Sequence
 from typing import Any, Optional
 
 import yaml
@@ -48,6 +50,21 @@ def parse_override(text: str) -> tuple[str, Any]:
             if cls is None and field.annotation is not dict and typing.get_origin(field.annotation) is not dict:
                 raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
     return key, parsed
+
+
+BARE_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)*=")
+
+
+def with_bare_overrides(argv: Sequence[str], takes_value: Collection[str]) -> list[str]:
+    """`argv` with each bare `key.path=value` as `--set key.path=value`: how `wandb agent` passes
+    a sweep's parameters (`${args_no_hyphens}`). A word is one unless it is the value of an
+    option in `takes_value` (after `--out`, `a=b` is a directory); a step, model or recipe
+    name holds no `=`, so one after `--only STEP ...` is an override too."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        bare = BARE_OVERRIDE.match(word) and not (i and argv[i - 1] in takes_value)
+        out += ["--set", word] if bare else [word]
+    return out
 
 
 def apply_override(raw: dict, path: str, value: Any) -> dict:
