@@ -32,16 +32,20 @@ base:
   optim: {lr_per_256: 0.4}
   schedule: {kind: cosine, epochs: 2, warmup_epochs: 1}
   efficient: {zero_gamma: true, no_bias_decay: true, precision: fp32}
-  runtime: {device: cpu}
+  # a check after every batch, a checkpoint at each (a tiny interval): a signal is acted on within a batch
+  runtime: {device: cpu, nan_check_steps: 1, checkpoint_every_min: 1.0e-9}
 teachers:
   - name: teacher
     set: {label_smoothing: {eps: 0.1}}
 steps:
-  - name: long                  # long enough to be caught running, then requeued
-    set: {schedule: {epochs: 100}}   # outlives the requeue signal and KillWait, even on a fast machine
+  - name: long                  # caught running, then requeued: SIGTERM, KillWait (2 s), SIGKILL
+    set: {schedule: {epochs: 20}}
   - name: distill
     parent: long
     set: {schedule: {epochs: 2}, distill: {teacher: teacher, temperature: 20}}
+  - name: signalled             # caught running, then sent submitit's requeue signal
+    parent: long
+    set: {schedule: {epochs: 21}}
 """
 
 
@@ -100,6 +104,17 @@ def force_requeue(job_id: str, run_dir: Path) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
 
 
+def signal_requeue(job_id: str, run_dir: Path) -> None:
+    """Send a running job's tasks submitit's requeue signal (what SLURM sends `signal_delay_s`
+    before the time limit) once its run has a checkpoint; the job checkpoints, requeues itself
+    and exits. Then make it eligible at once."""
+    wait_for(lambda: (run_dir / "last.pt").exists(), 600, f"the first checkpoint of {run_dir}")
+    assert not (run_dir / "final.json").exists(), f"{run_dir} finished before it could be signalled"
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    wait_for(lambda: squeue_state(job_id) == "PENDING", 120, f"job {job_id} to requeue itself after SIGUSR2")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+
+
 def wait_jobs_ended(job_ids: list[str], timeout_s: float = 600) -> None:
     """Wait until SLURM runs none of these jobs any more (nor will: a dependency never met ends them)."""
     wait_for(lambda: all(query_job(j)[0] not in ("pending", "running") for j in job_ids), timeout_s,
@@ -144,32 +159,33 @@ def test_slurm_launch_with_teacher_dependency_and_forced_requeue(slurm, tmp_path
                    "--out", str(out))
     assert "submitted job" in launched.stdout
     jobs = {p: json.loads((out / p / "job.json").read_text()) for p in
-            ("teachers/teacher/seed0", "resnet18d/01-long/seed0", "resnet18d/02-distill/seed0")}
+            ("teachers/teacher/seed0", "resnet18d/01-long/seed0", "resnet18d/02-distill/seed0",
+             "resnet18d/03-signalled/seed0")}
     teacher_id = jobs["teachers/teacher/seed0"]["job_id"]
     assert jobs["resnet18d/02-distill/seed0"]["dependency"] == f"afterok:{teacher_id}"
     assert jobs["teachers/teacher/seed0"]["dependency"] is None
 
-    long_dir, long_id = out / "resnet18d/01-long/seed0", jobs["resnet18d/01-long/seed0"]["job_id"]
-    force_requeue(long_id, long_dir)
+    interrupted = {"resnet18d/01-long/seed0": force_requeue, "resnet18d/03-signalled/seed0": signal_requeue}
+    for path, interrupt in interrupted.items():
+        interrupt(jobs[path]["job_id"], out / path)
     wait_jobs_ended([job["job_id"] for job in jobs.values()])
-    assert "| distill |" in finished_status(out, 3)
+    assert "| distill |" in finished_status(out, 4)
     assert (out / "table.md").is_file() and (out / "runs.csv").is_file()
 
-    assert job_field(long_id, "Restarts") == "1"
-    log = Path(jobs["resnet18d/01-long/seed0"]["stdout"]).read_text()
-    assert "resuming" in log, log[-2000:]   # the requeued job re-entered the run from last.pt
-    epochs = [json.loads(line)["epoch"] for line in (long_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(100))
-
-    # an uninterrupted run of the same config ends with the same weights and result
-    local = tmp_path / "local"
-    run_ablation(plan(load_recipe(recipe), only=["long"]), local, progress=False)
-    w_slurm = torch.load(long_dir / "model.pt", weights_only=True)
-    w_local = torch.load(local / "resnet18d/01-long/seed0/model.pt", weights_only=True)
-    for key in w_local:
-        torch.testing.assert_close(w_slurm[key], w_local[key], rtol=1e-5, atol=1e-6, msg=key)
-    f_slurm, f_local = (json.loads((d / "final.json").read_text()) for d in (long_dir, local / "resnet18d/01-long/seed0"))
-    assert f_slurm["top1"] == f_local["top1"] and f_slurm["val_loss"] == pytest.approx(f_local["val_loss"], rel=1e-5)
+    local = tmp_path / "local"   # uninterrupted runs of the same configs
+    run_ablation(plan(load_recipe(recipe), only=["long", "signalled"]), local, progress=False)
+    for path, epochs in (("resnet18d/01-long/seed0", 20), ("resnet18d/03-signalled/seed0", 21)):
+        assert job_field(jobs[path]["job_id"], "Restarts") == "1"
+        log = Path(jobs[path]["stdout"]).read_text()
+        assert "resuming" in log, log[-2000:]   # stopped before it finished; re-entered the run from last.pt
+        rows = [json.loads(line) for line in (out / path / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == list(range(epochs))
+        w_slurm = torch.load(out / path / "model.pt", weights_only=True)
+        w_local = torch.load(local / path / "model.pt", weights_only=True)
+        for key in w_local:
+            torch.testing.assert_close(w_slurm[key], w_local[key], rtol=1e-5, atol=1e-6, msg=key)
+        f_slurm, f_local = (json.loads((d / path / "final.json").read_text()) for d in (out, local))
+        assert f_slurm["top1"] == f_local["top1"] and f_slurm["val_loss"] == pytest.approx(f_local["val_loss"], rel=1e-5)
 
 
 # ---- without a cluster ------------------------------------------------------------------
