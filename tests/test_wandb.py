@@ -279,6 +279,18 @@ def test_runs_logged_with_flat_configs_give_the_same_tables(logged):
                                   report.frames.load_results(out).runs)
 
 
+def test_report_with_wandb_logs_the_summary_of_a_results_directory(logged, tmp_path, monkeypatch):
+    out = logged[0]
+    copy = tmp_path / "ablation"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_SWEEP_ID", "WANDB_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["report", str(copy), "--no-figures", "--wandb"]) == 0
+    (summary,) = offline_runs(copy)
+    assert summary["id"] == summary_run_id("ablation") and summary["summary"]["table/nrows"] == 2
+
+
 def test_from_wandb_errors_are_one_line(logged, tmp_path, capsys):
     with pytest.raises(ConfigError, match="expected ENTITY/PROJECT"):
         load_wandb_results("bench-test", "out", api=StandInApi([]))
