@@ -98,6 +98,10 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch) -> list[str]:
         return [r, "--only", "efficient"]
     if case == "unknown step in --only":
         return [r, "--only", "warp"]
+    if case == "a sweep's command planning several students":
+        monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")   # as `wandb agent` starts it
+        monkeypatch.setenv("WANDB_RUN_ID", "run1")
+        return [r, "--only", "efficient", "cosine", "--wandb"]
     raise AssertionError(case)
 
 
