@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 import torch
 
 import bench.engine.loop as loop
@@ -90,6 +91,8 @@ def test_bench_command_writes_json_and_never_overwrites(tmp_path, capsys, monkey
     assert result["settings"]["precision"] == "bf16" and result["settings"]["channels_last"] is True
     assert all("ratio_to_plain" in v and v["images_per_s"] > 0 for v in result["variants"].values())
     assert "| mixup |" in capsys.readouterr().out
+    figure = Image.open(out.with_suffix(".png"))   # the figure beside the JSON
+    assert figure.format == "PNG" and figure.size[0] > 500
     before = out.read_text()
     assert main(args) == 2
     assert "never overwritten" in capsys.readouterr().err and out.read_text() == before

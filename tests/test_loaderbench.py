@@ -60,6 +60,8 @@ def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["source"].startswith("generated: 4 JPEGs") and result["loader_images_per_s"]["device"]["1"] > 0
     assert "cores per GPU" in capsys.readouterr().out
+    with Image.open(out.with_suffix(".png")) as figure:   # the figure beside the JSON
+        assert figure.format == "PNG"
     before = out.read_text()
     assert main(args) == 2 and out.read_text() == before
     assert "never overwritten" in capsys.readouterr().err

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
 import torch
+from matplotlib.figure import Figure
 
 from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
 from bench.perf.contention import format_contention, run_contention
+from bench.perf.figures import plot_loader, plot_throughput, save_beside
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
 from bench.perf.throughput import BenchSettings, run_benchmark
 from bench.runs import refuse_existing, write_json
@@ -53,12 +55,15 @@ def nan_check_line(r: dict) -> str:
             f"{r['nan_check_steps_default']} steps (the default) {100 * r['nan_check_cost_at_default']:.3f}% of a step")
 
 
-def _show_and_record(table: str, result: dict, out: Optional[str]) -> int:
-    """Print a benchmark's table; write its JSON result to `out` (a new file) when given."""
+def _show_and_record(table: str, result: dict, out: Optional[str], figure: Optional[Callable[[dict], Figure]] = None) -> int:
+    """Print a benchmark's table; write its JSON result to `out` (a new file) when given, and
+    its figure beside it (the same name, .png)."""
     print(table)
     if out:
         write_json(Path(out), result)
         print(f"wrote {out}")
+        if figure is not None:
+            print(f"wrote {save_beside(figure(result), out)}")
     return 0
 
 
@@ -94,7 +99,7 @@ def cmd_bench(argv) -> int:
         narrow = {"channels": [width * 2**i for i in range(4)], "stem_width": width}
         args.update(model_kwargs=narrow, teacher_kwargs=narrow)
     result = run_benchmark(BenchSettings(**args), progress=lambda msg: print(msg, flush=True))
-    return _show_and_record(format_table(result), result, out)
+    return _show_and_record(format_table(result), result, out, plot_throughput)
 
 
 def cmd_bench_loader(argv: Sequence[str]) -> int:
@@ -124,7 +129,7 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
                                 seconds=args.seconds, progress=lambda msg: print(msg, flush=True))
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(torch.device("cpu"))
-    return _show_and_record(format_result(result), result, args.out)
+    return _show_and_record(format_result(result), result, args.out, plot_loader)
 
 
 def cmd_bench_threads(argv: Sequence[str]) -> int:

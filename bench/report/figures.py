@@ -173,14 +173,16 @@ def make_figures(results: Results) -> dict[str, Figure]:
     return figs
 
 
+def save_figure(fig: Figure, path: Path) -> Path:
+    """`fig` as the PNG or PDF `path` (by its suffix), written atomically: a reader never sees
+    half a figure, and a PDF carries no date, so the same data gives the same bytes."""
+    ext = Path(path).suffix.lstrip(".")
+    with mpl.rc_context(STYLE):
+        atomic_write(Path(path), lambda f: fig.savefig(f, format=ext, metadata=METADATA[ext]))
+    return Path(path)
+
+
 def write_figures(results: Results, out_dir: Path) -> list[Path]:
     """Save every figure as PNG and PDF under `out_dir`; returns the paths written."""
-    out_dir = Path(out_dir)
-    written = []
-    for stem, fig in make_figures(results).items():
-        for ext in ("png", "pdf"):
-            path = out_dir / f"{stem}.{ext}"
-            with mpl.rc_context(STYLE):   # atomic_write: a reader never sees half a figure
-                atomic_write(path, lambda f, fig=fig, ext=ext: fig.savefig(f, format=ext, metadata=METADATA[ext]))
-            written.append(path)
-    return written
+    return [save_figure(fig, Path(out_dir) / f"{stem}.{ext}") for stem, fig in make_figures(results).items()
+            for ext in ("png", "pdf")]

@@ -1,0 +1,69 @@
+"""Benchmark results as figures: images/s per variant with the spread over rounds, and the
+loader's images/s per worker count for each data path; each titled with its machine and settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from bench.report.figures import save_figure
+from bench.report.style import COLORS
+
+
+def _machine(env: dict) -> str:
+    name = env.get("device_name") or env.get("device", "?")
+    threads = env.get("cpu_threads", env.get("threads"))
+    return f"{env.get('device', '?')} {name}" + (f", {threads} threads" if threads else "") + f", torch {env.get('torch', '?')}"
+
+
+def plot_throughput(result: dict) -> Figure:
+    """`bench`: the median images/s of each variant over the rounds, a bar from its slowest to
+    its fastest round, and its ratio to the plain harness step."""
+    s, variants = result["settings"], result["variants"]
+    names = list(variants)
+    med = np.array([variants[n]["images_per_s"] for n in names])
+    lo = med - np.array([variants[n]["images_per_s_min"] for n in names])
+    hi = np.array([variants[n]["images_per_s_max"] for n in names]) - med
+    fig = Figure(figsize=(8, 0.45 * len(names) + 1.8))
+    ax = fig.subplots()
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, med, color=[COLORS[0] if n not in ("pytorch", "plain") else COLORS[7] for n in names], alpha=0.8)
+    ax.errorbar(med, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
+    for yi, n, m, h in zip(y, names, med, hi):
+        ax.text(m + h, yi, f"  {m:.1f}  (×{variants[n]['ratio_to_plain']:.2f} plain)", va="center", fontsize=9)
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, max(med + hi) * 1.45)
+    ax.set_xlabel(f"training images/s (median of {s['rounds']} rounds of {s['steps']} steps; bar: slowest–fastest)")
+    ax.set_title(f"{s['model']} (teacher {s['teacher']}), {s['image_size']} px, batch {s['batch_size']}, "
+                 f"{s['precision']}{', compiled' if s['compile'] else ''}\n{_machine(result['environment'])}", fontsize=10)
+    return fig
+
+
+def plot_loader(result: dict) -> Figure:
+    """`bench-loader`: images/s per worker count for each data path, and the rate one GPU of the
+    paper consumed (Table 3) for scale."""
+    paths = list(result["loader_images_per_s"])
+    workers = list(result["loader_images_per_s"][paths[0]])
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    width = 0.8 / len(paths)
+    x = np.arange(len(workers))
+    for i, path in enumerate(paths):
+        rates = [result["loader_images_per_s"][path][w] for w in workers]
+        label = {"worker": "worker path (workers do everything)", "device": "device path (the workers' part)"}.get(path, path)
+        ax.bar(x + (i - (len(paths) - 1) / 2) * width, rates, width, label=label, color=COLORS[i])
+    for model, ips in result["paper_images_per_s_per_gpu"].items():
+        ax.axhline(ips, color="0.5", lw=0.8, ls="--")
+        ax.text(len(workers) - 0.5, ips, f" {model}: one V100 (Table 3)", va="bottom", ha="right", fontsize=8, color="0.35")
+    ax.set_xticks(x, [f"{w} worker{'s' if w != '1' else ''}" for w in workers])
+    ax.set_ylabel("images/s")
+    ax.set_title(f"ImageFolder loader: {result['images']} JPEGs, {result['image_size']} px crops, batch "
+                 f"{result['batch_size']}\n{_machine(result.get('environment', {}))}; {result.get('source', '')}", fontsize=10)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def save_beside(fig: Figure, json_path: str | Path) -> Path:
+    """The figure as a PNG next to a benchmark's JSON (same name, .png)."""
+    return save_figure(fig, Path(json_path).with_suffix(".png"))
