@@ -219,7 +219,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         p.error("the following arguments are required: results_dir")
     if not Path(args.results_dir).is_dir():
         raise BenchError(f"{args.results_dir}: no such results directory")
-    print(write_report(Path(args.results_dir), figures=not args.no_figures))
+    print(write_report(Path(args.results_dir), figures=not args.no_figures, require_runs=True))
     print(f"wrote runs.csv, table.md/.csv/.tex, deltas.csv{'' if args.no_figures else ' and figures/'} in {args.results_dir}")
     log_report(WandbConfig() if args.wandb else None, Path(args.results_dir))
     return 0
@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{', '.join(COMMANDS)}; a recipe ends in .yaml)")
         return command(argv[1:]) if command else cmd_run(argv)
     except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)   # one line, whatever the input held
         return 2
     except KeyboardInterrupt:
         # on a line of its own, not after a progress bar

@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny, fast run config and recipe text."""
+"""Shared fixtures: a tiny, fast run config and recipe text; size-limited tmpfs mounts."""
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,57 @@ def write_recipe(tmp_path: Path):
         path.write_text(textwrap.dedent(text))
         return path
     return write
+
+
+PAGE = 4096   # tmpfs counts whole pages per file
+
+
+def pages(path: Path) -> int:
+    """The bytes a file takes on a tmpfs."""
+    return -(-path.stat().st_size // PAGE) * PAGE
+
+
+class Tmpfs:
+    """Size-limited tmpfs mounts (root only), unmounted when the test ends."""
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+
+    def _mount(self, options: str, path: Path) -> None:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            unavailable(f"mount -t tmpfs failed: {proc.stderr.strip() or proc.returncode}")
+
+    def mount(self, path: Path, size_b: int) -> Path:
+        if os.geteuid() != 0:
+            unavailable("mounting a tmpfs needs root")
+        path.mkdir(parents=True, exist_ok=True)
+        self._mount(f"size={-(-size_b // PAGE) * PAGE // 1024}k", path)
+        self.mounted.append(path)
+        return path
+
+    def resize(self, path: Path, size_b: int) -> None:
+        self._mount(f"remount,size={-(-size_b // PAGE) * PAGE // 1024}k", path)
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounted):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)   # busy: detach it
+        self.mounted.clear()
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test that needs a tmpfs, saying why; under CI (CI=true, as root) fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI runs as root and must run this test)")
+    warnings.warn(f"skipped: {reason}", stacklevel=2)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def tmpfs():
+    mounts = Tmpfs()
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()

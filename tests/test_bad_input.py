@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench import runs
-from bench.ablation import plan
+from bench.ablation import plan, run_ablation
 from bench.cli import main
 from bench.config import load_recipe
 from bench.engine.data.fake import write_imagefolder
 from bench.engine.models import build_model
 from bench.runs import RunDir
+
+from conftest import pages
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "errors.md"
@@ -39,7 +42,22 @@ def teacher_state(name: str, classes: int) -> dict:
                        classes, 1).state_dict()
 
 
-def setup(case: str, tmp: Path, recipe: Path, monkeypatch) -> list[str]:
+WRITE_FAILURES = ("disk full during a checkpoint write", "disk full on a real file system", "a checkpoint writer that fails")
+
+
+def fill_at_second_checkpoint(recipe: Path, tmp: Path, tmpfs) -> None:
+    """Mount `tmp`/o as a tmpfs that fills while the epoch-1 checkpoint is written: room for the
+    small files, the epoch-0 checkpoint and half of another, measured on a run of the same command."""
+    measured = tmp / "measure"
+    run_ablation(plan(load_recipe(recipe), only=["efficient"], smoke=True), measured, progress=False, echo=lambda _: None)
+    run = measured / "resnet18d" / "01-efficient" / "seed0"
+    small = sum(pages(p) for p in measured.rglob("*") if p.is_file() and (p.parent != run or p.name in RunDir.STARTED))
+    checkpoint = pages(run / RunDir.CHECKPOINT)
+    shutil.rmtree(measured)
+    tmpfs.mount(tmp / "o", small + checkpoint + checkpoint // 2)
+
+
+def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[str]:
     """The command line (after writing whatever files the case needs) that triggers `case`."""
     r = str(recipe)
     if case == "malformed YAML":
@@ -96,6 +114,19 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch) -> list[str]:
             return real_save(obj, f, *a, **k)
         monkeypatch.setattr(torch, "save", full_disk)
         return [r, "--only", "efficient"]
+    if case == "disk full on a real file system":
+        fill_at_second_checkpoint(recipe, tmp, tmpfs)
+        return [r, "--only", "efficient"]
+    if case == "a checkpoint writer that fails":
+        real_save = torch.save
+
+        def failing_writer(obj, f, *a, **k):
+            if isinstance(obj, dict) and "optimizer" in obj and obj["epoch"] == 1:
+                f.write(b"half")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            return real_save(obj, f, *a, **k)
+        monkeypatch.setattr(torch, "save", failing_writer)
+        return [r, "--only", "efficient"]
     if case == "unknown step in --only":
         return [r, "--only", "warp"]
     if case == "a sweep's command planning several students":
@@ -128,14 +159,16 @@ def test_the_table_lists_every_required_case():
                 "unknown data set", "missing data directory", "empty data directory", "class folders differ",
                 "corrupt image", "teacher for another number of classes", "teacher of another architecture",
                 "teacher file is not a checkpoint", "--set with a bad path", "--set with a bad value",
-                "results directory not writable", "disk full during a checkpoint write", "unknown step in --only"}
+                "results directory not writable", "disk full during a checkpoint write", "unknown step in --only",
+                "disk full on a real file system", "a checkpoint writer that fails"}
     assert required <= set(CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, monkeypatch, capsys, write_recipe):
+def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, monkeypatch, capsys, write_recipe, request):
     recipe = write_recipe()
-    argv = setup(case, tmp_path, recipe, monkeypatch)
+    tmpfs = request.getfixturevalue("tmpfs") if case == "disk full on a real file system" else None
+    argv = setup(case, tmp_path, recipe, monkeypatch, tmpfs)
     out = tmp_path / "o"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     ckpt = out / "resnet18d" / "01-efficient" / "seed0" / RunDir.CHECKPOINT
@@ -143,8 +176,13 @@ def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and re.fullmatch(pattern(documented()[case]), err[0]), err
-    if case == "disk full during a checkpoint write":   # the epoch-0 checkpoint stays, whole
-        assert runs.load_torch(ckpt)["epoch"] == 0 and not list(ckpt.parent.glob(".*.tmp"))
+    if case in WRITE_FAILURES:   # the epoch-0 checkpoint stays, whole
+        assert runs.load_torch(ckpt)["epoch"] == 0 and not list(out.rglob("*.tmp"))
+        if tmpfs is not None:   # space freed: the same command resumes from it and finishes
+            tmpfs.resize(out, 64 << 20)
+            assert main([*argv, "--smoke", "--no-progress", "--out", str(out)]) == 0
+            assert "resuming" in capsys.readouterr().out
+            assert [r["epoch"] for r in RunDir(ckpt.parent).read_metrics()] == [0, 1] and (ckpt.parent / RunDir.FINAL).exists()
         return
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".locks" not in p.parts)
     assert set(after) - set(before) <= {Path("o")}   # at most the results folder (and its .locks/)

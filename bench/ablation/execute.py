@@ -15,7 +15,7 @@ from bench.engine.guard import NonFiniteLoss
 from bench.engine.interrupt import StopRequest
 from bench.engine.loop import train
 from bench.errors import BenchError
-from bench.runs import RunDir, RunLock, read_json, remove_stale_temporaries, write_json
+from bench.runs import RunDir, RunLock, load_torch, read_json, remove_stale_temporaries, write_json
 
 
 def run_dir(out: Path, spec: RunSpec) -> RunDir:
@@ -107,13 +107,19 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     if state == "finished":
         echo(f"{tag}: finished, skipped")
         return rd.read_final()
-    before = read_json(rd / RunDir.FAILED)
+    before = _failed_before(rd)
+    created = not rd.path.exists()
+    notes = rd.recover() if main else []   # a damaged checkpoint or metrics log is moved aside
+    if notes and not (rd / RunDir.CHECKPOINT).exists():
+        state = "new"
     echo(f"{tag}: {'resuming' if state == 'partial' else 'training'}"
          + (f" (failed before: {before.get('error')})" if before else ""))
-    created = not rd.path.exists()
+    for note in notes:
+        echo(f"    {note}")
     if main:
         remove_stale_temporaries(rd.path)
         rd.write_config(spec.config, spec.teacher_hash)
+    dist.barrier()   # the other ranks read the checkpoint once rank 0 has set a damaged one aside
     t0 = time.perf_counter()
     try:
         with start_run(wandb, spec, rd.path, out) as tracker:   # an exception closes the W&B run as failed
@@ -140,12 +146,26 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     return final
 
 
+def _failed_before(rd: RunDir) -> Optional[dict]:
+    """failed.json of an earlier attempt (what it said, for the log; a damaged one says so)."""
+    try:
+        before = read_json(rd / RunDir.FAILED)
+    except BenchError:
+        return {"error": "its failed.json is unreadable"}
+    return before if isinstance(before, dict) else None
+
+
 def _teacher_run(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec]):
     """(teacher config, its final weights or None) of a run that distils, else None."""
     if spec.teacher_path is not None:
         teacher = run_dir(out, by_path[spec.teacher_path])
         if teacher.read_final() is None:
             raise BenchError(f"{teacher}: teacher run not finished")
+        try:   # read here too, to say what to do about a damaged file
+            load_torch(teacher / RunDir.WEIGHTS)
+        except BenchError as err:
+            raise BenchError(f"{err}; it holds the finished teacher's weights: restore it, or move {teacher} away "
+                             "to train the teacher again") from None
         return by_path[spec.teacher_path].config, teacher / RunDir.WEIGHTS
     if spec.teacher_config is not None:
         return spec.teacher_config, None   # weights from model.checkpoint / model.pretrained

@@ -116,7 +116,7 @@ def discovered_runs(out: Path) -> list[dict]:
             continue
         try:
             configs[rel] = RunConfig.model_validate(read_yaml(path))
-        except ValueError:
+        except (ValueError, BenchError):   # a config of another schema, a damaged file
             configs[rel] = None
         records.append({"path": str(rel), "role": "teacher" if rel.parts[0] == "teachers" else "student",
                         "config_hash": configs[rel].config_hash() if configs[rel] else None})
@@ -136,7 +136,10 @@ def ablation_status(out: Path) -> list[dict]:
         raise BenchError(f"{out}: no runs here (no {MANIFEST} and no run directories)")
     rows = []
     for record in records:
-        state, job_id, detail = run_status(out, record)
+        try:
+            state, job_id, detail = run_status(out, record)
+        except BenchError as err:   # a damaged file of the run: named, the other runs still shown
+            state, job_id, detail = "failed", "", str(err)
         rows.append({"run": record["path"], "role": record["role"], "state": state, "job": job_id, "detail": detail})
     return rows
 

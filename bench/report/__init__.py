@@ -1,16 +1,25 @@
 """The report: run directories (or W&B) → DataFrames → statistics → tables and figures."""
+import sys
 from pathlib import Path
 
+from bench.errors import BenchError
 from bench.report.figures import make_figures, write_figures
-from bench.report.frames import Results, load_results, load_runs
+from bench.report.frames import RUNS_CSV, Results, load_results, load_runs
 from bench.report.stats import ablation_table, paired_deltas, step_stats
 from bench.report.tables import table_markdown, write_tables
+from bench.runs import RunDir
 
 
-def write_report(results_dir: Path, figures: bool = True) -> str:
+def write_report(results_dir: Path, figures: bool = True, require_runs: bool = False) -> str:
     """Rebuild the tables (and figures/) of `results_dir` from its run directories alone, without
-    retraining; returns the Markdown table."""
+    retraining; returns the Markdown table. A file that cannot be read is skipped with one line on
+    stderr; with `require_runs`, a directory without a run to report is a one-line error."""
     results = load_results(results_dir)
+    for line in results.skipped:
+        print(line, file=sys.stderr)
+    if require_runs and results.runs.empty:
+        raise BenchError(f"{results_dir}: no finished run to report (no readable {RunDir.FINAL} below it, "
+                         f"no {RUNS_CSV}); nothing was written")
     markdown = write_tables(results, results_dir)
     if figures:
         write_figures(results, Path(results_dir) / "figures")

@@ -7,17 +7,18 @@ DataFrames, so frames built from another source (W&B) give the same tables and f
 from __future__ import annotations
 
 import ast
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
+from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.runs import RunDir, read_yaml
+from bench.runs import RunDir, read_json, read_yaml
+from bench.runs.files import Unreadable
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
 PAPER_DIR = Path(__file__).resolve().parent.parent.parent / "results" / "paper"
@@ -36,24 +37,60 @@ class Results:
     curves: one row per run and epoch: `path` and the metrics.jsonl keys (epoch, val_top1, lr, ...).
     gaps: one row per run and validation image: `path`, `logit_gap` (max logit − mean of the others).
     from_runs_csv: read from a runs.csv (no run directories): the report leaves that file as it is.
+    skipped: one line per file that could not be read (a damaged run directory) and what was left out.
     """
 
     runs: pd.DataFrame
     curves: pd.DataFrame
     gaps: pd.DataFrame
     from_runs_csv: bool = False
+    skipped: tuple[str, ...] = ()
 
 
-def load_runs(results_dir: Path) -> pd.DataFrame:
-    """One row per finished run (its final.json), teachers included; unfinished runs are absent."""
+FINAL_KEYS = ("model", "role", "step", "step_index", "seed", "top1", "top5", "config_hash")   # the tables need these
+
+
+def load_runs(results_dir: Path, skipped: Optional[dict[str, str]] = None) -> pd.DataFrame:
+    """One row per finished run (its final.json), teachers included; unfinished runs are absent.
+    A run whose final.json or config.yaml cannot be read is left out: `skipped` gets its path
+    and what could not be read."""
     results_dir = Path(results_dir)
     rows = []
     for final in sorted(results_dir.glob(f"**/{RunDir.FINAL}")):
-        row = json.loads(final.read_text())
+        try:
+            row = read_json(final)
+            if not isinstance(row, dict) or not all(key in row for key in FINAL_KEYS):
+                raise Unreadable(final, f"not a run's record: it needs {', '.join(FINAL_KEYS)}")
+            config = read_yaml(final.parent / RunDir.CONFIG) or {}
+            _check_config(final.parent / RunDir.CONFIG, config, row["config_hash"])
+        except Unreadable as err:
+            if skipped is not None:
+                skipped[str(final.parent.relative_to(results_dir))] = str(err)
+            continue
         row["path"] = str(final.parent.relative_to(results_dir))
-        row.update(flat_config(read_yaml(final.parent / RunDir.CONFIG) or {}))
+        row.update(flat_config(config))
         rows.append(row)
     return runs_frame(rows)
+
+
+def _check_config(path: Path, config: Any, config_hash: str) -> None:
+    """A finished run's config.yaml must be the config final.json names (a cut-short file often
+    still parses); none at all is allowed (the config columns are then empty)."""
+    if not isinstance(config, dict):
+        raise Unreadable(path, f"a YAML {type(config).__name__}, not a mapping")
+    if not config:
+        return
+    try:
+        same = RunConfig.model_validate(config).config_hash() == config_hash
+    except ValueError:   # pydantic's ValidationError
+        same = False
+    if not same:
+        raise Unreadable(path, f"not the config of final.json's config_hash {config_hash}: cut short or changed")
+
+
+def _skip(skipped: Optional[list[str]], line: str) -> None:
+    if skipped is not None:
+        skipped.append(line)
 
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:
@@ -80,20 +117,40 @@ def read_runs_csv(path: Path) -> pd.DataFrame:
     return runs_frame(rows)
 
 
-def load_curves(results_dir: Path, run_paths) -> pd.DataFrame:
-    """The metrics.jsonl rows of the given runs, with their `path`."""
-    frames = [pd.DataFrame(RunDir(Path(results_dir) / p).read_metrics()).assign(path=p) for p in run_paths]
+def load_curves(results_dir: Path, run_paths, skipped: Optional[list[str]] = None, epochs=None) -> pd.DataFrame:
+    """The metrics.jsonl rows of the given runs, with their `path`. A damaged log, or one that
+    lacks a row of the run's `epochs` (one number per run, when given), gives none: said in `skipped`."""
+    frames = []
+    for i, p in enumerate(run_paths):
+        rd = RunDir(Path(results_dir) / p)
+        try:
+            rows = rd.read_metrics()
+            want = epochs[i] if epochs is not None else None
+            if type(want) is int and not set(range(want)) <= {r["epoch"] for r in rows}:
+                raise Unreadable(rd / RunDir.METRICS, f"rows of {len(rows)} of the run's {want} epochs: cut short")
+        except Unreadable as err:
+            _skip(skipped, f"skipped {err}; the run's curves are left out")
+            continue
+        frames.append(pd.DataFrame(rows).assign(path=p))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "epoch", "val_top1"])
 
 
-def load_logit_gaps(results_dir: Path, run_paths) -> pd.DataFrame:
-    """The stored validation logit gaps of the given runs (runs without the file are absent)."""
+def load_logit_gaps(results_dir: Path, run_paths, skipped: Optional[list[str]] = None) -> pd.DataFrame:
+    """The stored validation logit gaps of the given runs (runs without the file, or with a
+    damaged one, said in `skipped`, are absent)."""
     frames = []
     for p in run_paths:
         file = Path(results_dir) / p / RunDir.LOGIT_GAPS
-        if file.is_file():
-            frames.append(pd.DataFrame({"path": p, "logit_gap": np.load(file).astype(float)}))
+        if not file.is_file():
+            continue
+        try:
+            gaps = np.load(file, allow_pickle=False).astype(float).ravel()
+        except (ValueError, OSError, EOFError) as err:   # truncated, garbage or empty
+            _skip(skipped, f"skipped {file}: unreadable ({type(err).__name__}: {str(err)[:120]}); "
+                           "the run's logit gaps are left out")
+            continue
+        frames.append(pd.DataFrame({"path": p, "logit_gap": gaps}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "logit_gap"])
 
 
@@ -108,11 +165,36 @@ def load_results(results_dir: Path) -> Results:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise BenchError(f"{results_dir}: no such results directory")
-    df = load_runs(results_dir)
-    if df.empty and (results_dir / RUNS_CSV).is_file():
+    damaged: dict[str, str] = {}
+    df = load_runs(results_dir, damaged)
+    if df.empty and not damaged and (results_dir / RUNS_CSV).is_file():
         return Results(read_runs_csv(results_dir / RUNS_CSV), pd.DataFrame(columns=["path", "epoch", "val_top1"]),
                        pd.DataFrame(columns=["path", "logit_gap"]), from_runs_csv=True)
-    return Results(df, load_curves(results_dir, df["path"]), load_logit_gaps(results_dir, df["path"]))
+    df, skipped = _keep_previous_rows(df, damaged, results_dir / RUNS_CSV)
+    curves = load_curves(results_dir, df["path"], skipped, [_int_or_none(e) for e in df["epochs"]])
+    gaps = load_logit_gaps(results_dir, df["path"], skipped)
+    return Results(df, curves, gaps, skipped=tuple(skipped))
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, (int, float, np.integer, np.floating)) and value == value else None
+
+
+def _keep_previous_rows(df: pd.DataFrame, damaged: dict[str, str], runs_csv: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The runs with a damaged final.json or config.yaml keep their row of the previous runs.csv,
+    if it has one (so rewriting runs.csv loses nothing); one line each says which."""
+    previous = pd.DataFrame(columns=["path"])
+    if damaged and runs_csv.is_file():
+        try:
+            previous = read_runs_csv(runs_csv)
+        except Exception:   # pandas raises several types for a damaged CSV: nothing to keep then
+            pass
+    kept = previous[previous["path"].astype(str).isin(damaged)]
+    lines = [f"skipped {why}; " + ("its row is kept from the previous runs.csv" if path in set(kept["path"].astype(str))
+                                   else "the run is left out of the tables") for path, why in damaged.items()]
+    if not kept.empty:
+        df = runs_frame(df.to_dict("records") + kept.to_dict("records"))
+    return df, lines
 
 
 def run_config(row: pd.Series) -> dict[str, Any]:

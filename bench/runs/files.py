@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ import yaml
 
 from bench.errors import BenchError, ConfigError
 
+FULL_DISK_BYTES = 1 << 20   # less free space than this after a failed write: the disk is full
+
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same directory, fsync, then rename over `path`:
@@ -32,16 +35,36 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
+        reason = write_failure(err, path.parent)   # before the temporary file frees its space
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):   # disk full, quota, read-only: the previous file is intact
-            kept = "the previous version is kept" if path.exists() else "nothing was written"
-            raise BenchError(f"{path}: write failed ({err.strerror or err}); {kept}") from None
-        raise
+        if not isinstance(err, Exception):   # KeyboardInterrupt, SystemExit: not a failed write
+            raise
+        # disk full, quota, read-only, or a writer that fails on its own (torch's zip writer raises
+        # RuntimeError("unexpected pos ...") on a full disk): the previous file is intact either way
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise BenchError(f"{path}: write failed ({reason}); {kept}") from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_failure(err: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the OS error behind it (a writer that wraps one, as torch's
+    does, keeps it as the exception's context), else a nearly full disk, else the exception."""
+    cause: Optional[BaseException] = err
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause.strerror or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    try:
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < FULL_DISK_BYTES:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    return f"{type(err).__name__}: {_first_line(err)}" if isinstance(err, Exception) else type(err).__name__
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -131,16 +154,51 @@ def _first_line(err: Exception) -> str:
     return lines[0][:120] if lines else ""
 
 
-def read_json(path: Path) -> Optional[dict]:
+class Unreadable(BenchError):
+    """A file that is there but cannot be read as what it should be (truncated, garbage, empty):
+    `path` and `reason`, for callers that say what to do about it."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: unreadable ({reason})")
+
+
+def read_text(path: Path) -> Optional[str]:
+    """A text file's content, None when there is no file; `Unreadable` when it is empty or not UTF-8."""
     path = Path(path)
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError as err:
+        raise Unreadable(path, f"not UTF-8 text: byte {err.start}") from None
+    if not text.strip():
+        raise Unreadable(path, "empty file")
+    return text
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """A JSON file's value, None when there is no file; `Unreadable` names a damaged one."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Unreadable(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
 
 
 def read_yaml(path: Path) -> Any:
-    path = Path(path)
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    """A YAML file's value, None when there is no file; `Unreadable` names a damaged one."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise Unreadable(path, f"not valid YAML: {getattr(err, 'problem', None) or _first_line(err)}{where}") from None
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

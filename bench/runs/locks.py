@@ -43,8 +43,11 @@ class RunLock:
 
     def _hold(self, fd: int) -> None:
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {platform.node()}\n".encode())
+        except OSError:   # a full disk: the lock holds all the same, its holder is not named
+            pass
 
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it ("pid 123 on host")."""

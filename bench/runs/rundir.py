@@ -12,6 +12,10 @@ what it holds is a run of the same config.
   final.json    written last: its presence means the run finished
   failed.json   a NaN/inf stop;  job.json  the SLURM job;  wandb_id  the W&B run
 ```
+
+A damaged file (truncated, garbage, empty) is named in a one-line error that says what to do,
+or, where the run can go on without it, moved aside as `<name>.corrupt-<n>` and said so: a
+finished result is never overwritten or deleted.
 """
 from __future__ import annotations
 
@@ -75,7 +79,34 @@ class RunDir:
     # ---- identity: which config the files belong to ------------------------------------------
 
     def read_final(self) -> Optional[dict]:
-        return files.read_json(self / self.FINAL)
+        """final.json, None when the run has not finished; a damaged one is a one-line error."""
+        record = self._read_record(self.FINAL, "a finished run's result is never overwritten: restore the file "
+                                   f"from a copy, or move {self.path} away to train the run again")
+        if record is not None and "config_hash" not in record:
+            raise BenchError(f"{self / self.FINAL}: unreadable (no config_hash in it); a finished run's result is never "
+                             f"overwritten: restore the file from a copy, or move {self.path} away to train the run again")
+        return record
+
+    def _read_record(self, name: str, what_to_do: str) -> Optional[dict]:
+        """A JSON object file of the run, None when absent; `what_to_do` ends the error about a damaged one."""
+        try:
+            record = files.read_json(self / name)
+        except files.Unreadable as err:
+            raise BenchError(f"{err}; {what_to_do}") from None
+        if record is not None and not isinstance(record, dict):
+            raise BenchError(f"{self / name}: unreadable (a JSON {type(record).__name__}, not an object); {what_to_do}")
+        return record
+
+    def read_config(self) -> Optional[dict]:
+        """config.yaml as a mapping, None when absent; a damaged one is a one-line error."""
+        what_to_do = f"it tells which config {self.CHECKPOINT} belongs to: restore it, or move {self.path} away to train the run again"
+        try:
+            saved = files.read_yaml(self / self.CONFIG)
+        except files.Unreadable as err:
+            raise BenchError(f"{err}; {what_to_do}") from None
+        if saved is not None and not isinstance(saved, dict):
+            raise BenchError(f"{self / self.CONFIG}: unreadable (a YAML {type(saved).__name__}, not a mapping); {what_to_do}")
+        return saved
 
     def state(self, cfg: RunConfig, teacher_hash: Optional[str] = None) -> str:
         """"finished", "partial" (a checkpoint to resume), "new", or "conflict" (another config).
@@ -104,10 +135,16 @@ class RunDir:
             return teacher_state(final, teacher_hash, "finished", self.FINAL)
         if not (self / self.CHECKPOINT).exists():
             return "new", ""
-        saved = files.read_yaml(self / self.CONFIG)
-        if saved is None or RunConfig.model_validate(saved) != cfg:
+        saved = self.read_config()
+        if saved is None or not _same_config(saved, cfg):
+            cut = [key for key in cfg.model_dump() if key not in (saved or {})]
+            if saved is not None and cut and cut == list(cfg.model_dump())[-len(cut):]:   # its last keys are missing
+                raise BenchError(f"{self / self.CONFIG}: unreadable (it ends before '{cut[0]}': cut short); it tells which "
+                                 f"config {self.CHECKPOINT} belongs to: restore it, or move {self.path} away to train the run again")
             return "conflict", ""
-        return teacher_state(files.read_json(self / self.TEACHER) or {}, teacher_hash, "partial", self.TEACHER)
+        teacher = self._read_record(self.TEACHER, f"it tells which teacher {self.CHECKPOINT} learnt from: restore it, "
+                                    f"or move {self.path} away to train the run again")
+        return teacher_state(teacher or {}, teacher_hash, "partial", self.TEACHER)
 
     # ---- files written while the run trains --------------------------------------------------
 
@@ -121,29 +158,88 @@ class RunDir:
         files.write_json(self / self.ENV, env)
 
     def read_metrics(self) -> list[dict]:
-        """The metrics rows; a last row cut short by a killed process is not a row."""
+        """The metrics rows; a last row cut short by a killed process is not a row. Any other
+        unreadable line is `files.Unreadable` (`recover` moves such a log aside)."""
+        rows, bad = self._metrics_rows()
+        if bad:
+            raise files.Unreadable(self / self.METRICS, bad)
+        return rows
+
+    def _metrics_rows(self) -> tuple[list[dict], str]:
+        """(the rows before the first unreadable line, why that line is unreadable or "")."""
         path = self / self.METRICS
-        if not path.is_file():
-            return []
-        text = path.read_text()
+        try:
+            text = path.read_bytes().decode() if path.is_file() else ""
+        except UnicodeDecodeError as err:
+            text = err.object[:err.start].decode()   # the rows before the damage
+            text, bad = text[:text.rfind("\n") + 1], f"not UTF-8 text: byte {err.start}"
+        else:
+            bad = ""
         lines = [line for line in text.splitlines() if line.strip()]
-        if lines and not text.endswith("\n"):
+        rows = []
+        for n, line in enumerate(lines, start=1):
             try:
-                json.loads(lines[-1])
+                row = json.loads(line)
             except json.JSONDecodeError:
-                lines.pop()
-        return [json.loads(line) for line in lines]
+                row = None
+            if not (isinstance(row, dict) and type(row.get("epoch")) is int):
+                last = n == len(lines) and not text.endswith("\n") and not bad
+                return rows, "" if last else f"line {n} is not a metrics row"
+            rows.append(row)
+        return rows, bad
 
     def append_metrics(self, row: dict) -> None:
-        with open(self / self.METRICS, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self / self.METRICS
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:   # disk full: no half row is left
+            os.truncate(path, size)
+            raise BenchError(f"{path}: write failed ({err.strerror or err}); the rows before are kept") from None
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep the rows of epochs before `before_epoch` (those a resumed run will not repeat)."""
         rows = [r for r in self.read_metrics() if r["epoch"] < before_epoch]
         files.write_text(self / self.METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def recover(self) -> list[str]:
+        """Before an unfinished run starts: move aside what it cannot go on from, and say so.
+
+        A checkpoint that does not load moves to last.pt.corrupt-<n> (the run trains from
+        scratch); a metrics log with an unreadable line moves to metrics.jsonl.corrupt-<n>, its
+        rows before that line kept. When the rows kept miss an epoch the checkpoint has trained,
+        the checkpoint moves to last.pt.corrupt-<n> too: a resumed run would lack that row.
+        """
+        notes, epoch = [], -1
+        ckpt = self / self.CHECKPOINT
+        if ckpt.exists():
+            epoch, why = _checkpoint_epoch(ckpt)
+            if why:
+                notes.append(f"{ckpt}: {why}; moved to {self._move_aside(self.CHECKPOINT).name}, "
+                             "training from scratch")
+        rows, bad = self._metrics_rows()
+        if bad:
+            moved = self._move_aside(self.METRICS)
+            files.write_text(self / self.METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            notes.append(f"{self / self.METRICS}: unreadable ({bad}); moved to {moved.name}, the {len(rows)} rows "
+                         "before it kept")
+        missing = sorted(set(range(epoch + 1)) - {r["epoch"] for r in rows})
+        if missing:
+            notes.append(f"{self / self.METRICS}: no row of epoch {missing[0]}, which {self.CHECKPOINT} has trained; "
+                         f"{self.CHECKPOINT} moved to {self._move_aside(self.CHECKPOINT).name}, training from scratch")
+        return notes
+
+    def _move_aside(self, name: str) -> Path:
+        """Rename a file of the run to `<name>.corrupt-<n>` (the first n free); never deletes."""
+        n = 1
+        while (self / f"{name}.corrupt-{n}").exists():
+            n += 1
+        target = self / f"{name}.corrupt-{n}"
+        os.rename(self / name, target)
+        return target
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         files.save_torch(self / self.CHECKPOINT, state)
@@ -166,3 +262,22 @@ class RunDir:
             if folder == Path(out) or not folder.is_dir() or any(folder.iterdir()):
                 break
             folder.rmdir()
+
+
+def _same_config(saved: dict, cfg: RunConfig) -> bool:
+    """Whether a run's config.yaml holds `cfg` (one that no longer validates does not)."""
+    try:
+        return RunConfig.model_validate(saved) == cfg
+    except ValueError:   # pydantic's ValidationError: a config of another schema, or a damaged one
+        return False
+
+
+def _checkpoint_epoch(path: Path) -> tuple[int, str]:
+    """(the last epoch a checkpoint has trained, −1 for none; why it cannot be resumed from, or "")."""
+    try:
+        state = files.load_torch(path)
+    except BenchError as err:
+        return -1, str(err).removeprefix(f"{path}: ")
+    if not (isinstance(state, dict) and type(state.get("epoch")) is int and "model" in state):
+        return -1, "not a checkpoint of a run"
+    return state["epoch"], ""
