@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from bench.config.schema import RunConfig, ScheduleConfig
-from bench.config.validation import section_class, unknown_key
+from bench.config.validation import check_size, section_class, unknown_key
 from bench.errors import ConfigError
 
 
@@ -34,21 +34,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected key.path=value")
     try:
         parsed = yaml.safe_load(value) if value else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError):   # also a tag it does not fit: !!int x
         raise ConfigError(f"--set {text!r}: value {value!r} is not valid YAML") from None
+    check_size(parsed, f"--set {key!r}")
     cls: Optional[type[BaseModel]] = RunConfig
-    parts = key.split(".")
+    parts, shown = key.split("."), key if key.isprintable() else repr(key)   # one line, whatever it holds
     for i, part in enumerate(parts):
         if cls is None:   # a free mapping such as model.kwargs
             break
         if part not in cls.model_fields:
-            where = f"--set {key}" + (f": in '{'.'.join(parts[:i])}'" if i else "")
-            raise unknown_key(part, cls, where)
+            where = f"--set {shown}" + (f": in '{'.'.join(parts[:i])}'" if i else "")
+            raise unknown_key(part if part.isprintable() else repr(part), cls, where)
         if i < len(parts) - 1:
             field = cls.model_fields[part]
             cls = section_class(field.annotation)
             if cls is None and field.annotation is not dict and typing.get_origin(field.annotation) is not dict:
-                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
+                raise ConfigError(f"--set {shown}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
     return key, parsed
 
 

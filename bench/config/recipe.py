@@ -13,7 +13,7 @@ from pydantic import Field
 
 from bench.config.overrides import apply_overrides, deep_merge
 from bench.config.schema import ModelConfig, RunConfig, WandbConfig
-from bench.config.validation import validate
+from bench.config.validation import check_size, validate
 from bench.errors import ConfigError
 from bench.strict import Strict
 
@@ -48,16 +48,27 @@ class Recipe(Strict):
     wandb: Optional[WandbConfig] = None         # Weights & Biases logging; absent: off (see --wandb)
 
 
+MAX_RECIPE_BYTES = 1 << 20   # the shipped recipes are a few KB
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}:{line}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:   # a tag the value does not fit: !!int x, !!timestamp 2001-13-45
+        raise ConfigError(f"{path}: malformed YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    check_size(raw, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping with base and steps, got {type(raw).__name__}")
     return raw
@@ -70,7 +81,7 @@ def _read_with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or "\0" in parent:
         raise ConfigError(f"{path}: extends = {parent!r}: expected the path of another recipe file")
     parent_path = (path.parent / parent).resolve()
     if not parent_path.is_file():

@@ -11,6 +11,41 @@ from bench.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_NODES = 100_000   # values in a recipe once its YAML aliases are expanded; the shipped ones have ~200
+MAX_DEPTH = 32        # levels of nesting; the shipped recipes have 7
+
+
+def check_size(tree: Any, where: str) -> None:
+    """Refuse a loaded YAML value that expands beyond a sane size: YAML aliases share a node, so
+    a small file can stand for billions of values ("billion laughs") or refer to itself; each
+    node is counted once with its expanded size, so the check itself stays fast."""
+    sizes: dict[int, tuple[int, int]] = {}   # id → (values in it when expanded, its depth)
+    open_: set[int] = set()
+
+    def measure(node: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(node, (dict, list)):
+            return 1, 0
+        if depth >= MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of mappings")
+        if id(node) in open_:
+            raise ConfigError(f"{where}: a YAML alias refers to a mapping or list that contains it; a recipe is a tree")
+        if id(node) not in sizes:
+            open_.add(id(node))
+            count, height = 1, 0
+            for child in (*node.keys(), *node.values()) if isinstance(node, dict) else node:
+                n, h = measure(child, depth + 1)
+                count, height = count + n, max(height, h + 1)
+                if count > MAX_NODES:
+                    raise ConfigError(f"{where}: expands to more than {MAX_NODES:,} values (YAML aliases repeat "
+                                      "what they refer to); a recipe is a few hundred")
+            open_.discard(id(node))
+            sizes[id(node)] = count, height
+        if depth + sizes[id(node)][1] >= MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of mappings")
+        return sizes[id(node)]
+
+    measure(tree, 0)
+
 
 def section_class(annotation: Any) -> Optional[type[BaseModel]]:
     """The config class behind a field annotation (unwrapping Optional), or None for a leaf."""
