@@ -31,6 +31,7 @@ from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
 from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_threads
+from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.fidelity import fidelity_markdown, table6_specs
@@ -258,7 +259,7 @@ def cmd_fidelity(argv: Sequence[str]) -> int:
 
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader,
-            "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity}
+            "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity, "gpu-check": gpu_check_main}
 
 
 def _looks_like_a_command(word: str) -> bool:

@@ -17,6 +17,7 @@ from bench import runs
 from bench.config import RunConfig
 from bench.engine.data import build_data
 from bench.engine.models import build_model
+from bench.engine.step import build_optimizer, train_step
 from bench.runs import RunDir, files
 from bench.tricks import distill_loss, mix_batch, smooth_targets, soft_cross_entropy, soft_target_entropy
 from bench.tricks.mixup import Mixup
@@ -206,3 +207,22 @@ def test_a_distillation_epoch_sums_the_parts_and_logs_the_optimized_loss(tiny_cf
     assert set(stats.terms_sum) == {"hard", "kd_kl"}
     mean_loss = float(stats.loss_sum) / stats.images
     assert mean_loss > 100 and float(stats.terms_sum["kd_kl"]) / stats.images < 10   # T² × entropy is in the loss only
+
+
+def test_fp16_on_cpu_skips_overflowed_steps_and_keeps_finite_weights(tiny_cfg):
+    """The gradient scaler starts at 2^16, so the first steps' scaled gradients overflow and must
+    be skipped; the fused CPU SGD kernel applied them (inf weights), the foreach path does not."""
+    cfg = tiny_cfg.model_copy(update={"efficient": tiny_cfg.efficient.model_copy(update={"precision": "fp16"})})
+    model = build_model(cfg.model, 10, 1, zero_gamma=True)
+    device = torch.device("cpu")
+    optimizer = build_optimizer(model, cfg, device)
+    assert not optimizer.defaults.get("fused")
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        images, labels = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        loss = train_step(model, optimizer, scaler, images, labels, 0.1, cfg, 10, device)
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    fp32 = cfg.model_copy(update={"efficient": cfg.efficient.model_copy(update={"precision": "bf16"})})
+    assert build_optimizer(model, fp32, device).defaults.get("fused")   # unscaled runs keep the fused kernel

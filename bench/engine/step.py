@@ -29,10 +29,13 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> t
     """Nesterov SGD over the recipe's param groups, the lr set per step by the loop.
 
     One fused kernel for all parameters where PyTorch has it (CUDA, CPU), else the multi-tensor
-    (foreach) path: the same update as the per-parameter loop, fewer kernel launches.
+    (foreach) path: the same update as the per-parameter loop, fewer kernel launches. Not the
+    fused CPU kernel under fp16's gradient scaler: it applies steps whose gradients overflowed
+    (torch 2.14), turning the weights into inf where the scaler should have skipped the step.
     """
     groups = param_groups(model, cfg.optim.weight_decay, cfg.efficient.no_bias_decay)
-    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    scaled_on_cpu = device.type == "cpu" and cfg.efficient.precision == "fp16"
+    fast = {"fused": True} if device.type in ("cuda", "cpu") and not scaled_on_cpu else {"foreach": True}
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, **fast)
 
 
