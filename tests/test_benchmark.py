@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 import bench.engine.loop as loop
 import bench.perf.commands as bench_commands

@@ -12,11 +12,13 @@ from typing import Optional
 import torch
 from matplotlib.figure import Figure
 
+from bench.engine import distributed as dist
 from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
 from bench.perf.contention import format_contention, run_contention
 from bench.perf.figures import plot_loader, plot_throughput, save_beside
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
+from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.throughput import BenchSettings, run_benchmark
 from bench.runs import refuse_existing, write_json
 from bench.runs.environment import env_info
@@ -130,6 +132,38 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(torch.device("cpu"))
     return _show_and_record(format_result(result), result, args.out, plot_loader)
+
+
+def cmd_bench_pipeline(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-pipeline", description=(
+        "Training images/s with the ImageFolder loader on each data path and worker count, against the "
+        "same epoch on synthetic tensors."))
+    p.add_argument("root", nargs="?", help="an ImageFolder tree (DIR/train/<class>/*); default: generated JPEGs")
+    p.add_argument("--images", type=int, default=256, help="JPEGs to generate when no root is given")
+    p.add_argument("--model", default="resnet50d")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=8, help="batches per epoch (one timed round)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args = p.parse_args(argv)
+    if any(w < 0 for w in args.workers):
+        raise ConfigError(f"bench-pipeline --workers {args.workers}: must be 0 or more")
+    refuse_existing(args.out)
+    settings = BenchSettings(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
+                             precision=args.precision, device=args.device, steps=args.steps, rounds=args.rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root) if args.root else None
+        if root is None:
+            print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
+            root = write_photo_tree(Path(tmp), args.images)
+        result = measure_pipeline(root, settings, args.workers, progress=lambda msg: print(msg, flush=True))
+    result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
+    result["environment"] = env_info(torch.device("cpu") if args.device == "cpu" else dist.local_device(args.device))
+    return _show_and_record(format_pipeline(result), result, args.out)
 
 
 def cmd_bench_threads(argv: Sequence[str]) -> int:
