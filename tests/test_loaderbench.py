@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+import bench.engine.data.device_decode as device_decode
 import bench.engine.data.images as images
 import bench.perf.loader as lb
+from bench.cli import main
 from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.throughput import BenchSettings
-from bench.cli import main
 
 
 def test_paper_rate_per_gpu_is_imagenet_over_epoch_time_over_eight():
@@ -34,24 +35,35 @@ def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
     seen = []
     real = images.read_image
     monkeypatch.setattr(images, "read_image", lambda p: seen.append(p) or real(p))
-    r = lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.05)
-    assert r["images"] == 6 and {p: set(v) for p, v in r["loader_images_per_s"].items()} == {"worker": {"0"}, "device": {"0"}}
+    read = []
+    real_read_file = device_decode.read_file
+    monkeypatch.setattr(device_decode, "read_file", lambda p: read.append(p) or real_read_file(p))
+    r = lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.05, device=torch.device("cpu"))
+    assert r["images"] == 6 and {p: set(v) for p, v in r["loader_images_per_s"].items()} == {
+        "worker": {"0"}, "device": {"0"}, "device_decode": {"0"}}
     assert all(str(tmp_path) in p for p in seen) and len(seen) > 6   # decode and the loader both read the files
+    assert all(str(tmp_path) in p for p in read) and len(read) > 2    # the decode-on-device path's files too
     assert r["decode_images_per_s"] > 0 and min(r["transform_images_per_s"].values()) > 0
-    assert r["device_augment_images_per_s"] > 0
-    for path in ("worker", "device"):
+    assert r["device_augment_images_per_s"] > 0 and r["device_decode_images_per_s"] > 0
+    assert r["device_augment_device"] == "cpu"
+    table = lb.format_result(r)
+    assert "| workers | worker path images/s | per worker | device path images/s | per worker | decode-on-device path" in table
+    assert "decode, crop and flip" in table
+    for path in ("worker", "device", "device_decode"):
         assert r["loader_images_per_s_per_worker"][path]["0"] == r["loader_images_per_s"][path]["0"]
         best = r["loader_images_per_s"][path]["0"]
         assert r["cores_per_gpu"][path]["resnet50_v1"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
 
 
-def test_the_device_paths_workers_send_uint8(tmp_path, monkeypatch):
+def test_the_device_paths_workers_send_uint8_or_the_files_bytes(tmp_path, monkeypatch):
     lb.write_photo_tree(tmp_path, images=4, classes=2, size=(96, 72))
     sent = []
     real = lb._loader_rates
-    monkeypatch.setattr(lb, "_loader_rates", lambda samples, t, *a: sent.append(t(images.read_image(samples[0][0]))) or real(samples, t, *a))
+    monkeypatch.setattr(lb, "_loader_rates", lambda dataset, *a: sent.append(dataset[(0, 0)][0]) or real(dataset, *a))
     lb.measure_loader(tmp_path, workers=[0], batch_size=2, image_size=32, seconds=0.02)
-    assert [x.dtype for x in sent] == [torch.float32, torch.uint8]
+    assert [x.dtype for x in sent] == [torch.float32, torch.uint8, torch.uint8]
+    assert sent[1].shape == (3, 32, 32) and sent[2].dim() == 1   # crops; then a JPEG file's bytes
+    assert bytes(sent[2][:3].tolist()) == device_decode.JPEG_MAGIC
 
 
 def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
@@ -61,6 +73,7 @@ def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["source"].startswith("generated: 4 JPEGs") and result["loader_images_per_s"]["device"]["1"] > 0
+    assert result["loader_images_per_s"]["device_decode"]["1"] > 0
     assert "cores per GPU" in capsys.readouterr().out
     with Image.open(out.with_suffix(".png")) as figure:   # the figure beside the JSON
         assert figure.format == "PNG"

@@ -46,6 +46,9 @@ class DataConfig(Strict):
     # worker: workers decode, crop, flip, jitter, add lighting noise and normalise, sending float32;
     # device: workers decode, crop and flip and send uint8, the rest runs batched on the device
     augment_on: Literal["worker", "device"] = "worker"
+    # worker: workers decode the JPEGs (PIL); device: workers only read the files' bytes, the
+    # device decodes each batch (nvJPEG on CUDA), then crops and flips (needs augment_on: device)
+    decode_on: Literal["worker", "device"] = "worker"
     crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
     color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
@@ -55,6 +58,13 @@ class DataConfig(Strict):
     lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
     pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
     hflip: bool = True                          # random horizontal flip (not for digits)
+
+    @model_validator(mode="after")
+    def _decode_needs_device_augment(self) -> DataConfig:
+        if self.decode_on == "device" and self.augment_on != "device":
+            raise ValueError(f"decode_on=device needs augment_on=device (not {self.augment_on}): "
+                             "images decoded on the device are augmented there")
+        return self
 
     def smoke(self) -> DataConfig:
         """3 training and 2 validation batches; for photographs also batches of at most 8 images
@@ -157,7 +167,7 @@ class RunConfig(Strict):
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
                                                        ("model", "checkpoint_key"),
-                                                       ("data", "color_jitter_hue"), ("data", "augment_on"),
+                                                       ("data", "color_jitter_hue"), ("data", "augment_on"), ("data", "decode_on"),
                                                        ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"))
 
     def config_hash(self) -> str:

@@ -1,11 +1,12 @@
 """Images/s of the ImageFolder training pipeline (JPEG decode, the paper's augmentation, the
 DataLoader), against the rate a GPU trains at in the paper.
 
-Three numbers, each through the harness's own code: decoding alone (`read_image`), the train
-transform alone on decoded images, and whole batches from `LoaderBatches` with 0..N worker
-processes (timed after the first batch, so worker start-up is left out). A GPU in Table 3 of
-the paper consumes 1,281,167 / (minutes per epoch × 60) / 8 images per second; dividing by the
-per-worker rate gives the CPU cores one GPU needs.
+Each number through the harness's own code: decoding alone (`read_image`), the train transform
+alone on decoded images, the batched steps that run on the device (`DeviceAugment`; with
+`decode_on: device` also `DeviceDecode`), and whole batches from `LoaderBatches` with 0..N
+worker processes (timed after the first batch, so worker start-up is left out), for the three
+data paths. A GPU in Table 3 of the paper consumes 1,281,167 / (minutes per epoch × 60) / 8
+images per second; dividing by the per-worker rate gives the CPU cores one GPU needs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from PIL import Image
 
 from bench.config import DataConfig
 from bench.engine.data.device_aug import DeviceAugment
+from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
 from bench.errors import ConfigError
 from bench.report.frames import load_paper
@@ -67,23 +70,47 @@ def _endless(batches) -> Iterator:
         yield from batches.epoch(epoch)
 
 
-def _loader_rates(samples, transform, batch_size: int, workers: Sequence[int], seconds: float, progress, label: str) -> dict:
+def _synced(result: object, device: torch.device) -> object:
+    """`result` once the device has finished it (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result
+
+
+def _loader_rates(dataset, batch_size: int, workers: Sequence[int], seconds: float, progress, label: str,
+                  collate_fn=None) -> dict:
     rates = {}
     for w in workers:
         progress(f"DataLoader, {label} path, {w} worker(s)")
         # shuffled epochs drop the last partial batch: every batch holds batch_size images
-        stream = _endless(LoaderBatches(FolderImages(samples, transform), batch_size, shuffle=True, workers=w))
+        stream = _endless(LoaderBatches(dataset, batch_size, shuffle=True, workers=w, collate_fn=collate_fn))
         next(stream)   # worker start-up and the first batch are not timed
         rates[str(w)] = _rate(lambda s=stream: next(s), seconds, per_call=batch_size)
         stream.close()
     return rates
 
 
+def _device_rates(samples, cfg: DataConfig, transform, decoded: Iterator, batch_size: int, seconds: float,
+                  device: torch.device, progress) -> tuple[float, float]:
+    """Images/s of `DeviceAugment` on uint8 batches and of `DeviceDecode` on batches of files."""
+    progress(f"the device path's batched augmentation, on {device}")
+    batch = torch.stack([transform(next(decoded)) for _ in range(batch_size)]).to(device)
+    augment = DeviceAugment(cfg, device)
+    augment_rate = _rate(lambda: _synced(augment(batch, seed=0), device), seconds, per_call=batch_size)
+    progress(f"the decode-on-device path's batched decode, crop and flip, on {device}")
+    files = collate_bytes([FolderBytes(samples)[(i, i)] for i in range(batch_size)])
+    decode = DeviceDecode(samples, transform, device)
+    return augment_rate, _rate(lambda: _synced(decode(*files), device), seconds, per_call=batch_size)
+
+
 def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image_size: int, seconds: float,
-                   progress: Callable[[str], None] = lambda msg: None) -> dict:
-    """Both data paths: "worker" (workers decode, crop, flip, jitter, light and normalise, sending
-    float32) and "device" (workers decode, crop and flip, sending uint8; `DeviceAugment` does the
-    rest batched, timed here on this process's device)."""
+                   progress: Callable[[str], None] = lambda msg: None, device: Optional[torch.device] = None) -> dict:
+    """The three data paths: "worker" (workers decode, crop, flip, jitter, light and normalise,
+    sending float32), "device" (workers decode, crop and flip, sending uint8; `DeviceAugment` does
+    the rest batched) and "device_decode" (workers only read the files; `DeviceDecode` decodes,
+    crops and flips batched). The batched steps are timed on `device` (None: CUDA when there is
+    one, else the CPU)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfgs = {path: DataConfig(dataset="imagefolder", root=str(root), global_batch_size=batch_size, image_size=image_size,
                              augment_on=path) for path in ("worker", "device")}
     _, samples = scan_split(Path(root, "train"))
@@ -104,12 +131,12 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
             augment[path] = _rate(lambda t=transform: t(next(decoded)), seconds)
     finally:
         torch.set_num_threads(threads)
-    progress("the device path's batched augmentation, on this process's device")
-    batch = torch.stack([transforms["device"](next(decoded)) for _ in range(batch_size)])
-    device_augment = DeviceAugment(cfgs["device"], torch.device("cpu"))
-    on_device = _rate(lambda: device_augment(batch, seed=0), seconds, per_call=batch_size)
-
-    loader = {path: _loader_rates(samples, t, batch_size, workers, seconds, progress, path) for path, t in transforms.items()}
+    on_device, decode_on_device = _device_rates(samples, cfgs["device"], transforms["device"], decoded,
+                                                batch_size, seconds, device, progress)
+    sets = {path: (FolderImages(samples, t), None) for path, t in transforms.items()}
+    sets["device_decode"] = (FolderBytes(samples), collate_bytes)   # the workers only read the files
+    loader = {path: _loader_rates(dataset, batch_size, workers, seconds, progress, path, collate)
+              for path, (dataset, collate) in sets.items()}
     per_worker = {path: {w: ips / max(int(w), 1) for w, ips in rates.items()} for path, rates in loader.items()}
     paper = {m: paper_images_per_s_per_gpu(t) for m, t in paper_minutes_per_epoch().items()}
     cores = {}
@@ -120,26 +147,33 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     return {
         "images": len(samples), "image_size": image_size, "batch_size": batch_size,
         "decode_images_per_s": decode, "transform_images_per_s": augment,
-        "device_augment_images_per_s": on_device, "device_augment_device": "cpu",
+        "device_augment_images_per_s": on_device, "device_augment_device": str(device),
+        "device_decode_images_per_s": decode_on_device,
         "loader_images_per_s": loader, "loader_images_per_s_per_worker": per_worker,
         "paper_images_per_s_per_gpu": paper, "cores_per_gpu": cores,
     }
 
 
+PATHS = {"worker": "worker path", "device": "device path", "device_decode": "decode-on-device path"}
+
+
 def format_result(r: dict) -> str:
     t = r["transform_images_per_s"]
+    paths = [p for p in PATHS if p in r["loader_images_per_s"]]
     lines = [f"{r['images']} JPEGs, crop {r['image_size']} px, batch {r['batch_size']}",
              f"one thread: decode only {r['decode_images_per_s']:.0f} images/s; train transform only "
              f"{t['worker']:.0f} (worker path), {t['device']:.0f} (device path: crop and flip, uint8)",
-             f"device path's batched jitter, lighting and normalisation: {r['device_augment_images_per_s']:.0f} images/s "
-             f"on {r['device_augment_device']}",
-             "", "| workers | worker path images/s | per worker | device path images/s | per worker |", "|---|---|---|---|---|"]
+             f"on {r['device_augment_device']}, batched: the device path's jitter, lighting and normalisation "
+             f"{r['device_augment_images_per_s']:.0f} images/s; the decode-on-device path's decode, crop and flip "
+             f"{r['device_decode_images_per_s']:.0f} images/s",
+             "", "| workers | " + " | ".join(f"{PATHS[p]} images/s | per worker" for p in paths) + " |",
+             "|---|" + "---|---|" * len(paths)]
     for w in r["loader_images_per_s"]["worker"]:
-        cells = [f"{r[k][p][w]:.0f}" for p in ("worker", "device") for k in ("loader_images_per_s", "loader_images_per_s_per_worker")]
+        cells = [f"{r[k][p][w]:.0f}" for p in paths for k in ("loader_images_per_s", "loader_images_per_s_per_worker")]
         lines.append(f"| {w} | " + " | ".join(cells) + " |")
     lines += ["", "paper's rate per V100 (Table 3, efficient) and the loader cores it needs at this machine's rate "
-              "(worker path / device path):"]
+              f"({' / '.join(PATHS[p] for p in paths)}):"]
     for m, ips in r["paper_images_per_s_per_gpu"].items():
-        lines.append(f"  {m}: {ips:.0f} images/s -> {r['cores_per_gpu']['worker'][m]:.1f} / "
-                     f"{r['cores_per_gpu']['device'][m]:.1f} cores per GPU")
+        cores = " / ".join(f"{r['cores_per_gpu'][p][m]:.1f}" for p in paths)
+        lines.append(f"  {m}: {ips:.0f} images/s -> {cores} cores per GPU")
     return "\n".join(lines)

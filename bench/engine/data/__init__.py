@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from bench.config import DataConfig
 from bench.engine.data.device_aug import DeviceAugment
+from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder, train_transform
 from bench.engine.data.small import load_cifar, load_fashion_mnist
 from bench.errors import BenchError
@@ -172,19 +173,28 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
     return Data(train=train, val=val, num_classes=num_classes, in_chans=x_train.shape[1], image_size=size)
 
 
+def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device) -> dict:
+    """The data set of one split for `LoaderBatches`: decoded images from the workers, or (with
+    `decode_on: device`) the files' bytes and the decoder that runs on `device`."""
+    if cfg.decode_on == "device":
+        return dict(dataset=FolderBytes(samples), collate_fn=collate_bytes, decode=DeviceDecode(samples, transform, device))
+    return dict(dataset=FolderImages(samples, transform))
+
+
 def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
                       device: torch.device = torch.device("cpu")) -> Data:
-    """root/train and root/val through the paper's train and eval transforms."""
+    """root/train and root/val through the paper's train and eval transforms; with
+    `decode_on: device` the workers send the files' bytes and `device` decodes, crops and flips."""
     classes, train_samples, val_samples = scan_imagefolder(cfg.root, cfg.dataset)
     _check_batch(cfg, len(train_samples))
     size = cfg.image_size or 224
     resize = cfg.eval_resize or round(size / 0.875)
     loader = dict(seed=seed, rank=rank, world_size=world_size, workers=cfg.workers, pin_memory=cfg.pin_memory)
     on_device = cfg.augment_on == "device"
-    train = LoaderBatches(FolderImages(train_samples, train_transform(cfg, size)), cfg.global_batch_size,
-                          shuffle=True, max_batches=cfg.max_train_batches,
+    train = LoaderBatches(**_folder_set(cfg, train_samples, train_transform(cfg, size), device),
+                          batch_size=cfg.global_batch_size, shuffle=True, max_batches=cfg.max_train_batches,
                           augment=DeviceAugment(cfg, device) if on_device else None, **loader)
-    val = LoaderBatches(FolderImages(val_samples, eval_transform(size, resize, to_float=not on_device)),
-                        cfg.eval_batch_size, max_batches=cfg.max_val_batches,
+    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device),
+                        batch_size=cfg.eval_batch_size, max_batches=cfg.max_val_batches,
                         augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)
     return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

@@ -3,7 +3,7 @@ DataLoader with the batch interface of `bench.data.TensorBatches`."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -114,15 +114,20 @@ class _Batches:
 
 class LoaderBatches:
     """Batches of a `FolderImages` set through a DataLoader: `len()` and `.epoch(e)` as in
-    `TensorBatches`, the same per-(seed, epoch) order and the same share per rank."""
+    `TensorBatches`, the same per-(seed, epoch) order and the same share per rank. With `decode`
+    (`data.decode_on: device`) the workers' batches, made by `collate_fn`, are encoded files that
+    `decode` turns into uint8 (images, labels) on the device before `augment`."""
 
-    def __init__(self, dataset: FolderImages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None, workers: int = 0,
-                 pin_memory: bool = False, augment: Optional[DeviceAugment] = None) -> None:
+                 pin_memory: bool = False, augment: Optional[DeviceAugment] = None,
+                 collate_fn: Optional[Callable] = None, decode: Optional[Callable] = None) -> None:
+        assert decode is None or augment is not None, "decoded batches are uint8: they need `augment`"
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.rank, self.world_size, self.max_batches, self.augment = rank, world_size, max_batches, augment
+        self.decode = decode
         self._sampler = _Batches()
-        self._loader = DataLoader(dataset, batch_sampler=self._sampler, num_workers=workers,
+        self._loader = DataLoader(dataset, batch_sampler=self._sampler, num_workers=workers, collate_fn=collate_fn,
                                   pin_memory=pin_memory and torch.cuda.is_available(),
                                   persistent_workers=workers > 0)
 
@@ -144,7 +149,8 @@ class LoaderBatches:
         if self.augment is None:
             yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
             return
-        for b, (images, labels) in enumerate(self._loader, start=start):   # uint8 from the workers
+        for b, batch in enumerate(self._loader, start=start):   # uint8 (or encoded files) from the workers
+            images, labels = self.decode(*batch) if self.decode is not None else batch
             yield self.augment(images, (base * 7_000_003 + b) * 2_654_435_761 % 2**62, self.rank, self.world_size), labels
 
 

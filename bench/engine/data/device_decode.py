@@ -1,0 +1,139 @@
+"""`data.decode_on: device`: workers only read the files' bytes; the device decodes each batch
+(nvJPEG through `torchvision.io.decode_jpeg` on CUDA, libjpeg-turbo on a CPU), then crops and
+flips every image with the draws the worker path makes for the same item.
+
+An item's key is (index, seed), as for `FolderImages`: its crop and flip come from the CPU
+generator seeded with `seed`, through the very `RandomResizedCrop` and `RandomHorizontalFlip` of
+`train_transform`, so both paths cut the same boxes. Files that are not JPEGs (PNG, ...) and JPEGs
+the device decoder refuses (CMYK, corrupt) are decoded on the CPU, image by image; a file that
+nothing can read stops with `read_image`'s one line naming it.
+
+torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns at every call;
+the calls here silence that one warning (docs/performance.md notes the move).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.transforms import v2
+
+from bench.engine.data.images import DataError, read_image
+
+JPEG_MAGIC = b"\xff\xd8\xff"   # SOI and the first marker's prefix
+
+
+@contextmanager
+def _torchvision_io() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchCodec", category=DeprecationWarning)
+        yield
+
+
+class FolderBytes(Dataset):
+    """(path, label) samples read as undecoded bytes: key (index, seed) →
+    (uint8 (n_bytes,), index, seed, label)."""
+
+    def __init__(self, samples: list[tuple[str, int]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
+        index, seed = key
+        path, label = self.samples[index]
+        try:
+            with _torchvision_io():
+                return read_file(path), index, seed, label
+        except RuntimeError as err:
+            raise DataError(f"{path}: unreadable image ({str(err).splitlines()[0]})") from None
+
+
+def collate_bytes(items: list[tuple[torch.Tensor, int, int, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int], torch.Tensor]:
+    """A batch of `FolderBytes` items: the files' bytes end to end in one uint8 tensor, with the
+    (N + 1,) offsets of each file, so that a batch crosses from a worker as one shared block
+    (a tensor per file would take a file descriptor each)."""
+    data, indices, seeds, labels = zip(*items)
+    offsets = torch.tensor([0] + [d.numel() for d in data]).cumsum(0)
+    return torch.cat(data), offsets, list(indices), list(seeds), torch.tensor(labels)
+
+
+def split_bytes(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    """`collate_bytes`' block back into one 1-D tensor per file (views)."""
+    bounds = offsets.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 3 and bytes(data[:3].tolist()) == JPEG_MAGIC
+
+
+def decode_on_cpu(data: torch.Tensor, path: str) -> torch.Tensor:
+    """(3, H, W) uint8 of one file of any format torchvision or PIL reads."""
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+        if image.dtype == torch.uint8:
+            return image
+    except RuntimeError:
+        pass
+    return v2.functional.pil_to_tensor(read_image(path))   # 16-bit PNG, BMP, TIFF; else the DataError
+
+
+def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
+    """Encoded files → (3, H, W) uint8 on `device` each: the JPEGs in one batched `decode_jpeg`
+    call, one by one when it refuses the batch, and on the CPU those it refuses alone."""
+    images: list = [None] * len(data)
+    jpegs = [k for k, d in enumerate(data) if is_jpeg(d)]
+    with _torchvision_io():
+        if jpegs:
+            try:
+                decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:   # no partial results: find the ones it refuses
+                decoded = [_decode_jpeg_or_none(data[k], device) for k in jpegs]
+            for k, image in zip(jpegs, decoded):
+                images[k] = image
+        return [image if image is not None else decode_on_cpu(d, p).to(device)
+                for image, d, p in zip(images, data, paths)]
+
+
+def _decode_jpeg_or_none(data: torch.Tensor, device: torch.device):
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
+def device_steps(transform: v2.Compose) -> v2.Compose:
+    """A worker transform (`train_transform` / `eval_transform` with uint8 out) without its
+    PIL conversion: the same crop, flip or resize, run on a decoded tensor."""
+    return v2.Compose([t for t in transform.transforms if not isinstance(t, v2.PILToTensor)])
+
+
+class DeviceDecode:
+    """`collate_bytes` batches → (uint8 (N, 3, S, S) on `device`, labels (N,)).
+
+    Args:
+        samples: the data set's (path, label) pairs, for the CPU fallback and the error's path.
+        transform: the worker path's transform of the split, uint8 out (`data.augment_on: device`).
+        device: where the images are decoded, cropped and stacked.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform: v2.Compose, device: torch.device) -> None:
+        self.samples, self.steps, self.device = samples, device_steps(transform), device
+
+    def __call__(self, flat: torch.Tensor, offsets: torch.Tensor, indices: list[int], seeds: list[int],
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = decode_images(split_bytes(flat, offsets), [self.samples[i][0] for i in indices], self.device)
+        out = []
+        for image, seed in zip(images, seeds):
+            with torch.random.fork_rng(devices=[]):
+                # the CPU generator alone, as a worker's torch.manual_seed(seed) sets it; the
+                # device's own generator (dropout, ...) is left untouched
+                torch.random.default_generator.manual_seed(seed)
+                out.append(self.steps(image))
+        return torch.stack(out), labels
