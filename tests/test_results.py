@@ -194,10 +194,11 @@ def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_nam
     assert "paper: ResNet-50-D on ImageNet (right axis, same scale)" in labels
 
 
-def test_the_committed_fashion_mnist_report_regenerates_byte_for_byte(tmp_path):
+@pytest.mark.parametrize("folder", ["fashion_mnist_table6", "default"])
+def test_the_committed_report_regenerates_byte_for_byte(tmp_path, folder):
     """`report` on the committed run directories gives the committed tables and figures (PDFs
     carry no creation date), so a change to the report code shows in this test."""
-    committed = ROOT / "results" / "fashion_mnist_table6"
+    committed = ROOT / "results" / folder
     copy = tmp_path / "fm"
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.csv", "table.*"))
     assert main(["report", str(copy)]) == 0
@@ -306,8 +307,8 @@ def test_curves_that_end_on_top_of_each_other_are_drawn_as_small_multiples():
 
 
 def test_a_folder_with_only_runs_csv_rebuilds_its_tables_and_staircase(tmp_path):
-    """results/default keeps no run directories: its tables and staircase come from runs.csv,
-    which stays as it was, byte for byte."""
+    """A folder holding only a runs.csv (results/default's, copied alone): its tables and
+    staircase come from runs.csv, which stays as it was, byte for byte."""
     committed = ROOT / "results" / "default"
     shutil.copy(committed / "runs.csv", tmp_path / "runs.csv")
     assert main(["report", str(tmp_path)]) == 0
