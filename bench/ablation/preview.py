@@ -30,7 +30,6 @@ class Throughput:
     teacher_kwargs: Optional[dict] = None
     image_size: Optional[int] = None
     precision: Optional[str] = None
-    source: str = "--images-per-s"
 
     def rate_for(self, cfg: RunConfig, teacher: Optional[ModelConfig]) -> Optional[float]:
         """The rate that applies to a run of `cfg`, or None when this measurement is of another run."""
@@ -54,7 +53,7 @@ def read_bench_json(path: str | Path) -> Throughput:
                           distill_images_per_s=float(variants["distill"]["images_per_s"]) if "distill" in variants else None,
                           model=settings["model"], model_kwargs=settings.get("model_kwargs") or {}, teacher=settings.get("teacher"),
                           teacher_kwargs=settings.get("teacher_kwargs") or {}, image_size=int(settings["image_size"]),
-                          precision=settings["precision"], source=str(path))
+                          precision=settings["precision"])
     except FileNotFoundError:
         raise BenchError(f"--bench {path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -24,14 +24,13 @@ from bench.config import DataConfig
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
+from bench.engine.data.sizes import TRAIN_IMAGES
 from bench.errors import ConfigError
 from bench.report.frames import load_paper
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
-    return IMAGENET_TRAIN_IMAGES / (minutes * 60) / gpus
+    return TRAIN_IMAGES["imagenet"] / (minutes * 60) / gpus
 
 
 def paper_minutes_per_epoch() -> dict[str, float]:

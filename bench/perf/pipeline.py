@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,21 +23,18 @@ from bench.engine.loop import train_epoch
 from bench.engine.runtime import auto_threads, available_cores
 from bench.engine.training import Training, seed_everything
 from bench.errors import ConfigError
-from bench.perf.throughput import BenchSettings, SyntheticBatches, build_training, sync
+from bench.perf.throughput import BenchSettings, SyntheticBatches, build_training, time_rounds
 
 
-def _runner(base: Training, batches, threads: int) -> Callable[[], float]:
-    """One epoch of `batches` through the harness's `train_epoch` at `threads`; returns its seconds."""
+def _runner(base: Training, batches, threads: int) -> Callable[[int], torch.Tensor]:
+    """One epoch of `batches` (their own length: the step count is ignored) through the harness's
+    `train_epoch` at `threads`, in `time_rounds`' form; returns the loss sum (no sync)."""
     t = dataclasses.replace(base, data=dataclasses.replace(base.data, train=batches))
     epochs = iter(range(10**9))
 
-    def run() -> float:
+    def run(_steps: int) -> torch.Tensor:
         torch.set_num_threads(threads)
-        sync(base.device)
-        t0 = time.perf_counter()
-        float(train_epoch(t, next(epochs)).loss_sum)
-        sync(base.device)
-        return time.perf_counter() - t0
+        return train_epoch(t, next(epochs)).loss_sum
     return run
 
 
@@ -67,13 +63,7 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
             for threads in dict.fromkeys((budget, cores)):
                 runners[f"{path}/{w}w/{threads}t"] = _runner(base, batches, threads)
     progress(f"timing {len(runners)} variants: a warm-up epoch each, then {s.rounds} rounds of {s.steps} batches")
-    for run in runners.values():
-        run()   # worker start-up, first batches, kernel selection
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(s.rounds):
-        progress(f"round {r + 1} of {s.rounds}")
-        for name, run in runners.items():
-            times[name].append(run())
+    times = {name: t["times_s"] for name, t in time_rounds(runners, dataclasses.replace(s, warmup_steps=1), device).items()}
     synthetic = times["synthetic"]
     variants = {}
     for name, t in times.items():
