@@ -30,7 +30,7 @@ from bench.config import WandbConfig, load_recipe, parse_override, with_bare_ove
 from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
-from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_threads
+from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
 from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import write_report
@@ -259,7 +259,7 @@ def cmd_fidelity(argv: Sequence[str]) -> int:
 
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader, "bench-pipeline": cmd_bench_pipeline,
-            "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity, "gpu-check": gpu_check_main}
+            "bench-recipe": cmd_bench_recipe, "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity, "gpu-check": gpu_check_main}
 
 
 def _looks_like_a_command(word: str) -> bool:

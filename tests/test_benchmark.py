@@ -134,3 +134,34 @@ def test_thread_benchmark_bad_input_is_one_line(args, capsys):
     assert main(["bench-threads", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: bench-threads --cores") and err.count("\n") == 1
+
+
+def test_recipe_benchmark_times_the_recipes_own_runs_under_each_variant(tmp_path, capsys):
+    out = tmp_path / "recipe.json"
+    narrow = "model.kwargs={channels: [4, 8, 16, 32], stem_width: 4}"
+    assert main(["bench-recipe", "recipes/default.yaml", "--only", "distill", "--images", "128", "--rounds", "1",
+                 "--set", narrow, "--set", "runtime.threads=1",
+                 "--variant", "big", "data.global_batch_size=64", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    rows = r["results"]
+    # the teacher the distillation run needs, and the run itself, each as the recipe has it and as the variant
+    assert set(rows) == {f"{run}/{v}" for run in ("teachers/teacher", "resnet18d/04-distill") for v in ("recipe", "big")}
+    base, big = rows["resnet18d/04-distill/recipe"], rows["resnet18d/04-distill/big"]
+    assert (base["batch_size"], big["batch_size"]) == (128, 64)
+    assert big["lr"] == pytest.approx(base["lr"] / 2)   # lr per 256 images: the linear-scaling rule
+    assert base["images_per_round"] == 128 and big["images_per_round"] == 128 and base["threads"] == 1
+    assert base["ratio_to_first"] == 1.0
+    assert all(v["images_per_s_min"] <= v["images_per_s"] <= v["images_per_s_max"] for v in rows.values())
+    assert "| resnet18d/04-distill | big | data.global_batch_size=64 | 64 |" in capsys.readouterr().out
+    assert main(["bench-recipe", "recipes/default.yaml", "--out", str(out)]) == 2   # finished results stay
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "0"], "bench-recipe --images 0, --rounds 3: must be at least 1"),
+    (["--variant", "recipe", "data.global_batch_size=64"], "bench-recipe --variant: names repeat (recipe, recipe)"),
+    (["--variant", "x", "data.global_batch_sise=64"], "global_batch_sise"),
+])
+def test_recipe_benchmark_bad_input_is_one_line(args, message, capsys):
+    assert main(["bench-recipe", "recipes/default.yaml", "--only", "efficient", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from bench.cli import main
-from bench.config import DataConfig, ModelConfig, load_recipe
-from bench.engine.data import build_data
+from bench.config import DataConfig, ModelConfig, load_recipe, parse_override
+from bench.engine.data import build_data, stratified_holdout
 from bench.engine.data.fake import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
 from bench.engine.data.images import Lighting
 from bench.engine.data.small import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
@@ -119,6 +119,29 @@ def test_fashion_mnist_from_idx_files_and_missing(tmp_path):
         load_fashion_mnist(str(tmp_path), download=False)
 
 
+def test_holdout_validates_on_held_out_training_images_not_the_test_split(tmp_path):
+    root = write_fashion_mnist(tmp_path / "fm", n_train=200, n_test=16)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", np.zeros((16, 28, 28), np.uint8))   # unlike every training image
+    x_train, y_train, _, _ = load_fashion_mnist(str(root), download=False)
+    cfg = DataConfig(dataset="fashion_mnist", root=str(root), global_batch_size=16, holdout=40)
+    data, again = build_data(cfg, 0), build_data(cfg, 1)
+    assert (len(data.train.labels), len(data.val.labels)) == (160, 40)
+    assert torch.equal(data.val.labels, again.val.labels)   # one split, whatever the seed
+    train_idx, val_idx = stratified_holdout(y_train.numpy(), 40)
+    assert not set(train_idx) & set(val_idx)
+    assert torch.equal(data.val.labels, y_train[val_idx]) and torch.equal(data.train.labels, y_train[train_idx])
+    assert torch.equal(data.val.images, x_train[val_idx]) and torch.equal(data.train.images, x_train[train_idx])
+    for c in range(10):   # each class keeps its share
+        assert abs(int((data.val.labels == c).sum()) - 0.2 * int((y_train == c).sum())) < 1
+    # normalised with the mean and std of the 160 training images alone
+    mean = x_train[train_idx].float().mean()
+    assert float(data.train.mean.flatten()[0]) == pytest.approx(float(mean))
+    with pytest.raises(BenchError, match="data.holdout = 200: must be below the 200 training images of fashion_mnist"):
+        build_data(cfg.model_copy(update={"holdout": 200}), 0)
+    with pytest.raises(ValueError, match="holdout=5 is for cifar10, cifar100 and fashion_mnist"):
+        DataConfig(dataset="digits", holdout=5)
+
+
 @pytest.mark.skipif(not Path(DEBIAN_FASHION_MNIST).is_dir() and not os.environ.get("CI"), reason="apt-get install dataset-fashion-mnist (CI does)")
 def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)   # no ./data: the files must come from Debian's place
@@ -186,8 +209,10 @@ def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_ROOT", str(paths["cifar"]))
     monkeypatch.setenv("FASHION_MNIST_ROOT", str(paths["fashion_mnist"]))
     out = tmp_path / "out"
-    assert main([str(recipe), "--smoke", "--out", str(out), "--no-progress"]) == 0
-    planned = plan(loaded, smoke=True, where=str(recipe))
+    # compiling every smoke run would take minutes: torch.compile's exact resume is tested in test_engine
+    overrides = ("--set", "runtime.compile=false") if loaded.base.get("runtime", {}).get("compile") else ()
+    assert main([str(recipe), "--smoke", "--out", str(out), "--no-progress", *overrides]) == 0
+    planned = plan(loaded, smoke=True, where=str(recipe), overrides=tuple(parse_override(x) for x in overrides[1:]))
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["path"]) == sorted(str(s.path) for s in planned)
     assert all((out / s.path / "final.json").is_file() for s in planned)

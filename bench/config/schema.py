@@ -58,12 +58,18 @@ class DataConfig(Strict):
     lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
     pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
     hflip: bool = True                          # random horizontal flip (not for digits)
+    # cifar10/100, fashion_mnist: validate on this many training images, held out (stratified, the
+    # same split for every seed), and train on the rest; the test split is not read. For a pilot.
+    holdout: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _decode_needs_device_augment(self) -> DataConfig:
         if self.decode_on == "device" and self.augment_on != "device":
             raise ValueError(f"decode_on=device needs augment_on=device (not {self.augment_on}): "
                              "images decoded on the device are augmented there")
+        if self.holdout is not None and self.dataset not in ("cifar10", "cifar100", "fashion_mnist"):
+            raise ValueError(f"holdout={self.holdout} is for cifar10, cifar100 and fashion_mnist (not {self.dataset}): "
+                             "digits hold out val_fraction, ImageFolder trees have their own val split")
         return self
 
     def smoke(self) -> DataConfig:
@@ -168,7 +174,8 @@ class RunConfig(Strict):
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
                                                        ("model", "checkpoint_key"),
                                                        ("data", "color_jitter_hue"), ("data", "augment_on"), ("data", "decode_on"),
-                                                       ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"))
+                                                       ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"),
+                                                       ("data", "holdout"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}

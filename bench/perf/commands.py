@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from matplotlib.figure import Figure
 
+from bench.config import load_recipe, parse_override
 from bench.engine import distributed as dist
 from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
@@ -19,6 +20,7 @@ from bench.perf.contention import format_contention, run_contention
 from bench.perf.figures import plot_loader, plot_throughput, save_beside
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
 from bench.perf.pipeline import format_pipeline, measure_pipeline
+from bench.perf.recipe_bench import Variant, format_recipe_bench, measure_recipe
 from bench.perf.throughput import BenchSettings, run_benchmark
 from bench.runs import refuse_existing, write_json
 from bench.runs.environment import env_info
@@ -180,3 +182,29 @@ def cmd_bench_threads(argv: Sequence[str]) -> int:
     result = run_contention(args.cores, args.seconds, progress=lambda msg: print(msg, flush=True))
     result["environment"] = env_info(torch.device("cpu"))
     return _show_and_record(format_contention(result), result, args.out)
+
+
+def cmd_bench_recipe(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-recipe", description=(
+        "Training images/s of a recipe's own runs (model, data, loader, loop) under variants of its settings."))
+    p.add_argument("recipe")
+    p.add_argument("--only", nargs="+", metavar="STEP", help="time only these steps' runs (and the teachers they need)")
+    p.add_argument("--models", nargs="+", metavar="MODEL")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the runs timed (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value in every variant")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY.PATH=VALUE"),
+                   help="a variant: its name, then its overrides (repeatable); the recipe as is comes first")
+    p.add_argument("--images", type=int, default=10240, help="training images per timed round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args = p.parse_args(argv)
+    refuse_existing(args.out)
+    variants = [Variant("recipe")] + [Variant(v[0], tuple(parse_override(x) for x in v[1:])) for v in args.variant]
+    recipe = load_recipe(args.recipe)
+    result = measure_recipe(recipe, variants, select={"seeds": [args.seed], "only": args.only, "models": args.models},
+                            base=tuple(parse_override(x) for x in args.overrides), images=args.images,
+                            rounds=args.rounds, where=args.recipe, progress=lambda msg: print(msg, flush=True))
+    result["command_overrides"] = args.overrides
+    result["environment"] = env_info(torch.device("cpu"))
+    return _show_and_record(format_recipe_bench(result), result, args.out)

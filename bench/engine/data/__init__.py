@@ -123,6 +123,22 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def stratified_holdout(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a deterministic split with exactly `n_val` validation images, each class's
+    count its share of `n_val` rounded by largest remainder."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n_val / len(labels)
+    take = np.floor(share).astype(int)
+    take[np.argsort(-(share - take), kind="stable")[:n_val - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
 def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
                device: torch.device = torch.device("cpu")) -> Data:
     """The data set named by `cfg.dataset`, with its training augmentation; `rank` and
@@ -154,11 +170,17 @@ def _check_batch(cfg: DataConfig, n_train: int) -> None:
 
 
 def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
-    """CIFAR-10/100 or Fashion-MNIST in memory: pad-and-crop + flip, per-channel train mean/std."""
+    """CIFAR-10/100 or Fashion-MNIST in memory: pad-and-crop + flip, per-channel train mean/std;
+    validated on the test split, or with `holdout` on that many held-out training images."""
     if cfg.dataset == "fashion_mnist":
         x_train, y_train, x_val, y_val = load_fashion_mnist(cfg.root, cfg.download)
     else:
         x_train, y_train, x_val, y_val = load_cifar(cfg.dataset, cfg.root, cfg.download)
+    if cfg.holdout is not None:
+        if cfg.holdout >= len(y_train):
+            raise BenchError(f"data.holdout = {cfg.holdout}: must be below the {len(y_train)} training images of {cfg.dataset}")
+        train_idx, val_idx = stratified_holdout(y_train.numpy(), cfg.holdout)
+        x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
     size = x_train.shape[-1]
     if cfg.image_size not in (None, size):
         raise BenchError(f"data.image_size = {cfg.image_size}: {cfg.dataset} images are {size} px")
