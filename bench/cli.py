@@ -5,7 +5,7 @@
     launch RECIPE       the same, locally, with torchrun, or as SLURM jobs
     status DIR          the state of every run of a launched ablation
     report DIR          rebuild the tables and figures from run directories (or W&B)
-    models, fake-data, bench, bench-loader, bench-threads
+    models, fake-data, bench, bench-loader, bench-pipeline, bench-recipe, bench-threads, fidelity, gpu-check
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def run_parser() -> argparse.ArgumentParser:
     p = add_selection(argparse.ArgumentParser(prog="run_ablation.py", description=(
         "Train a recipe's cumulative ablation (teachers first) and tabulate top-1/top-5. "
         "Other commands: 'plan RECIPE', 'launch RECIPE --launcher local|torchrun|slurm', 'status RESULTS_DIR', "
-        "'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-threads', 'fidelity'.")))
+        "'report RESULTS_DIR', 'models', 'fake-data DIR', 'bench', 'bench-loader [DIR]', 'bench-pipeline', 'bench-recipe RECIPE', 'bench-threads', "
+        "'fidelity', 'gpu-check'.")))
     p.add_argument("--out", help="results directory (default: runs/<recipe name>[-smoke], which git ignores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--on-failure", choices=["continue", "stop"], default="continue",
