@@ -165,3 +165,22 @@ def test_the_committed_fashion_mnist_runs_are_finished_under_their_recipe():
     assert len(specs) == (2 + 6) * 3   # two teachers and six steps, seeds 0-2
     for spec in specs:
         assert RunDir(out / spec.path).state(spec.config, spec.teacher_hash) == "finished", spec.path
+
+
+def test_the_committed_converged_runs_are_whole_and_what_the_same_command_skips():
+    """results/fashion_mnist_table6_converged is trained seed by seed across sessions: every run
+    directory committed is finished under the recipe as it is now (so the same command skips it),
+    none is half-written, and each finished teacher's weights are there for its students."""
+    recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-converged.yaml")
+    out = ROOT / "results" / "fashion_mnist_table6_converged"
+    specs = plan(recipe)
+    assert len(specs) == (2 + 6) * 3
+    planned = {str(s.path) for s in specs}
+    committed = [p.parent.relative_to(out) for p in out.glob("**/config.yaml")]
+    assert committed and all(str(p) in planned for p in committed), committed
+    by_path = {s.path: s for s in specs}
+    for path in committed:
+        spec = by_path[path]
+        assert RunDir(out / path).state(spec.config, spec.teacher_hash) == "finished", path
+        if spec.role == "teacher":
+            assert (out / path / RunDir.WEIGHTS).is_file(), path

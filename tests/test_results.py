@@ -194,7 +194,7 @@ def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_nam
     assert "paper: ResNet-50-D on ImageNet (right axis, same scale)" in labels
 
 
-@pytest.mark.parametrize("folder", ["fashion_mnist_table6", "default"])
+@pytest.mark.parametrize("folder", ["fashion_mnist_table6", "fashion_mnist_table6_converged", "default"])
 def test_the_committed_report_regenerates_byte_for_byte(tmp_path, folder):
     """`report` on the committed run directories gives the committed tables and figures (PDFs
     carry no creation date), so a change to the report code shows in this test."""
