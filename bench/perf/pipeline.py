@@ -19,23 +19,15 @@ from bench.config import DataConfig
 from bench.engine import distributed as dist
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.images import FolderImages, LoaderBatches, scan_split, train_transform
-from bench.engine.loop import train_epoch
 from bench.engine.runtime import auto_threads, available_cores
 from bench.engine.training import Training, seed_everything
 from bench.errors import ConfigError
-from bench.perf.throughput import BenchSettings, SyntheticBatches, build_training, time_rounds
+from bench.perf.throughput import BenchSettings, SyntheticBatches, build_training, epoch_runner, time_rounds
 
 
-def _runner(base: Training, batches, threads: int) -> Callable[[int], torch.Tensor]:
-    """One epoch of `batches` (their own length: the step count is ignored) through the harness's
-    `train_epoch` at `threads`, in `time_rounds`' form; returns the loss sum (no sync)."""
-    t = dataclasses.replace(base, data=dataclasses.replace(base.data, train=batches))
-    epochs = iter(range(10**9))
-
-    def run(_steps: int) -> torch.Tensor:
-        torch.set_num_threads(threads)
-        return train_epoch(t, next(epochs)).loss_sum
-    return run
+def _on(base: Training, batches, threads: int) -> Callable[[int], torch.Tensor]:
+    """`base`'s training fed by `batches`, one epoch a call at `threads`."""
+    return epoch_runner(dataclasses.replace(base, data=dataclasses.replace(base.data, train=batches)), threads)
 
 
 def _loader(root: Path, s: BenchSettings, path: str, workers: int, device: torch.device) -> LoaderBatches:
@@ -55,13 +47,13 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
     seed_everything(0, s.deterministic)
     base, _ = build_training(s, s.run_config({}), device)
     cores = available_cores()
-    runners = {"synthetic": _runner(base, SyntheticBatches(base.data.train.batches, s.steps), cores)}
+    runners = {"synthetic": _on(base, SyntheticBatches(base.data.train.batches, s.steps), cores)}
     for w in workers:
         budget = auto_threads(cores, 1, w)
         for path in paths:
             batches = _loader(root, s, path, w, device)
             for threads in dict.fromkeys((budget, cores)):
-                runners[f"{path}/{w}w/{threads}t"] = _runner(base, batches, threads)
+                runners[f"{path}/{w}w/{threads}t"] = _on(base, batches, threads)
     progress(f"timing {len(runners)} variants: a warm-up epoch each, then {s.rounds} rounds of {s.steps} batches")
     times = {name: t["times_s"] for name, t in time_rounds(runners, dataclasses.replace(s, warmup_steps=1), device).items()}
     synthetic = times["synthetic"]

@@ -18,10 +18,9 @@ import torch
 
 from bench.ablation.plan import RunSpec, plan
 from bench.config import Recipe
-from bench.engine.loop import train_epoch
-from bench.engine.training import Training, setup
+from bench.engine.training import setup
 from bench.errors import ConfigError
-from bench.perf.throughput import BenchSettings, time_rounds
+from bench.perf.throughput import BenchSettings, epoch_runner, time_rounds
 
 Overrides = tuple[tuple[str, Any], ...]
 
@@ -46,16 +45,6 @@ def _runs(recipe: Recipe, select: dict, overrides: Overrides, images: int, where
     return out
 
 
-def _runner(t: Training) -> Callable[[int], torch.Tensor]:
-    """One (shortened) epoch of `t` at its own thread count, in `time_rounds`' form."""
-    epochs = iter(range(10**9))
-
-    def run(_steps: int) -> torch.Tensor:
-        torch.set_num_threads(t.runtime["threads"])
-        return train_epoch(t, next(epochs)).loss_sum
-    return run
-
-
 def measure_recipe(recipe: Recipe, variants: Sequence[Variant], *, select: dict, base: Overrides = (),
                    images: int = 10240, rounds: int = 3, where: str = "recipe",
                    progress: Callable[[str], None] = lambda msg: None) -> dict:
@@ -76,7 +65,7 @@ def measure_recipe(recipe: Recipe, variants: Sequence[Variant], *, select: dict,
             key = f"{spec.path.parent}/{v.name}"
             progress(f"building {key}")
             t = setup(spec.config, teacher)
-            runners[key] = _runner(t)
+            runners[key] = epoch_runner(t, t.runtime["threads"])
             meta[key] = {"run": str(spec.path.parent), "variant": v.name, "overrides": v.label(),
                          "batch_size": spec.config.data.global_batch_size, "lr": spec.config.peak_lr(),
                          "threads": t.runtime["threads"], "images_per_round": len(t.data.train) * spec.config.data.global_batch_size}

@@ -111,6 +111,17 @@ def harness_runner(base: Training, cfg: RunConfig) -> Callable[[int], torch.Tens
     return run
 
 
+def epoch_runner(t: Training, threads: int) -> Callable[[int], torch.Tensor]:
+    """`run(_)`: one epoch of `t`'s own training batches (their count: the argument is ignored)
+    through the harness's `train_epoch` at `threads`, in `time_rounds`' form; the loss sum (no sync)."""
+    epochs = iter(range(10**9))
+
+    def run(_steps: int) -> torch.Tensor:
+        torch.set_num_threads(threads)
+        return train_epoch(t, next(epochs)).loss_sum
+    return run
+
+
 def pytorch_runner(s: BenchSettings, model: nn.Module, batches, device) -> Callable[[int], torch.Tensor]:
     """The reference: the plainest loop with the same model, precision, memory format and SGD kernel."""
     fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}

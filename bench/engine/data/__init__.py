@@ -113,26 +113,24 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a deterministic split that keeps each class's share in train and val."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = max(1, round(len(idx) * val_fraction))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    counts = np.unique(labels, return_counts=True)[1]
+    return _split_by_class(labels, [max(1, round(n * val_fraction)) for n in counts], seed)
 
 
 def stratified_holdout(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a deterministic split with exactly `n_val` validation images, each class's
     count its share of `n_val` rounded by largest remainder."""
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts * n_val / len(labels)
+    share = np.unique(labels, return_counts=True)[1] * n_val / len(labels)
     take = np.floor(share).astype(int)
     take[np.argsort(-(share - take), kind="stable")[:n_val - take.sum()]] += 1
+    return _split_by_class(labels, list(take), seed)
+
+
+def _split_by_class(labels: np.ndarray, n_val: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: `n_val[i]` images of the i-th class (sorted) drawn for val at random."""
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for c, k in zip(classes, take):
+    for c, k in zip(np.unique(labels), n_val):
         idx = rng.permutation(np.flatnonzero(labels == c))
         val.append(idx[:k])
         train.append(idx[k:])
