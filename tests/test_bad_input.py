@@ -13,7 +13,7 @@ from bench import runs
 from bench.ablation import plan, run_ablation
 from bench.cli import main
 from bench.config import load_recipe
-from bench.engine.data.fake import write_imagefolder
+from bench.engine.data.fake import write_fashion_mnist, write_imagefolder
 from bench.engine.models import build_model
 from bench.runs import RunDir
 
@@ -74,6 +74,11 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
         return [r, "--set", "model.name=resnet9000"]
     if case == "unknown data set":
         return [r, "--set", "data.dataset=imagenet22k"]
+    if case == "held-out images on a data set without them":
+        return [r, "--set", "data.holdout=5"]
+    if case == "more held-out images than training images":
+        root = write_fashion_mnist(tmp / "fm", n_train=64)
+        return [r, "--set", "data.dataset=fashion_mnist", "--set", f"data.root={root}", "--set", "data.holdout=64", "--only", "efficient"]
     if case == "missing data directory":
         return [r, *IMAGES, "--set", f"data.root={tmp / 'nowhere'}", "--only", "efficient"]
     if case == "empty data directory":

@@ -152,7 +152,9 @@ def test_recipe_benchmark_times_the_recipes_own_runs_under_each_variant(tmp_path
     assert base["images_per_round"] == 128 and big["images_per_round"] == 128 and base["threads"] == 1
     assert base["ratio_to_first"] == 1.0
     assert all(v["images_per_s_min"] <= v["images_per_s"] <= v["images_per_s_max"] for v in rows.values())
-    assert "| resnet18d/04-distill | big | data.global_batch_size=64 | 64 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| resnet18d/04-distill | big | data.global_batch_size=64 | 64 |" in printed
+    assert out.with_suffix(".png").stat().st_size > 0 and f"wrote {out.with_suffix('.png')}" in printed   # the figure beside it
     assert main(["bench-recipe", "recipes/default.yaml", "--out", str(out)]) == 2   # finished results stay
 
 

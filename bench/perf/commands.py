@@ -17,7 +17,7 @@ from bench.engine import distributed as dist
 from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
 from bench.perf.contention import format_contention, run_contention
-from bench.perf.figures import plot_loader, plot_throughput, save_beside
+from bench.perf.figures import plot_loader, plot_recipe_bench, plot_throughput, save_beside
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
 from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.recipe_bench import Variant, format_recipe_bench, measure_recipe
@@ -207,4 +207,4 @@ def cmd_bench_recipe(argv: Sequence[str]) -> int:
                             rounds=args.rounds, where=args.recipe, progress=lambda msg: print(msg, flush=True))
     result["command_overrides"] = args.overrides
     result["environment"] = env_info(torch.device("cpu"))
-    return _show_and_record(format_recipe_bench(result), result, args.out)
+    return _show_and_record(format_recipe_bench(result), result, args.out, plot_recipe_bench)

@@ -68,6 +68,32 @@ def plot_loader(result: dict) -> Figure:
     return fig
 
 
+def plot_recipe_bench(result: dict) -> Figure:
+    """`bench-recipe`: the median images/s of each run under each variant, a bar from its slowest
+    to its fastest round, and its ratio to the recipe as it is (the first variant)."""
+    order = [v["name"] for v in result["variants"]]   # each run's variants in the order given (JSON sorts keys)
+    rows = sorted(result["results"].values(), key=lambda r: (r["run"], order.index(r["variant"])))
+    first = order[0]
+    med = np.array([r["images_per_s"] for r in rows])
+    lo = med - np.array([r["images_per_s_min"] for r in rows])
+    hi = np.array([r["images_per_s_max"] for r in rows]) - med
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.8))
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    ax.barh(y, med, color=[COLORS[7] if r["variant"] == first else COLORS[runs.index(r["run"]) % 7] for r in rows], alpha=0.8)
+    ax.errorbar(med, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
+    for yi, r, m, h in zip(y, rows, med, hi):
+        ax.text(m + h, yi, f"  {m:.0f}  (×{r['ratio_to_first']:.2f})", va="center", fontsize=9)
+    ax.set_yticks(y, [f"{r['run']}: {r['variant']}" for r in rows])
+    ax.set_xlim(0, max(med + hi) * 1.3)
+    ax.set_xlabel(f"training images/s (median of {result['rounds']} rounds of about {result['images_per_round']} images; "
+                  f"bar: slowest–fastest; ×: against '{first}')")
+    ax.set_title(f"bench-recipe {result['recipe']}" + (f" ({', '.join(result['command_overrides'])})" if result.get("command_overrides") else "")
+                 + f"\n{_machine(result.get('environment', {}))}", fontsize=10)
+    return fig
+
+
 def save_beside(fig: Figure, json_path: str | Path) -> Path:
     """The figure as a PNG next to a benchmark's JSON (same name, .png)."""
     return save_figure(fig, Path(json_path).with_suffix(".png"))
