@@ -17,23 +17,29 @@ def _machine(env: dict) -> str:
     return f"{env.get('device', '?')} {name}" + (f", {threads} threads" if threads else "") + f", torch {env.get('torch', '?')}"
 
 
+def _spread_bars(ax, labels: list[str], med: np.ndarray, low: np.ndarray, high: np.ndarray, colors: list,
+                 notes: list[str], room: float) -> None:
+    """Horizontal bars at the medians, top to bottom, each with a bar from its slowest to its
+    fastest round and a note after it; `room`: the x-range as a multiple of the largest maximum."""
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, med, color=colors, alpha=0.8)
+    ax.errorbar(med, y, xerr=[med - low, high - med], fmt="none", ecolor="black", capsize=3, lw=1)
+    for yi, top, note in zip(y, high, notes):
+        ax.text(top, yi, f"  {note}", va="center", fontsize=9)
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, max(high) * room)
+
+
 def plot_throughput(result: dict) -> Figure:
     """`bench`: the median images/s of each variant over the rounds, a bar from its slowest to
     its fastest round, and its ratio to the plain harness step."""
     s, variants = result["settings"], result["variants"]
     names = list(variants)
-    med = np.array([variants[n]["images_per_s"] for n in names])
-    lo = med - np.array([variants[n]["images_per_s_min"] for n in names])
-    hi = np.array([variants[n]["images_per_s_max"] for n in names]) - med
     fig = Figure(figsize=(8, 0.45 * len(names) + 1.8))
     ax = fig.subplots()
-    y = np.arange(len(names))[::-1]
-    ax.barh(y, med, color=[COLORS[0] if n not in ("pytorch", "plain") else COLORS[7] for n in names], alpha=0.8)
-    ax.errorbar(med, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
-    for yi, n, m, h in zip(y, names, med, hi):
-        ax.text(m + h, yi, f"  {m:.1f}  (×{variants[n]['ratio_to_plain']:.2f} plain)", va="center", fontsize=9)
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, max(med + hi) * 1.45)
+    _spread_bars(ax, names, *(np.array([variants[n][k] for n in names]) for k in ("images_per_s", "images_per_s_min", "images_per_s_max")),
+                 colors=[COLORS[0] if n not in ("pytorch", "plain") else COLORS[7] for n in names],
+                 notes=[f"{variants[n]['images_per_s']:.1f}  (×{variants[n]['ratio_to_plain']:.2f} plain)" for n in names], room=1.45)
     ax.set_xlabel(f"training images/s (median of {s['rounds']} rounds of {s['steps']} steps; bar: slowest–fastest)")
     ax.set_title(f"{s['model']} (teacher {s['teacher']}), {s['image_size']} px, batch {s['batch_size']}, "
                  f"{s['precision']}{', compiled' if s['compile'] else ''}\n{_machine(result['environment'])}", fontsize=10)
@@ -74,19 +80,13 @@ def plot_recipe_bench(result: dict) -> Figure:
     order = [v["name"] for v in result["variants"]]   # each run's variants in the order given (JSON sorts keys)
     rows = sorted(result["results"].values(), key=lambda r: (r["run"], order.index(r["variant"])))
     first = order[0]
-    med = np.array([r["images_per_s"] for r in rows])
-    lo = med - np.array([r["images_per_s_min"] for r in rows])
-    hi = np.array([r["images_per_s_max"] for r in rows]) - med
+    runs = list(dict.fromkeys(r["run"] for r in rows))
     fig = Figure(figsize=(8, 0.45 * len(rows) + 1.8))
     ax = fig.subplots()
-    y = np.arange(len(rows))[::-1]
-    runs = list(dict.fromkeys(r["run"] for r in rows))
-    ax.barh(y, med, color=[COLORS[7] if r["variant"] == first else COLORS[runs.index(r["run"]) % 7] for r in rows], alpha=0.8)
-    ax.errorbar(med, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
-    for yi, r, m, h in zip(y, rows, med, hi):
-        ax.text(m + h, yi, f"  {m:.0f}  (×{r['ratio_to_first']:.2f})", va="center", fontsize=9)
-    ax.set_yticks(y, [f"{r['run']}: {r['variant']}" for r in rows])
-    ax.set_xlim(0, max(med + hi) * 1.3)
+    _spread_bars(ax, [f"{r['run']}: {r['variant']}" for r in rows],
+                 *(np.array([r[k] for r in rows]) for k in ("images_per_s", "images_per_s_min", "images_per_s_max")),
+                 colors=[COLORS[7] if r["variant"] == first else COLORS[runs.index(r["run"]) % 7] for r in rows],
+                 notes=[f"{r['images_per_s']:.0f}  (×{r['ratio_to_first']:.2f})" for r in rows], room=1.3)
     ax.set_xlabel(f"training images/s (median of {result['rounds']} rounds of about {result['images_per_round']} images; "
                   f"bar: slowest–fastest; ×: against '{first}')")
     ax.set_title(f"bench-recipe {result['recipe']}" + (f" ({', '.join(result['command_overrides'])})" if result.get("command_overrides") else "")
