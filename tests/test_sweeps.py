@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_wandb import offline_runs
+from wandb_files import offline_runs
 
 from bench.ablation.tracking import artifact_name, for_sweep
 from bench.cli import _looks_like_a_command, main, parse, planned, run_parser

@@ -1,141 +1,25 @@
-"""Weights & Biases: offline runs read back from their .wandb files, and tables rebuilt from a
+"""Weights & Biases: a tiny ablation logged offline and read back from its .wandb files (groups,
+tags, nested configs, metrics, model lineage, the summary run), and its tables rebuilt from a
 stand-in of `wandb.Api()` identical to those built from the run directories."""
 from __future__ import annotations
 
-import json
 import shutil
-import struct
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from wandb_files import FAST, StandInApi, offline_runs
 
-import bench.engine.loop as loop
 from bench import report, runs
-from bench.ablation import plan, run_ablation, tracking, wandb_connect
+from bench.ablation import plan, run_ablation, tracking
 from bench.cli import main
-from bench.config import WandbConfig, load_recipe, tricks_on
+from bench.config import load_recipe, tricks_on
 from bench.errors import BenchError, ConfigError
 from bench.report.wandb import load_wandb_results, write_wandb_report
 from bench.report.wandb_summary import delta_summary, log_report, summary_run_id
 from bench.runs import RunDir
 from bench.runs.rundir import flat_config
 
-# ---- a reader of wandb's offline run files: LevelDB-log framing of protobuf Records ----------
-BLOCK, HEADER = 32 * 1024, 7          # each chunk: crc32c (4), length (2, little-endian), type (1)
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
-
-def read_records(path: Path) -> list:
-    """The `wandb_internal_pb2.Record`s of a .wandb file. The file opens with its own 7-byte
-    header (":W&B", a 2-byte magic, a version byte); blocks are counted from the file's start."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, parts, payloads = HEADER, [], []
-    while pos + HEADER <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < HEADER:                 # the block's tail is too short for a header: padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        if kind == 0 and length == 0:
-            pos += left
-            continue
-        chunk = data[pos + HEADER:pos + HEADER + length]
-        pos += HEADER + length
-        if kind == FULL:
-            payloads.append(chunk)
-        elif kind == FIRST:
-            parts = [chunk]
-        elif kind == MIDDLE:
-            parts.append(chunk)
-        elif kind == LAST:
-            payloads.append(b"".join(parts + [chunk]))
-        else:
-            raise AssertionError(f"{path}: chunk type {kind} at byte {pos}")
-    records = []
-    for payload in payloads:
-        record = pb.Record()
-        record.ParseFromString(payload)
-        records.append(record)
-    return records
-
-
-def read_offline_run(run_dir: Path) -> dict:
-    """An offline run folder as run attributes, config, summary, history rows, files and the
-    artifacts it logged or used (`used`: logged to be used once committed, as use_artifact does)."""
-    (file,) = Path(run_dir).glob("run-*.wandb")
-    run, config, summary, history, artifacts = None, {}, {}, [], []
-    for record in read_records(file):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
-        elif kind == "config":
-            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
-        elif kind == "summary":
-            for item in record.summary.update:
-                summary["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
-        elif kind == "history":
-            history.append({"/".join(i.nested_key) if i.nested_key else i.key: json.loads(i.value_json)
-                            for i in record.history.item})
-        elif kind == "artifact":
-            a = record.artifact
-            artifacts.append({"name": a.name, "type": a.type, "digest": a.digest, "used": a.use_after_commit,
-                              "files": [entry.path for entry in a.manifest.contents], "metadata": json.loads(a.metadata) if a.metadata else {}})
-    assert run is not None, f"{file}: no run record"
-    return {"id": run.run_id, "group": run.run_group, "job_type": run.job_type, "name": run.display_name,
-            "tags": list(run.tags), "project": run.project, "sweep_id": run.sweep_id, "config": config,
-            "summary": summary, "history": history, "artifacts": artifacts, "files": Path(run_dir) / "files"}
-
-
-def offline_runs(wandb_root: Path) -> list[dict]:
-    """The offline runs under `wandb_root`/wandb, oldest first, once wandb has written them out."""
-    import wandb
-
-    wandb.teardown()   # run.finish() returns before wandb's service has flushed the files
-    return [read_offline_run(d) for d in sorted(Path(wandb_root).glob("wandb/offline-run-*"))]
-
-
-# ---- a stand-in for wandb.Api(), shaped like its runs: config, summary, history, files ------
-class StandInFile:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def download(self, root: str, replace: bool = False):
-        if not self.path.is_file():
-            raise ValueError(f"{self.path.name}: no such file")
-        shutil.copyfile(self.path, Path(root) / self.path.name)
-
-
-class StandInRun:
-    def __init__(self, offline: dict):
-        self.id, self.group, self.job_type = offline["id"], offline["group"], offline["job_type"]
-        self.name, self.tags = offline["name"], offline["tags"]
-        self.config = {k: v for k, v in offline["config"].items() if not k.startswith("_")}
-        self.summary = offline["summary"]
-        self._history, self._files = offline["history"], offline["files"]
-
-    def scan_history(self, keys=None, page_size=1000):
-        return iter([dict(row) for row in self._history])
-
-    def file(self, name: str) -> StandInFile:
-        return StandInFile(self._files / name)
-
-
-class StandInApi:
-    def __init__(self, offline: list[dict]):
-        self.offline, self.queries = offline, []
-
-    def runs(self, path: str, filters=None, **kwargs):
-        self.queries.append((path, filters))
-        return [StandInRun(o) for o in self.offline if o["group"] == (filters or {}).get("group")]
-
-
-# ---- tests --------------------------------------------------------------------------------
-FAST = (("efficient.precision", "fp32"), ("data.max_train_batches", 2))   # bf16 is slow on CPUs
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """A tiny ablation (a teacher, efficient, distill) trained with W&B offline, and its report
@@ -298,146 +182,3 @@ def test_from_wandb_errors_are_one_line(logged, tmp_path, capsys):
         load_wandb_results("me/bench-test", "other", api=StandInApi(logged[2]))
     assert main(["report", "--group", "out"]) == 2
     assert "go together" in capsys.readouterr().err
-
-
-def test_a_resumed_run_continues_the_same_wandb_run(write_recipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_DIR", raising=False)
-    specs = plan(load_recipe(write_recipe()), only=["efficient"], overrides=FAST)
-    out, calls = tmp_path / "out", []
-    real_evaluate = loop.evaluate
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt   # killed during the second epoch
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "evaluate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_ablation(specs, out, progress=False, wandb=WandbConfig())
-    monkeypatch.setattr(loop, "evaluate", real_evaluate)
-    run_ablation(specs, out, progress=False, wandb=WandbConfig())
-    first, second = offline_runs(out)
-    assert first["id"] == second["id"] == (out / specs[0].path / RunDir.WANDB_ID).read_text().strip()
-    assert "final" not in first["summary"] and second["summary"]["final"]["top1"] >= 0
-    assert [h["epoch"] for h in second["history"] if "val_top1" in h] == [1]   # epoch 0 came from the checkpoint
-
-
-def test_a_wandb_failure_never_stops_training(write_recipe, tmp_path, monkeypatch, capsys):
-    import wandb
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    specs = plan(load_recipe(write_recipe()), only=["efficient", "cosine"], overrides=FAST)
-
-    def broken_init(**kwargs):
-        raise RuntimeError("no W&B today")
-
-    monkeypatch.setattr(wandb, "init", broken_init)
-    finals = run_ablation(specs[:1], tmp_path / "a", progress=False, wandb=WandbConfig())
-    assert len(finals) == 1 and "could not start a run" in capsys.readouterr().err
-
-    class BrokenRun:
-        summary, dir = {}, str(tmp_path)
-
-        def log(self, data):
-            raise OSError("disk full")
-
-        def finish(self, exit_code=0):
-            pass
-
-    tracker = tracking.WandbTracker(BrokenRun(), 1, tmp_path)
-    monkeypatch.setattr(tracking, "start_run", lambda *a, **k: tracker)
-    import bench.ablation.execute as ablation
-    monkeypatch.setattr(ablation, "start_run", lambda *a, **k: tracker)
-    finals = run_ablation(specs[1:], tmp_path / "b", progress=False, wandb=WandbConfig())
-    err = capsys.readouterr().err
-    assert len(finals) == 1 and err.count("logging stops, training goes on") == 1 and tracker.run is None
-
-
-def test_a_failing_artifact_never_stops_training_nor_the_metrics(write_recipe, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var in ("WANDB_DIR", "WANDB_SWEEP_ID", "WANDB_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    specs = plan(load_recipe(write_recipe()), only=["distill"], overrides=FAST)   # the teacher, then distill
-
-    def broken(*args, **kwargs):
-        raise OSError("artifact store down")
-
-    monkeypatch.setattr(tracking, "model_artifact", broken)
-    out = tmp_path / "out"
-    finals = run_ablation(specs, out, progress=False, wandb=WandbConfig())
-    err = capsys.readouterr().err
-    assert len(finals) == 2 and err.count("logging the model artifact failed") == 2
-    assert err.count("declaring the teacher's weights as input failed (OSError: artifact store down); logging goes on") == 1
-    for o in offline_runs(out):   # the runs themselves are whole: summary, history
-        assert o["summary"]["final"]["top1"] >= 0 and not o["artifacts"]
-
-
-def test_without_network_a_run_is_offline_within_seconds(write_recipe, tmp_path, monkeypatch):
-    """An API key but a resolver that never answers (no network): the probe gives up after
-    REACHABLE_TIMEOUT_S and the run is logged offline. Without a key, nothing is asked."""
-    import socket
-    import time
-
-    for var in ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_SWEEP_ID", "WANDB_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(120))
-    t0 = time.perf_counter()
-    assert wandb_connect.resolve_mode(WandbConfig()) == "offline"
-    assert time.perf_counter() - t0 < wandb_connect.REACHABLE_TIMEOUT_S + 1
-    specs = plan(load_recipe(write_recipe()), only=["efficient"], overrides=FAST)
-    t0 = time.perf_counter()
-    run_ablation(specs, tmp_path / "out", progress=False, wandb=WandbConfig())
-    assert time.perf_counter() - t0 < 60
-    (o,) = offline_runs(tmp_path / "out")
-    assert o["summary"]["final"]["top1"] >= 0
-
-    def no_connection(*args, **kwargs):
-        raise AssertionError("a connection was tried without an API key")
-
-    monkeypatch.delenv("WANDB_API_KEY")
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(socket, "create_connection", no_connection)
-    assert wandb_connect.resolve_mode(WandbConfig()) == "offline"
-
-
-def test_an_online_start_that_fails_is_retried_offline(tmp_path, monkeypatch, capsys):
-    import wandb
-
-    modes = []
-
-    def init(mode, **kwargs):
-        modes.append(mode)
-        if mode == "online":
-            raise TimeoutError("no answer within init_timeout")
-        return "offline run"
-
-    monkeypatch.setattr(wandb, "init", init)
-    assert wandb_connect.init_run(WandbConfig(mode="online"), tmp_path, "abc", "g") == "offline run"
-    assert modes == ["online", "offline"] and "logging offline instead" in capsys.readouterr().err
-
-
-def test_wandb_settings_from_recipe_and_cli(write_recipe, monkeypatch):
-    from conftest import TINY_RECIPE
-
-    assert load_recipe(write_recipe()).wandb is None
-    on = load_recipe(write_recipe(TINY_RECIPE + "wandb: {entity: lab}\n")).wandb
-    assert on == WandbConfig(entity="lab")
-    assert wandb_connect.choose_settings(None, True) == WandbConfig()
-    assert wandb_connect.choose_settings(on, None) is on and wandb_connect.choose_settings(on, False) is None
-    with pytest.raises(ConfigError, match="wandb: unknown key 'api_key'"):
-        load_recipe(write_recipe(TINY_RECIPE + "wandb: {api_key: secret}\n"))
-    monkeypatch.setenv("WANDB_MODE", "dryrun")
-    assert wandb_connect.resolve_mode(WandbConfig()) == "offline"
-    assert wandb_connect.resolve_mode(WandbConfig(mode="online")) == "online"
-    monkeypatch.setenv("WANDB_MODE", "sometimes")
-    with pytest.raises(ConfigError, match="WANDB_MODE"):
-        wandb_connect.resolve_mode(WandbConfig())
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", "/nonexistent")
-    monkeypatch.setattr(wandb_connect, "_has_api_key", lambda host: False)
-    assert wandb_connect.resolve_mode(WandbConfig()) == "offline"   # no key: offline, no network asked

@@ -1,0 +1,157 @@
+"""The report's statistics and drawing on hand-made runs: logit gaps, seed-paired Δ intervals, the
+paper's own Δ, the staircase's branches and axis, the curves' panels."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.engine import logit_gaps
+from bench.errors import BenchError
+from bench.report import figures as plots
+from bench.report import frames, staircase, stats, tables
+
+
+def test_logit_gap_is_max_minus_mean_of_the_others():
+    logits = torch.tensor([[3.0, 1.0, -1.0], [0.0, 0.0, 6.0]])
+    assert logit_gaps(logits).tolist() == pytest.approx([3.0, 6.0])
+
+
+def test_theoretical_gap_matches_the_paper():
+    assert plots.logit_gap_theory(0.1, 1000) == pytest.approx(math.log(999 * 0.9 / 0.1))
+    assert float(plots.logit_gap_theory(0.1, 1000)) == pytest.approx(9.1, abs=0.05)   # paper, Section 5.2
+    assert float(plots.logit_gap_theory(0.5, 2)) == pytest.approx(0.0)
+
+
+def _synthetic(top1: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for i, (step, values) in enumerate(top1.items(), start=1):
+        for seed, v in enumerate(values):
+            rows.append({"model": "m", "role": "student", "step": step, "step_index": i,
+                         "parent_step": list(top1)[i - 2] if i > 1 else None, "seed": seed, "top1": v,
+                         "top5": 99.0, "paper_table": None, "paper_model": None, "path": f"m/{i}/seed{seed}"})
+    return frames.runs_frame(rows)
+
+
+def test_paired_interval_uses_t_quantiles_over_seed_differences():
+    df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [61.0, 72.0, 80.0]})
+    d = stats.paired_deltas(df).set_index("step")
+    diffs = np.array([1.0, 2.0, 0.0])
+    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)    # t(0.975, 2 dof)
+    assert d.loc["b", "delta_top1"] == pytest.approx(1.0)
+    assert (d.loc["b", "ci_low"], d.loc["b", "ci_high"]) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-5)
+    assert not d.loc["b", "excludes_zero"]               # seed noise swamps +1
+    assert d.loc["c", "excludes_zero"] and d.loc["c", "ci_low"] == pytest.approx(10.0)  # +10 on every seed
+    assert "+10.00 [+10.00, +10.00]*" in tables.table_markdown(stats.ablation_table(df))
+
+
+def test_paper_tables_2_to_6_load_in_long_form():
+    for table in ("table2", "table3", "table4", "table5", "table6"):
+        paper = frames.load_paper(table)
+        assert {"table", "step", "model", "top1", "top5"} <= set(paper.columns) and (paper["table"] == table).all()
+    t6 = frames.load_paper("table6").set_index(["model", "step"])
+    assert len(t6) == 18 and t6.loc[("inception_v3", "distill_mixup"), "top1"] == 78.34
+    assert frames.load_paper("table4").query("batch_size == 1024 and step == 'zero_gamma'")["top1"].item() == 76.37
+    with pytest.raises(BenchError, match="table9"):
+        frames.load_paper("table9")
+
+
+def _runs(top1: dict[str, dict[int, float]], parents: Optional[dict[str, str]] = None, **columns) -> pd.DataFrame:
+    """Student runs: {step: {seed: top-1}}, each step on the previous one unless `parents` says."""
+    rows = []
+    for i, (step, by_seed) in enumerate(top1.items(), start=1):
+        parent = (parents or {}).get(step, list(top1)[i - 2] if i > 1 else None)
+        rows += [{"model": "m", "role": "student", "step": step, "step_index": i, "parent_step": parent, "seed": seed,
+                  "top1": v, "top5": 99.0, "paper_table": None, "paper_model": None, "path": f"m/{i}/seed{seed}",
+                  **columns} for seed, v in by_seed.items()]
+    return frames.runs_frame(rows)
+
+
+def test_delta_is_over_the_seeds_both_steps_have():
+    """`--only a b --seeds 0 1` on top of a seed-0 run: c's Δ is its seed 0 minus b's seed 0,
+    not its one seed minus b's two-seed mean; n is shown per step, and the Δ's n where it differs."""
+    df = _runs({"a": {0: 50.0}, "b": {0: 52.0, 1: 60.0}, "c": {0: 53.0}})
+    st = stats.step_stats(df).set_index("step")
+    assert st.loc["c", "delta_top1"] == pytest.approx(1.0) and st.loc["c", "n_pairs"] == 1   # not 53 − 56
+    assert st.loc["b", "delta_top1"] == pytest.approx(2.0) and st.loc["b", "n_pairs"] == 1   # not 56 − 50
+    md = tables.table_markdown(stats.ablation_table(df))
+    assert "| b | 2 | 56.00 ± 5.66 | +2.00 (n=1) |" in md and "| c | 1 | 53.00 | +1.00 |" in md
+    assert "each row's n seeds" in md
+    none = tables.table_markdown(stats.ablation_table(_runs({"a": {0: 50.0}, "b": {1: 52.0}})))
+    assert "| b | 1 | 52.00 | – (no common seed) |" in none
+
+
+def test_the_paper_column_shows_the_papers_own_delta_never_ours_minus_theirs():
+    steps = {"efficient": {0: 98.0}, "cosine": {0: 97.0}, "label_smoothing": {0: 99.0}, "mixup": {0: 98.5}}
+    paper = {"paper_table": "table6", "paper_model": "resnet50d"}
+    digits = _runs(steps, {"mixup": "label_smoothing"}, **paper, **{"config.data.dataset": "digits"})
+    st = stats.step_stats(digits).set_index("step")
+    assert st.loc["cosine", "paper_delta_top1"] == pytest.approx(77.91 - 77.16)
+    assert st.loc["mixup", "paper_delta_top1"] == pytest.approx(79.15 - 78.31)   # the same two steps as ours
+    assert st["vs_paper_top1"].isna().all()
+    md = tables.table_markdown(stats.ablation_table(digits))
+    assert "| cosine | 1 | 97.00 | -1.00 | +0.75 | 99.00 | 77.91 | 93.81 |" in md
+    assert "(+19" not in md and "(+2" not in md and "− paper" not in md and "another data set" in md
+    imagenet = _runs(steps, **paper, **{"config.data.dataset": "imagenet"})
+    assert "| ours − paper top-1 |" in tables.table_markdown(stats.ablation_table(imagenet))
+    assert stats.step_stats(imagenet).set_index("step").loc["cosine", "vs_paper_top1"] == pytest.approx(97.0 - 77.91)
+
+
+DEFAULT_STEPS = {"efficient": {0: 354 / 3.59}, "cosine": {0: 351 / 3.59}, "label_smoothing": {0: 355 / 3.59},
+                 "distill": {0: 357 / 3.59}, "mixup": {0: 352 / 3.59, 1: 354 / 3.59}, "distill_mixup": {0: 357 / 3.59}}
+DEFAULT_PARENTS = {"mixup": "label_smoothing", "distill_mixup": "mixup"}
+
+
+def test_staircase_branches_siblings_from_their_parent():
+    df = _runs(DEFAULT_STEPS, DEFAULT_PARENTS)
+    segments = staircase.staircase_segments(stats.step_stats(df))
+    assert ("m", "label_smoothing", "mixup") in segments and ("m", "label_smoothing", "distill") in segments
+    assert ("m", "distill", "mixup") not in segments and ("m", "mixup", "distill_mixup") in segments
+    fig = plots.plot_staircase(df)
+    drawn = {tuple(np.round(line.get_xdata(), 6)) for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 2}
+    assert (2.0, 4.0) in drawn and (3.0, 4.0) not in drawn     # label_smoothing (x = 2) → mixup (x = 4)
+
+
+def test_staircase_axis_does_not_zoom_onto_one_image_differences_and_the_legend_covers_nothing():
+    df = _runs(DEFAULT_STEPS, DEFAULT_PARENTS)
+    n, se = staircase.measurement_noise(df)
+    p = df["top1"].mean() / 100
+    assert n == 359 and se == pytest.approx(100 * math.sqrt(p * (1 - p) / 359))   # ≈ 0.6 pp
+    fig = plots.plot_staircase(df)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high - low >= staircase.SE_PER_AXIS * se and high <= 100 + 0.2 * (high - low)   # 1.7 pp of data, ≥ 4.8 pp
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("n=1") == 5 and texts.count("n=2") == 1
+    assert "one image = 0.28 pp" in ax.get_title()
+    fig.draw_without_rendering()
+    assert not ax.legend_ and len(fig.legends) == 1
+    assert not fig.legends[0].get_window_extent().overlaps(ax.get_window_extent())
+
+
+def test_validation_images_are_read_off_the_top1_values():
+    assert stats.validation_images([354 / 3.59, 100.0, 351 / 3.59]) == 359
+    assert stats.validation_images([86.83, 88.33, 100 * 8881 / 10000]) == 10000
+    assert stats.validation_images([100 / 3]) == 3 and stats.validation_images([math.pi]) is None
+
+
+def _curves(finals: dict[str, float], epochs: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = _runs({step: {0: v} for step, v in finals.items()})
+    curves = pd.concat([pd.DataFrame({"path": path, "epoch": range(epochs),
+                                      "val_top1": np.linspace(20.0, v, epochs)})
+                        for path, v in zip(runs["path"], runs["top1"])], ignore_index=True)
+    return runs, curves
+
+
+def test_curves_that_end_on_top_of_each_other_are_drawn_as_small_multiples():
+    runs, curves = _curves({"a": 98.6, "b": 97.8, "c": 98.9, "d": 99.4})
+    fig = plots.plot_curves(runs, curves)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["a (n=1)", "b (n=1)", "c (n=1)", "d (n=1)"]
+    assert all(len(ax.get_lines()) == 4 for ax in visible)          # its own curve and the 3 others in grey
+    runs, curves = _curves({"a": 60.0, "b": 75.0, "c": 90.0})
+    assert len(plots.plot_curves(runs, curves).axes) == 1          # apart: one panel
