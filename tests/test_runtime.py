@@ -14,7 +14,7 @@ from bench.engine import distributed as dist
 from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.loop import train
 from bench.engine.models import build_model
-from bench.engine.runtime import auto_threads, resolve_deterministic, resolve_threads
+from bench.engine.runtime import auto_threads, cpu_info, precision_warning, resolve_deterministic, resolve_threads
 from bench.errors import BenchError, ConfigError
 
 TINY = ModelConfig(name="resnet18d", small_input=True, kwargs={"channels": [4, 8, 16, 32], "stem_width": 4})
@@ -150,5 +150,33 @@ def test_a_run_records_its_threads_and_determinism_and_trains_in_float64(tiny_cf
         torch.set_num_threads(before)
     env = json.loads((tmp_path / "env.json").read_text())
     assert (env["threads"], env["threads_from"], env["cpu_threads"], env["deterministic"]) == (1, "runtime.threads", 1, True)
+    model, flags = cpu_info()
+    assert (env["cpu_model"], set(env["cpu_flags"]) <= flags) == (model, True)
     weights = torch.load(tmp_path / "model.pt", weights_only=True)
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float64}
+
+
+AVX2_ONLY = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 fma f16c avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 fma f16c avx2 bmi2
+"""
+
+
+def test_low_precision_on_a_cpu_without_its_instructions_is_flagged(tmp_path):
+    (tmp_path / "cpuinfo").write_text(AVX2_ONLY)
+    model, flags = cpu_info(str(tmp_path / "cpuinfo"))
+    assert model == "AMD EPYC" and {"avx2", "f16c"} <= flags and "processor" not in flags
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for precision in ("bf16", "fp16"):
+        assert f"efficient.precision = {precision} on a CPU without AVX-512" in precision_warning(precision, cpu, flags)
+        assert precision_warning(precision, cuda, flags) is None                  # a GPU has its own units
+    assert precision_warning("fp32", cpu, flags) is None
+    assert precision_warning("bf16", cpu, flags | {"avx512_bf16"}) is None          # native bf16
+    assert precision_warning("bf16", cpu, flags | {"avx512bw"}) is None             # emulated by oneDNN at fp32 speed
+    assert precision_warning("fp16", cpu, flags | {"avx512_bf16"}) is not None      # bf16 units do not run fp16
+    assert precision_warning("bf16", cpu, {"fp", "asimd", "bf16"}) is None          # not x86: not judged
+    assert cpu_info(str(tmp_path / "absent")) == ("", set())

@@ -19,7 +19,7 @@ from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
-from bench.engine.runtime import resolve_deterministic, resolve_threads, set_threads
+from bench.engine.runtime import cpu_info, cpu_record, precision_warning, resolve_deterministic, resolve_threads, set_threads
 from bench.engine.step import build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
@@ -116,6 +116,10 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     workers = cfg.data.workers if cfg.data.dataset in ("imagenet", "imagefolder") else 0
     threads, source = resolve_threads(cfg.runtime.threads, workers)
     set_threads(threads, source, show=dist.is_main())
+    cpu_model, cpu_flags = cpu_info()
+    warning = precision_warning(cfg.efficient.precision, device, cpu_flags)
+    if warning and dist.is_main():
+        print(warning, flush=True)
     deterministic = resolve_deterministic(cfg.runtime.deterministic, device)
     seed_everything(cfg.seed, deterministic)
     data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size, device)
@@ -140,4 +144,5 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     return Training(cfg, data, device, model, net, optimizer, scaler, teacher,
                     schedule_for(cfg, len(data.train)), np.random.default_rng(cfg.seed), LossGuard(device),
                     tracker or Tracker(), runtime={"threads": threads, "threads_from": source,
-                                                   "deterministic": deterministic, "world_size": ctx.world_size})
+                                                   "deterministic": deterministic, "world_size": ctx.world_size,
+                                                   **cpu_record(cpu_flags, cpu_model)})
