@@ -20,7 +20,7 @@ Marks, an HTML comment on the line before the block (visible in the Markdown sou
   W&B account online, ImageNet, a GPU cluster), for the test command itself (the suite would
   run itself; ``.ci/run`` runs it), and for setting up the machine as root (``.ci/run`` does).
 - ``<!-- slow: REASON -->``: the real thing, too long for every test run (the README's
-  default ablation, about 3 minutes); runs with ``BENCH_DOCS_FULL=1``, as ``.ci/run`` sets.
+  default ablation, about 3 minutes); runs with ``BENCH_DOCS_FULL=1``, as ``.ci/run`` sets on a CPU that runs bf16 at speed.
 - ``<!-- needs slurm: REASON -->``: runs against the two-node cluster of ``.ci/slurm-up.sh``;
   skipped when it is not up (failing under ``CI=true``, as tests/test_slurm.py does). The jobs
   the block submitted are cancelled after it.
