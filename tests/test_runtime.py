@@ -14,8 +14,9 @@ from bench.engine import distributed as dist
 from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.loop import train
 from bench.engine.models import build_model
-from bench.engine.runtime import auto_threads, cpu_info, precision_warning, resolve_deterministic, resolve_threads
+from bench.engine.runtime import auto_threads, precision_warning, resolve_deterministic, resolve_threads
 from bench.errors import BenchError, ConfigError
+from bench.runs.environment import cpu_info
 
 TINY = ModelConfig(name="resnet18d", small_input=True, kwargs={"channels": [4, 8, 16, 32], "stem_width": 4})
 

@@ -22,6 +22,7 @@ from typing import Optional, Union
 import torch
 
 from bench.errors import BenchError
+from bench.runs.environment import FAST_LOW_PRECISION_FLAGS
 
 
 def available_cores(env: Optional[Mapping[str, str]] = None) -> int:
@@ -67,28 +68,6 @@ def resolve_deterministic(setting: Union[bool, str], device: torch.device) -> bo
     return device.type != "cuda" if setting == "auto" else bool(setting)
 
 
-# x86 flags under which oneDNN runs bf16/fp16 natively or emulates them at about fp32's speed
-FAST_LOW_PRECISION_FLAGS = {"bf16": {"avx512_bf16", "amx_bf16", "avx512bw", "avx_ne_convert"},
-                            "fp16": {"avx512_fp16", "amx_fp16", "avx512bw", "avx_ne_convert"}}
-
-
-def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
-    """(model name, instruction-set flags) of the first CPU in `path`; ("", set()) where unreadable."""
-    try:
-        text = open(path, encoding="utf-8", errors="replace").read()
-    except OSError:
-        return "", set()
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    return model, flags
-
-
 def precision_warning(precision: str, device: torch.device, flags: set[str]) -> Optional[str]:
     """A one-line warning where `precision` autocast on this x86 CPU is emulated (none of
     FAST_LOW_PRECISION_FLAGS among `flags`); None elsewhere, and where the flags are unknown."""
@@ -98,12 +77,6 @@ def precision_warning(precision: str, device: torch.device, flags: set[str]) -> 
         return None
     return (f"warning: efficient.precision = {precision} on a CPU without AVX-512 or AMX: autocast emulates "
             f"{precision} here, several times slower than fp32 (--set efficient.precision=fp32 trains faster)")
-
-
-def cpu_record(flags: set[str], model: str) -> dict:
-    """What env.json records of the CPU: its model and the low-precision flags it has."""
-    wanted = set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"}
-    return {"cpu_model": model, "cpu_flags": sorted(flags & wanted)}
 
 
 _SHOWN: set[tuple[int, str]] = set()

@@ -19,10 +19,11 @@ from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
-from bench.engine.runtime import cpu_info, cpu_record, precision_warning, resolve_deterministic, resolve_threads, set_threads
+from bench.engine.runtime import precision_warning, resolve_deterministic, resolve_threads, set_threads
 from bench.engine.step import build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
+from bench.runs.environment import cpu_info
 from bench.tricks import weight_dtype
 
 
@@ -116,8 +117,7 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     workers = cfg.data.workers if cfg.data.dataset in ("imagenet", "imagefolder") else 0
     threads, source = resolve_threads(cfg.runtime.threads, workers)
     set_threads(threads, source, show=dist.is_main())
-    cpu_model, cpu_flags = cpu_info()
-    warning = precision_warning(cfg.efficient.precision, device, cpu_flags)
+    warning = precision_warning(cfg.efficient.precision, device, cpu_info()[1])
     if warning and dist.is_main():
         print(warning, flush=True)
     deterministic = resolve_deterministic(cfg.runtime.deterministic, device)
@@ -144,5 +144,4 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     return Training(cfg, data, device, model, net, optimizer, scaler, teacher,
                     schedule_for(cfg, len(data.train)), np.random.default_rng(cfg.seed), LossGuard(device),
                     tracker or Tracker(), runtime={"threads": threads, "threads_from": source,
-                                                   "deterministic": deterministic, "world_size": ctx.world_size,
-                                                   **cpu_record(cpu_flags, cpu_model)})
+                                                   "deterministic": deterministic, "world_size": ctx.world_size})

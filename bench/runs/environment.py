@@ -42,6 +42,34 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
+# x86 flags under which oneDNN runs bf16/fp16 natively or emulates them at about fp32's speed
+FAST_LOW_PRECISION_FLAGS = {"bf16": {"avx512_bf16", "amx_bf16", "avx512bw", "avx_ne_convert"},
+                            "fp16": {"avx512_fp16", "amx_fp16", "avx512bw", "avx_ne_convert"}}
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """(model name, instruction-set flags) of the first CPU in `path`; ("", set()) where unreadable."""
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return "", set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def cpu_record(model: str, flags: set[str]) -> dict:
+    """What env.json records of the CPU: its model and the low-precision flags it has."""
+    wanted = set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"}
+    return {"cpu_model": model, "cpu_flags": sorted(flags & wanted)}
+
+
 def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
     """Versions, commit (and whether the tree had uncommitted changes), device, intra-op threads,
     world size, host and time (UTC), the settings resolved at start-up (`resolved`: threads and
@@ -58,6 +86,7 @@ def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
         "world_size": world_size,
         "hostname": platform.node(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **cpu_record(*cpu_info()),
         **resolved,
         "packages": installed_packages(),
     }
