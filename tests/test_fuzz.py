@@ -45,9 +45,7 @@ def check_loader(path: Path) -> None:
         load_recipe(path)
     except BenchError as err:
         assert "\n" not in str(err), str(err)
-    # a bound far above a refusal (the slowest case, 120,000 list items, took 7.5 s on a slow 2-core
-    # CPU in a full run) and far below an expansion (10^9 values from 1 KB take minutes and all memory)
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 5
 
 
 @FAST

@@ -79,13 +79,19 @@ def precision_warning(precision: str, device: torch.device, flags: set[str]) -> 
             f"{precision} here, several times slower than fp32 (--set efficient.precision=fp32 trains faster)")
 
 
-_SHOWN: set[tuple[int, str]] = set()
+_SHOWN: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """Print `line` the first time this process has it to say: once for a whole ablation."""
+    if line not in _SHOWN:
+        _SHOWN.add(line)
+        print(line, flush=True)
 
 
 def set_threads(threads: int, source: str, show: bool) -> None:
     """Set the intra-op thread count; say it once per process (and again if it changes)."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    if show and (threads, source) not in _SHOWN:
-        _SHOWN.add((threads, source))
-        print(f"threads: {threads} intra-op per process ({source})", flush=True)
+    if show:
+        say_once(f"threads: {threads} intra-op per process ({source})")

@@ -19,7 +19,7 @@ from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
-from bench.engine.runtime import precision_warning, resolve_deterministic, resolve_threads, set_threads
+from bench.engine.runtime import precision_warning, resolve_deterministic, resolve_threads, say_once, set_threads
 from bench.engine.step import build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
@@ -119,7 +119,7 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     set_threads(threads, source, show=dist.is_main())
     warning = precision_warning(cfg.efficient.precision, device, cpu_info()[1])
     if warning and dist.is_main():
-        print(warning, flush=True)
+        say_once(warning)
     deterministic = resolve_deterministic(cfg.runtime.deterministic, device)
     seed_everything(cfg.seed, deterministic)
     data = build_data(cfg.data, cfg.seed, ctx.rank, ctx.world_size, device)
