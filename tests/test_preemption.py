@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,23 @@ def test_stop_request_keeps_the_first_signal(tmp_path):
         os.kill(os.getpid(), signal.SIGUSR1)
         subprocess.run(["true"])   # let the interpreter run the handlers
     assert stop.signum == signal.SIGUSR2
+
+
+def test_a_run_keeps_its_identity_when_its_named_data_set_moves(tmp_path):
+    """A requeued job may find its data set elsewhere (a node-local copy, another mount): for a
+    named data set `data.root` is not part of a run's identity, finished or partial; for an image
+    folder, whose root is its data, it is."""
+    for dataset, same in (("fashion_mnist", True), ("imagefolder", False)):
+        here, there = (RunConfig.model_validate({"data": {"dataset": dataset, "root": root}}) for root in ("/data/a", "/scratch/b"))
+        finished, partial = RunDir(tmp_path / dataset / "finished"), RunDir(tmp_path / dataset / "partial")
+        for run in (finished, partial):
+            run.path.mkdir(parents=True)
+        (finished / RunDir.FINAL).write_text(json.dumps({"config_hash": here.config_hash()}))
+        partial.write_config(here)
+        (partial / RunDir.CHECKPOINT).write_bytes(b"")
+        assert finished.state(there) == ("finished" if same else "conflict")
+        assert partial.state(there) == ("partial" if same else "conflict")
+        with pytest.raises(BenchError, match="holds a run of a different config") if not same else nullcontext():
+            partial.check_config(there)
+    moved = RunConfig.model_validate({"data": {"dataset": "fashion_mnist", "root": "/elsewhere", "download": True}})
+    assert moved.config_hash() == moved.model_copy(update={"data": moved.data.model_copy(update={"root": None})}).config_hash()

@@ -30,6 +30,11 @@ class ModelConfig(Strict):
         return self
 
 
+# the data set whose root is its data; any other is named, and its root only says where the files
+# lie (a node-local copy, another mount), so a run keeps its identity when they move
+FOLDER_DATASETS = frozenset({"imagefolder"})
+
+
 class DataConfig(Strict):
     dataset: Literal["digits", "imagenet", "imagefolder", "cifar10", "cifar100", "fashion_mnist"] = "digits"
     root: Optional[str] = None                  # None: the data set's default places (bench/data.py)
@@ -180,6 +185,8 @@ class RunConfig(Strict):
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
         dumped = self.model_dump(mode="json", exclude=off)
+        if self.data.dataset not in FOLDER_DATASETS:   # where a named data set's files lie is not which run it is
+            dumped["data"]["root"] = None
         for section, key in self.added_keys:
             default = type(getattr(self, section)).model_fields[key].default
             if dumped[section][key] == default:

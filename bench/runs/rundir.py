@@ -265,9 +265,10 @@ class RunDir:
 
 
 def _same_config(saved: dict, cfg: RunConfig) -> bool:
-    """Whether a run's config.yaml holds `cfg` (one that no longer validates does not)."""
+    """Whether a run's config.yaml holds `cfg` (one that no longer validates does not): the same
+    config hash, as for a finished run."""
     try:
-        return RunConfig.model_validate(saved) == cfg
+        return RunConfig.model_validate(saved).config_hash() == cfg.config_hash()
     except ValueError:   # pydantic's ValidationError: a config of another schema, or a damaged one
         return False
 
