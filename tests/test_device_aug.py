@@ -85,7 +85,7 @@ def test_workers_send_uint8_and_the_batches_arrive_normalised(tmp_path):
     common = dict(dataset="imagefolder", root=str(root), global_batch_size=4, eval_batch_size=4, image_size=32,
                   eval_resize=36, workers=0, max_train_batches=2, max_val_batches=1)
     device, worker = (build_data(DataConfig(augment_on=a, **common), seed=0) for a in ("device", "worker"))
-    assert device.train.dataset.transform(Image.new("RGB", (40, 40))).dtype == torch.uint8
+    assert device.train.dataset.crop(Image.new("RGB", (40, 40)), seed=0).dtype == torch.uint8
     assert device.val.dataset.transform(Image.new("RGB", (40, 40))).dtype == torch.uint8
     (xd, yd), (xw, yw) = next(device.train.epoch(0)), next(worker.train.epoch(0))
     assert xd.dtype == xw.dtype == torch.float32 and xd.shape == xw.shape and torch.equal(yd, yw)

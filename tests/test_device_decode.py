@@ -15,7 +15,8 @@ from bench.config import DataConfig, RunConfig
 from bench.config.validation import validate
 from bench.engine.data import build_data
 from bench.engine.data.fake import write_imagefolder
-from bench.engine.data.images import FolderImages, eval_transform, scan_split, train_transform
+from bench.engine.data.crops import CropFlip, FolderCrops
+from bench.engine.data.images import FolderImages, eval_transform, scan_split
 from bench.errors import BenchError, ConfigError
 
 CPU = torch.device("cpu")
@@ -27,10 +28,16 @@ def _cfg(root, **kw) -> DataConfig:
 
 
 def _both(samples, transform, keys):
-    """uint8 crops of the same items: the worker path (PIL decode) and the device-decode path."""
-    worker = torch.stack([FolderImages(samples, transform)[k][0] for k in keys])
+    """uint8 crops of the same items: the worker path (PIL decode) and the device-decode path;
+    `transform`: the training `CropFlip` or the evaluation transform."""
+    items = FolderCrops(samples, transform) if isinstance(transform, CropFlip) else FolderImages(samples, transform, random=False)
+    worker = torch.stack([items[k][0] for k in keys])
     device, _ = dd.DeviceDecode(samples, transform, CPU)(*dd.collate_bytes([dd.FolderBytes(samples)[k] for k in keys]))
     return worker, device
+
+
+def _crops(root, **kw) -> CropFlip:
+    return CropFlip.from_config(_cfg(root, **kw), 32)
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -41,14 +48,14 @@ def test_same_crops_and_flips_as_the_worker_path(tmp_path):
     write_imagefolder(tmp_path)
     _, samples = scan_split(tmp_path / "train")
     keys = [(i % len(samples), 1_000 + 7 * i) for i in range(48)]   # 48 draws of crop and flip
-    worker, device = _both(samples, train_transform(_cfg(tmp_path), 32), keys)
+    worker, device = _both(samples, _crops(tmp_path), keys)
     assert worker.shape == device.shape == (48, 3, 32, 32) and worker.dtype == device.dtype == torch.uint8
     # PIL and torchvision's libjpeg-turbo may round differently: a level or two at most
     assert max(_mad(w, d) for w, d in zip(worker, device)) < 2
     shifted = [(i, s + 1) for i, s in keys]                       # other draws: other boxes and flips
-    assert _mad(worker, _both(samples, train_transform(_cfg(tmp_path), 32), shifted)[1]) > 10
+    assert _mad(worker, _both(samples, _crops(tmp_path), shifted)[1]) > 10
     # the same boxes unmirrored (the flip is drawn after the box): about half the items are mirrored
-    unflipped = _both(samples, train_transform(_cfg(tmp_path, hflip=False), 32), keys)[1]
+    unflipped = _both(samples, _crops(tmp_path, hflip=False), keys)[1]
     mirrored = [_mad(d, u.flip(-1)) < 2 for d, u in zip(device, unflipped)]
     assert all(m or _mad(d, u) < 2 for m, d, u in zip(mirrored, device, unflipped)) and 10 < sum(mirrored) < 38
     worker, device = _both(samples, eval_transform(32, 36, to_float=False), keys[:8])
@@ -59,7 +66,7 @@ def test_batches_match_the_worker_path_through_the_loaders(tmp_path):
     write_imagefolder(tmp_path)
     plain = dict(color_jitter=0.0, lighting_std=0.0)   # normalisation only: the pixels compare
     worker, device = (build_data(_cfg(tmp_path, decode_on=d, **plain), seed=3) for d in ("worker", "device"))
-    assert isinstance(device.train.dataset, dd.FolderBytes) and isinstance(worker.train.dataset, FolderImages)
+    assert isinstance(device.train.dataset, dd.FolderBytes) and isinstance(worker.train.dataset, FolderCrops)
     for split in ("train", "val"):
         for (xw, yw), (xd, yd) in zip(getattr(worker, split).epoch(1), getattr(device, split).epoch(1)):
             assert xw.shape == xd.shape and xd.dtype == torch.float32 and torch.equal(yw, yd)
@@ -87,7 +94,7 @@ def test_png_and_refused_jpegs_decode_on_the_cpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dd, "decode_jpeg", refusing)
     keys = [(i, 50 + i) for i in range(len(samples))]
-    worker, device = _both(samples, train_transform(_cfg(tmp_path), 32), keys)
+    worker, device = _both(samples, _crops(tmp_path), keys)
     assert max(_mad(w, d) for w, d in zip(worker, device)) < 2
     assert calls[0] == len(samples) - 1 and len(calls) == len(samples)   # the PNG never reached it; then one by one
     data = build_data(_cfg(tmp_path, decode_on="device"), seed=0)

@@ -11,6 +11,7 @@ import bench.engine.data.device_decode as device_decode
 import bench.engine.data.images as images
 import bench.perf.loader as lb
 from bench.cli import main
+from bench.perf.figures import plot_pipeline
 from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.throughput import BenchSettings
 
@@ -87,16 +88,21 @@ def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
     assert "bench-loader --batch-size = 0: must be at least 1" in capsys.readouterr().err
 
 
-def test_pipeline_trains_through_the_real_loader_on_both_paths(tmp_path, monkeypatch):
+def test_pipeline_trains_through_the_real_loader_on_every_path(tmp_path, monkeypatch):
     lb.write_photo_tree(tmp_path, images=8, classes=2, size=(96, 72))
-    seen = []
-    real = images.read_image
-    monkeypatch.setattr(images, "read_image", lambda p: seen.append(p) or real(p))
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a: opened.append(str(p)) or real(p, *a))
     s = BenchSettings(model="resnet18d", image_size=16, batch_size=2, num_classes=5, steps=2, rounds=1, precision="fp32",
                       device="cpu", model_kwargs={"channels": [4, 8, 16, 32], "stem_width": 4})
     r = measure_pipeline(tmp_path, s, workers=[0])
-    assert set(r["variants"]) == {"synthetic", f"worker/0w/{r['cores']}t", f"device/0w/{r['cores']}t"}
-    assert r["variants"]["synthetic"]["ratio_to_synthetic"] == 1.0
+    t = r["cores"]
+    assert set(r["variants"]) == {"synthetic", f"worker/0w/{t}t", f"device/0w/{t}t", f"device+reduced/0w/{t}t"}
+    assert r["variants"]["synthetic"]["ratio_to_synthetic"] == 1.0 and r["default_workers"] == 0
     assert all(v["images_per_s"] > 0 for v in r["variants"].values())
-    assert len(seen) == 2 * 2 * 2 * 2   # 2 paths x (warm-up + 1 round) x 2 batches x 2 images, all decoded
-    assert "| device/0w/" in format_pipeline(r)
+    # 3 paths x (warm-up + 1 round) x 2 batches x 2 images, every one read from its file
+    assert len(opened) == 3 * 2 * 2 * 2 and all(p.startswith(str(tmp_path)) for p in opened)
+    table = format_pipeline(r)
+    assert f"| device/0w/{t}t (workers: auto) |" in table and "| synthetic |" in table
+    fig = plot_pipeline({**r, "environment": {"device": "cpu", "device_name": "x86_64", "cpu_threads": t}})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(r["variants"])

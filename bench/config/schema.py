@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from bench.strict import Strict
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
@@ -46,7 +46,9 @@ class DataConfig(Strict):
     max_val_batches: Optional[int] = Field(None, gt=0)
     image_size: Optional[int] = Field(None, ge=8)   # train and eval crop; None: 224 / 32 / 28 / 8
     eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
-    workers: int = Field(8, ge=0)               # DataLoader processes per device (ImageFolder)
+    # DataLoader processes per device (ImageFolder); auto: on a GPU the cores per local rank less
+    # one (at most 16), on a CPU 0: the training process reads the items on its threads between steps
+    workers: Union[Literal["auto"], NonNegativeInt] = "auto"
     pin_memory: bool = True
     # worker: workers decode, crop, flip, jitter, add lighting noise and normalise, sending float32;
     # device: workers decode, crop and flip and send uint8, the rest runs batched on the device
@@ -54,6 +56,9 @@ class DataConfig(Strict):
     # worker: workers decode the JPEGs (PIL); device: workers only read the files' bytes, the
     # device decodes each batch (nvJPEG on CUDA), then crops and flips (needs augment_on: device)
     decode_on: Literal["worker", "device"] = "worker"
+    # augment_on: device, JPEGs: decode at 1/2, 1/4 or 1/8 scale where the crop box spans at least
+    # twice the output size (libjpeg's DCT scaling): the same boxes, pixels within about a level
+    decode_reduced: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
     color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
@@ -72,6 +77,9 @@ class DataConfig(Strict):
         if self.decode_on == "device" and self.augment_on != "device":
             raise ValueError(f"decode_on=device needs augment_on=device (not {self.augment_on}): "
                              "images decoded on the device are augmented there")
+        if self.decode_reduced and (self.augment_on != "device" or self.decode_on == "device"):
+            raise ValueError(f"decode_reduced=true is for augment_on=device with decode_on=worker (not "
+                             f"augment_on={self.augment_on}, decode_on={self.decode_on}): only the workers' crop and flip decode at a reduced scale")
         if self.holdout is not None and self.dataset not in ("cifar10", "cifar100", "fashion_mnist"):
             raise ValueError(f"holdout={self.holdout} is for cifar10, cifar100 and fashion_mnist (not {self.dataset}): "
                              "digits hold out val_fraction, ImageFolder trees have their own val split")
@@ -180,13 +188,15 @@ class RunConfig(Strict):
                                                        ("model", "checkpoint_key"),
                                                        ("data", "color_jitter_hue"), ("data", "augment_on"), ("data", "decode_on"),
                                                        ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"),
-                                                       ("data", "holdout"))
+                                                       ("data", "holdout"), ("data", "decode_reduced"))
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
         dumped = self.model_dump(mode="json", exclude=off)
         if self.data.dataset not in FOLDER_DATASETS:   # where a named data set's files lie is not which run it is
             dumped["data"]["root"] = None
+        if dumped["data"]["workers"] == "auto":   # the default since; before it, 8: a run keeps its hash
+            dumped["data"]["workers"] = 8
         for section, key in self.added_keys:
             default = type(getattr(self, section)).model_fields[key].default
             if dumped[section][key] == default:

@@ -44,6 +44,23 @@ def _positive(env: Mapping[str, str], key: str) -> int:
     return value
 
 
+MAX_AUTO_WORKERS = 16   # each worker process holds its own copy of torch (about 0.3 GB)
+
+
+def resolve_workers(setting: Union[str, int], device: torch.device, env: Optional[Mapping[str, str]] = None) -> int:
+    """DataLoader worker processes for `data.workers`. auto: on a GPU, the cores of each local
+    rank less the one the training process runs on (at most 16); on a CPU none, since the
+    device is the same cores: the training process reads each batch on all its threads between
+    steps (`LoaderBatches`), where workers beside it would take cores from its step."""
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cpu":
+        return 0
+    env = os.environ if env is None else env
+    local_ranks = _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+    return max(1, min(MAX_AUTO_WORKERS, available_cores(env) // local_ranks - 1))
+
+
 def auto_threads(cores: int, local_ranks: int, workers: int) -> int:
     """Intra-op threads of one process: its share of `cores` less one per loader worker, at least 1."""
     return max(1, cores // max(local_ranks, 1) - workers)

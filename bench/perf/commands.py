@@ -17,8 +17,9 @@ from bench.engine import distributed as dist
 from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
 from bench.perf.contention import format_contention, run_contention
-from bench.perf.figures import plot_loader, plot_recipe_bench, plot_throughput, save_beside
+from bench.perf.figures import plot_loader, plot_pipeline, plot_recipe_bench, plot_throughput, save_beside
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
+from bench.perf.pipeline import PATHS as PIPELINE_PATHS
 from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.recipe_bench import Variant, format_recipe_bench, measure_recipe
 from bench.perf.throughput import BenchSettings, run_benchmark
@@ -148,6 +149,8 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--paths", nargs="+", choices=list(PIPELINE_PATHS), default=list(PIPELINE_PATHS),
+                   help="data paths to time (default: all)")
     p.add_argument("--steps", type=int, default=8, help="batches per epoch (one timed round)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="write the result as JSON to this new file")
@@ -162,10 +165,10 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
         if root is None:
             print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
             root = write_photo_tree(Path(tmp), args.images)
-        result = measure_pipeline(root, settings, args.workers, progress=lambda msg: print(msg, flush=True))
+        result = measure_pipeline(root, settings, args.workers, args.paths, progress=lambda msg: print(msg, flush=True))
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(torch.device("cpu") if args.device == "cpu" else dist.local_device(args.device))
-    return _show_and_record(format_pipeline(result), result, args.out)
+    return _show_and_record(format_pipeline(result), result, args.out, plot_pipeline)
 
 
 def cmd_bench_threads(argv: Sequence[str]) -> int:

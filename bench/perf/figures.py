@@ -94,6 +94,27 @@ def plot_recipe_bench(result: dict) -> Figure:
     return fig
 
 
+def plot_pipeline(result: dict) -> Figure:
+    """`bench-pipeline`: the median training images/s of each loader variant and of synthetic
+    tensors, a bar from the slowest to the fastest round, and the ratio to synthetic tensors."""
+    s, variants = result["settings"], result["variants"]
+    names = list(variants)
+    default = f"{result['default_workers']}w" if result.get("default_workers") is not None else None
+    fig = Figure(figsize=(8, 0.45 * len(names) + 1.8))
+    ax = fig.subplots()
+    _spread_bars(ax, names, *(np.array([variants[n][k] for n in names]) for k in ("images_per_s", "images_per_s_min", "images_per_s_max")),
+                 colors=[COLORS[7] if n == "synthetic" else COLORS[("worker", "device", "device+reduced").index(n.split("/")[0]) % 7]
+                         for n in names],
+                 notes=[f"{variants[n]['images_per_s']:.1f}  (×{variants[n]['ratio_to_synthetic']:.2f})" for n in names], room=1.4)
+    ax.axvline(0.9 * variants["synthetic"]["images_per_s"], color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel(f"training images/s (median of {s['rounds']} rounds of {s['steps']} batches; bar: slowest–fastest; "
+                  f"×: against the synthetic epoch before it; dashed: 0.9× synthetic)")
+    ax.set_title(f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {s['precision']}: data path / workers / "
+                 f"threads{f' (workers: auto = {default})' if default else ''}\n{_machine(result.get('environment', {}))}; "
+                 f"{result.get('source', '')}", fontsize=10)
+    return fig
+
+
 def save_beside(fig: Figure, json_path: str | Path) -> Path:
     """The figure as a PNG next to a benchmark's JSON (same name, .png)."""
     return save_figure(fig, Path(json_path).with_suffix(".png"))

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from bench.config import DataConfig
+from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
@@ -89,16 +90,16 @@ def _loader_rates(dataset, batch_size: int, workers: Sequence[int], seconds: flo
     return rates
 
 
-def _device_rates(samples, cfg: DataConfig, transform, decoded: Iterator, batch_size: int, seconds: float,
+def _device_rates(samples, cfg: DataConfig, crop: CropFlip, decoded: Iterator, batch_size: int, seconds: float,
                   device: torch.device, progress) -> tuple[float, float]:
     """Images/s of `DeviceAugment` on uint8 batches and of `DeviceDecode` on batches of files."""
     progress(f"the device path's batched augmentation, on {device}")
-    batch = torch.stack([transform(next(decoded)) for _ in range(batch_size)]).to(device)
+    batch = torch.stack([crop(next(decoded), seed) for seed in range(batch_size)]).to(device)
     augment = DeviceAugment(cfg, device)
     augment_rate = _rate(lambda: _synced(augment(batch, seed=0), device), seconds, per_call=batch_size)
     progress(f"the decode-on-device path's batched decode, crop and flip, on {device}")
     files = collate_bytes([FolderBytes(samples)[(i, i)] for i in range(batch_size)])
-    decode = DeviceDecode(samples, transform, device)
+    decode = DeviceDecode(samples, crop, device)
     return augment_rate, _rate(lambda: _synced(decode(*files), device), seconds, per_call=batch_size)
 
 
@@ -115,7 +116,8 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     _, samples = scan_split(Path(root, "train"))
     if len(samples) < batch_size:
         raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
-    transforms = {path: train_transform(cfg, image_size) for path, cfg in cfgs.items()}
+    crop = CropFlip.from_config(cfgs["device"], image_size)
+    transforms = {"worker": train_transform(cfgs["worker"], image_size), "device": lambda image: crop(image, 0)}
     paths = itertools.cycle([p for p, _ in samples])
 
     threads = torch.get_num_threads()
@@ -130,9 +132,9 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
             augment[path] = _rate(lambda t=transform: t(next(decoded)), seconds)
     finally:
         torch.set_num_threads(threads)
-    on_device, decode_on_device = _device_rates(samples, cfgs["device"], transforms["device"], decoded,
-                                                batch_size, seconds, device, progress)
-    sets = {path: (FolderImages(samples, t), None) for path, t in transforms.items()}
+    on_device, decode_on_device = _device_rates(samples, cfgs["device"], crop, decoded, batch_size, seconds, device,
+                                                progress)
+    sets = {"worker": (FolderImages(samples, transforms["worker"]), None), "device": (FolderCrops(samples, crop), None)}
     sets["device_decode"] = (FolderBytes(samples), collate_bytes)   # the workers only read the files
     loader = {path: _loader_rates(dataset, batch_size, workers, seconds, progress, path, collate)
               for path, (dataset, collate) in sets.items()}

@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import DataConfig
+from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder, train_transform
 from bench.engine.data.small import load_cifar, load_fashion_mnist
+from bench.engine.runtime import resolve_workers
 from bench.errors import BenchError
 
 SPLIT_SEED = 20190101  # fixes the train/val split, independently of the run's seed
@@ -193,12 +195,15 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
     return Data(train=train, val=val, num_classes=num_classes, in_chans=x_train.shape[1], image_size=size)
 
 
-def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device) -> dict:
-    """The data set of one split for `LoaderBatches`: decoded images from the workers, or (with
-    `decode_on: device`) the files' bytes and the decoder that runs on `device`."""
+def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device, train: bool) -> dict:
+    """The data set of one split for `LoaderBatches`: decoded images from the workers (cut by
+    `CropFlip`, or through a transform), or (with `decode_on: device`) the files' bytes and the
+    decoder that runs on `device`."""
     if cfg.decode_on == "device":
         return dict(dataset=FolderBytes(samples), collate_fn=collate_bytes, decode=DeviceDecode(samples, transform, device))
-    return dict(dataset=FolderImages(samples, transform))
+    if isinstance(transform, CropFlip):
+        return dict(dataset=FolderCrops(samples, transform))
+    return dict(dataset=FolderImages(samples, transform, random=train))
 
 
 def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
@@ -209,12 +214,14 @@ def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
     _check_batch(cfg, len(train_samples))
     size = cfg.image_size or 224
     resize = cfg.eval_resize or round(size / 0.875)
-    loader = dict(seed=seed, rank=rank, world_size=world_size, workers=cfg.workers, pin_memory=cfg.pin_memory)
+    loader = dict(seed=seed, rank=rank, world_size=world_size, workers=resolve_workers(cfg.workers, device),
+                  pin_memory=cfg.pin_memory)
     on_device = cfg.augment_on == "device"
-    train = LoaderBatches(**_folder_set(cfg, train_samples, train_transform(cfg, size), device),
+    augmentation = CropFlip.from_config(cfg, size) if on_device else train_transform(cfg, size)
+    train = LoaderBatches(**_folder_set(cfg, train_samples, augmentation, device, train=True),
                           batch_size=cfg.global_batch_size, shuffle=True, max_batches=cfg.max_train_batches,
                           augment=DeviceAugment(cfg, device) if on_device else None, **loader)
-    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device),
+    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device, train=False),
                         batch_size=cfg.eval_batch_size, max_batches=cfg.max_val_batches,
                         augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)
     return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

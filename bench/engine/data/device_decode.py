@@ -2,9 +2,8 @@
 (nvJPEG through `torchvision.io.decode_jpeg` on CUDA, libjpeg-turbo on a CPU), then crops and
 flips every image with the draws the worker path makes for the same item.
 
-An item's key is (index, seed), as for `FolderImages`: its crop and flip come from the CPU
-generator seeded with `seed`, through the very `RandomResizedCrop` and `RandomHorizontalFlip` of
-`train_transform`, so both paths cut the same boxes. Files that are not JPEGs (PNG, ...) and JPEGs
+An item's key is (index, seed), as for `FolderCrops`: its crop and flip are drawn from `seed`
+by the workers' own `CropFlip`, so both paths cut the same boxes. Files that are not JPEGs (PNG, ...) and JPEGs
 the device decoder refuses (CMYK, corrupt) are decoded on the CPU, image by image; a file that
 nothing can read stops with `read_image`'s one line naming it.
 
@@ -14,14 +13,16 @@ the calls here silence that one warning (docs/performance.md notes the move).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Union
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from bench.engine.data.crops import CropFlip
 from bench.engine.data.images import DataError, read_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"   # SOI and the first marker's prefix
@@ -109,8 +110,8 @@ def _decode_jpeg_or_none(data: torch.Tensor, device: torch.device):
 
 
 def device_steps(transform: v2.Compose) -> v2.Compose:
-    """A worker transform (`train_transform` / `eval_transform` with uint8 out) without its
-    PIL conversion: the same crop, flip or resize, run on a decoded tensor."""
+    """A worker transform (`eval_transform` with uint8 out) without its PIL conversion: the same
+    resize and crop, run on a decoded tensor."""
     return v2.Compose([t for t in transform.transforms if not isinstance(t, v2.PILToTensor)])
 
 
@@ -119,21 +120,21 @@ class DeviceDecode:
 
     Args:
         samples: the data set's (path, label) pairs, for the CPU fallback and the error's path.
-        transform: the worker path's transform of the split, uint8 out (`data.augment_on: device`).
+        transform: the workers' steps of the split with uint8 out (`data.augment_on: device`):
+            the training `CropFlip`, whose draws from each item's seed cut the workers' boxes,
+            or the evaluation transform (no randomness).
         device: where the images are decoded, cropped and stacked.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform: v2.Compose, device: torch.device) -> None:
-        self.samples, self.steps, self.device = samples, device_steps(transform), device
+    def __init__(self, samples: list[tuple[str, int]], transform: Union[CropFlip, v2.Compose], device: torch.device) -> None:
+        self.samples, self.device = samples, device
+        if isinstance(transform, CropFlip):
+            self.cut: Callable[[torch.Tensor, int], torch.Tensor] = transform.from_tensor
+        else:
+            steps = device_steps(transform)
+            self.cut = lambda image, seed: steps(image)
 
     def __call__(self, flat: torch.Tensor, offsets: torch.Tensor, indices: list[int], seeds: list[int],
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = decode_images(split_bytes(flat, offsets), [self.samples[i][0] for i in indices], self.device)
-        out = []
-        for image, seed in zip(images, seeds):
-            with torch.random.fork_rng(devices=[]):
-                # the CPU generator alone, as a worker's torch.manual_seed(seed) sets it; the
-                # device's own generator (dropout, ...) is left untouched
-                torch.random.default_generator.manual_seed(seed)
-                out.append(self.steps(image))
-        return torch.stack(out), labels
+        return torch.stack([self.cut(image, seed) for image, seed in zip(images, seeds)]), labels

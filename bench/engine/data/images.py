@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
@@ -45,13 +46,12 @@ class Lighting(nn.Module):
 
 
 def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
-    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1);
-    with `data.augment_on: device`, only the crop and flip (uint8 out, `DeviceAugment` does the rest)."""
+    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1):
+    the workers' whole augmentation, float32 out (`data.augment_on: worker`; with `device` the
+    workers only crop and flip, `crops.CropFlip`, and `DeviceAugment` does the rest)."""
     steps = [v2.PILToTensor(), v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if cfg.augment_on == "device":
-        return v2.Compose(steps)
     if cfg.color_jitter:
         j = cfg.color_jitter
         # hue: torchvision shifts by U[−h, h] of the colour circle; MXNet's HueJitterAug(j) rotates
@@ -83,10 +83,13 @@ def read_image(path: str) -> Image.Image:
 
 class FolderImages(Dataset):
     """(path, label) samples read and transformed; an item key is (index, seed) so that the
-    augmentation of an image depends only on the run's seed, the epoch and the index."""
+    augmentation of an image depends only on the run's seed, the epoch and the index. A
+    transform without randomness (`random=False`, evaluation) leaves the generator alone, and
+    its items can be read on several threads at once."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[tuple[str, int]], transform, random: bool = True) -> None:
+        self.samples, self.transform, self.random = samples, transform, random
+        self.threadsafe = not random
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,8 +97,12 @@ class FolderImages(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key
         path, label = self.samples[index]
+        if not self.random:
+            return self.transform(read_image(path)), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: `torch.manual_seed` also queues a CUDA seed, and records a
+            # stack trace for it, which took a third of an item's time
+            torch.random.default_generator.manual_seed(seed)
             return self.transform(read_image(path)), label
 
 
@@ -116,7 +123,9 @@ class LoaderBatches:
     """Batches of a `FolderImages` set through a DataLoader: `len()` and `.epoch(e)` as in
     `TensorBatches`, the same per-(seed, epoch) order and the same share per rank. With `decode`
     (`data.decode_on: device`) the workers' batches, made by `collate_fn`, are encoded files that
-    `decode` turns into uint8 (images, labels) on the device before `augment`."""
+    `decode` turns into uint8 (images, labels) on the device before `augment`. Without workers,
+    a set whose items are thread-safe (`dataset.threadsafe`) is read on as many threads as the
+    process has intra-op threads, between training steps: the same items, all cores."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None, workers: int = 0,
@@ -127,8 +136,13 @@ class LoaderBatches:
         self.rank, self.world_size, self.max_batches, self.augment = rank, world_size, max_batches, augment
         self.decode = decode
         self._sampler = _Batches()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_threads = 0
+        self._threaded = workers == 0 and getattr(dataset, "threadsafe", False)
+        self._collate = collate_fn or default_collate
+        self._pin = pin_memory and torch.cuda.is_available()
         self._loader = DataLoader(dataset, batch_sampler=self._sampler, num_workers=workers, collate_fn=collate_fn,
-                                  pin_memory=pin_memory and torch.cuda.is_available(),
+                                  pin_memory=self._pin,
                                   persistent_workers=workers > 0)
 
     def __len__(self) -> int:
@@ -146,12 +160,30 @@ class LoaderBatches:
             [(int(i), (base * 10_000_019 + int(i)) % 2**62)
              for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
             for b in range(start, len(self))]
+        batches = self._in_threads() if self._threaded else self._loader
         if self.augment is None:
-            yield from self._loader   # a worker's DataError arrives as one line (DataError.__init__)
+            yield from batches   # a worker's DataError arrives as one line (DataError.__init__)
             return
-        for b, batch in enumerate(self._loader, start=start):   # uint8 (or encoded files) from the workers
+        for b, batch in enumerate(batches, start=start):   # uint8 (or encoded files) from the workers
             images, labels = self.decode(*batch) if self.decode is not None else batch
             yield self.augment(images, (base * 7_000_003 + b) * 2_654_435_761 % 2**62, self.rank, self.world_size), labels
+
+    def _in_threads(self) -> Iterator:
+        threads = torch.get_num_threads()
+        if self._pool is None or self._pool_threads != threads:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_threads = ThreadPoolExecutor(threads, thread_name_prefix="bench-loader"), threads
+        for keys in self._sampler.batches:
+            batch = self._collate(list(self._pool.map(self.dataset.__getitem__, keys)))
+            yield pin(batch) if self._pin else batch
+
+
+def pin(batch):
+    """A collated batch with its tensors in page-locked memory (for non-blocking copies)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    return type(batch)(pin(x) for x in batch) if isinstance(batch, (tuple, list)) else batch
 
 
 def _class_folders(split_dir: Path) -> list[str]:

@@ -1,0 +1,136 @@
+"""The device path's workers: `CropFlip` cuts the boxes and flips torchvision's v2 pipeline cuts
+for the same seeds, JPEGs decode at a reduced scale on request, in-process loading on threads
+gives the batches of one thread and of worker processes, and `data.workers: auto`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, JpegImagePlugin
+from torchvision.transforms import v2
+
+import bench.engine.runtime as runtime
+from bench.config import DataConfig, RunConfig
+from bench.engine.data import build_data
+from bench.engine.data.crops import CropFlip, FolderCrops
+from bench.engine.data.fake import write_imagefolder
+from bench.engine.data.images import LoaderBatches, scan_split
+from bench.perf.loader import write_photo_tree
+
+SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
+
+def _torchvision(image: Image.Image, seed: int, size: int) -> torch.Tensor:
+    """The crop and flip as torchvision's v2 transforms draw and cut them (global generator)."""
+    steps = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=SCALE, ratio=RATIO, antialias=True),
+                        v2.RandomHorizontalFlip()])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return steps(image)
+
+
+def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().mean().item()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> str:
+    root = write_photo_tree(tmp_path_factory.mktemp("photo"), images=1, classes=1, size=(320, 240))
+    return str(next(root.glob("train/*/*.JPEG")))
+
+
+def test_the_boxes_and_flips_of_torchvisions_pipeline_for_the_same_seeds(photo):
+    crop = CropFlip(48, SCALE, RATIO)
+    with Image.open(photo) as image:
+        image.load()
+        ours = [crop(image, seed) for seed in range(40)]
+        theirs = [_torchvision(image, seed, 48) for seed in range(40)]
+    assert all(x.shape == (3, 48, 48) and x.dtype == torch.uint8 for x in ours)
+    # PIL's antialiased bilinear filter and torchvision's agree to a level; another box or a
+    # mirror image differs by tens of levels
+    assert max(_mad(a, b) for a, b in zip(ours, theirs)) < 1
+    assert min(_mad(a, b) for a, b in zip(ours, theirs[1:] + theirs[:1])) > 3
+    flips = [crop.draw(Image.open(photo), seed).flip for seed in range(40)]
+    assert 10 < sum(flips) < 30 and not any(CropFlip(48, SCALE, RATIO, hflip=False).draw(Image.open(photo), s).flip
+                                            for s in range(40))
+
+
+def test_reduced_decoding_cuts_the_same_box_from_a_smaller_decode(photo, monkeypatch):
+    decoded = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = real(self, mode, size)
+        decoded.append((self.size, size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    full, reduced = CropFlip(24, SCALE, RATIO), CropFlip(24, SCALE, RATIO, reduced=True)
+    diffs = []
+    for seed in range(30):
+        a, b = full.from_file(photo, seed), reduced.from_file(photo, seed)
+        box = reduced.draw(Image.open(photo), seed)
+        (w, h), _ = decoded[-1]
+        # never below the output size: the box, at the scale decoded, keeps at least 24 px a side
+        assert box.width * w / 320 >= 24 - 1e-9 and box.height * h / 240 >= 24 - 1e-9
+        diffs.append(_mad(a, b))
+    sizes = {size for size, _ in decoded}
+    assert len(decoded) == 30 and sizes & {(160, 120), (80, 60), (40, 30)}   # 1/2, 1/4 and 1/8 of 320x240
+    assert max(diffs) < 2.5 and np.mean(diffs) > 0   # the same boxes, pixels within a level or two
+
+
+def test_reduced_decoding_leaves_other_formats_alone(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
+    full, reduced = CropFlip(16, SCALE, RATIO), CropFlip(16, SCALE, RATIO, reduced=True)
+    assert all(torch.equal(full.from_file(str(path), s), reduced.from_file(str(path), s)) for s in range(8))
+
+
+def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_processes(tmp_path):
+    write_imagefolder(tmp_path)
+    _, samples = scan_split(tmp_path / "train")
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=24, augment_on="device")
+    items = FolderCrops(samples, CropFlip.from_config(cfg, 24))
+
+    def epoch(workers: int, threads: int) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return [x for x, _ in LoaderBatches(items, 8, shuffle=True, seed=3, workers=workers).epoch(2)]
+        finally:
+            torch.set_num_threads(before)
+
+    one, two, processes = epoch(0, 1), epoch(0, 2), epoch(1, 1)
+    assert len(one) == 4 and all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, two, processes))
+    assert not torch.equal(one[0], [x for x, _ in LoaderBatches(items, 8, shuffle=True, seed=4).epoch(2)][0])
+    assert LoaderBatches(items, 8, workers=0)._threaded and not LoaderBatches(items, 8, workers=1)._threaded
+
+
+def test_build_data_uses_crops_and_reduced_decoding_from_the_config(tmp_path):
+    write_imagefolder(tmp_path)
+    common = dict(dataset="imagefolder", root=str(tmp_path), global_batch_size=8, eval_batch_size=8, image_size=24,
+                  augment_on="device")
+    data = build_data(DataConfig(decode_reduced=True, **common), seed=0)
+    assert isinstance(data.train.dataset, FolderCrops) and data.train.dataset.crop.reduced
+    assert data.val.dataset.threadsafe and not build_data(DataConfig(**common), seed=0).train.dataset.crop.reduced
+    x, _ = next(data.train.epoch(0))
+    assert x.shape == (8, 3, 24, 24) and x.dtype == torch.float32
+
+
+def test_decode_reduced_keeps_old_hashes_and_workers_auto_hashes_as_the_old_default():
+    base = RunConfig.model_validate({"data": {"augment_on": "device"}})
+    assert RunConfig.model_validate({"data": {"augment_on": "device", "decode_reduced": False}}).config_hash() == base.config_hash()
+    assert RunConfig.model_validate({"data": {"augment_on": "device", "decode_reduced": True}}).config_hash() != base.config_hash()
+    assert RunConfig.model_validate({}).data.workers == "auto"
+    assert RunConfig.model_validate({"data": {"workers": 8}}).config_hash() == RunConfig.model_validate({}).config_hash()
+    assert RunConfig.model_validate({"data": {"workers": 4}}).config_hash() != RunConfig.model_validate({}).config_hash()
+
+
+def test_workers_auto_none_on_a_cpu_and_the_spare_cores_of_a_gpu_rank(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert runtime.resolve_workers("auto", cpu, env={}) == 0 and runtime.resolve_workers(3, cpu, env={}) == 3
+    monkeypatch.setattr(runtime, "available_cores", lambda env=None: 96)
+    assert runtime.resolve_workers("auto", gpu, env={"LOCAL_WORLD_SIZE": "8"}) == 11    # 12 cores a rank, one trains
+    assert runtime.resolve_workers("auto", gpu, env={}) == runtime.MAX_AUTO_WORKERS     # 95 spare, capped
+    monkeypatch.setattr(runtime, "available_cores", lambda env=None: 2)
+    assert runtime.resolve_workers("auto", gpu, env={"LOCAL_WORLD_SIZE": "2"}) == 1      # at least one
