@@ -105,4 +105,6 @@ def test_pipeline_trains_through_the_real_loader_on_every_path(tmp_path, monkeyp
     table = format_pipeline(r)
     assert f"| device/0w/{t}t (workers: auto) |" in table and "| synthetic |" in table
     fig = plot_pipeline({**r, "environment": {"device": "cpu", "device_name": "x86_64", "cpu_threads": t}})
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(r["variants"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == f"worker/0w/{t}t (auto)" and len(labels) == 3 and "synthetic" not in labels
+    assert all(v["ratio_min"] <= v["ratio_to_synthetic"] <= v["ratio_max"] for v in r["variants"].values())

@@ -56,9 +56,16 @@ def resolve_workers(setting: Union[str, int], device: torch.device, env: Optiona
         return int(setting)
     if device.type == "cpu":
         return 0
-    env = os.environ if env is None else env
-    local_ranks = _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
-    return max(1, min(MAX_AUTO_WORKERS, available_cores(env) // local_ranks - 1))
+    cores, local_ranks = _cores_and_local_ranks(os.environ if env is None else env)
+    return max(1, min(MAX_AUTO_WORKERS, cores // local_ranks - 1))
+
+
+def _cores_and_local_ranks(env: Mapping[str, str]) -> tuple[int, int]:
+    """The cores this process may run on and the ranks that share them (1 for a SLURM task,
+    whose SLURM_CPUS_PER_TASK is already its own)."""
+    in_slurm_task = "SLURM_CPUS_PER_TASK" in env and "LOCAL_WORLD_SIZE" not in env
+    local_ranks = 1 if in_slurm_task else _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+    return available_cores(env), local_ranks
 
 
 def auto_threads(cores: int, local_ranks: int, workers: int) -> int:
@@ -73,9 +80,7 @@ def resolve_threads(setting: Union[str, int], workers: int, env: Optional[Mappin
         return int(setting), "runtime.threads"
     if "OMP_NUM_THREADS" in env:
         return _positive(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
-    cores = available_cores(env)
-    in_slurm_task = "SLURM_CPUS_PER_TASK" in env and "LOCAL_WORLD_SIZE" not in env
-    local_ranks = 1 if in_slurm_task else _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+    cores, local_ranks = _cores_and_local_ranks(env)
     threads = auto_threads(cores, local_ranks, workers)
     return threads, f"auto: {cores} cores / {local_ranks} local rank(s) - {workers} loader worker(s)"
 

@@ -95,22 +95,28 @@ def plot_recipe_bench(result: dict) -> Figure:
 
 
 def plot_pipeline(result: dict) -> Figure:
-    """`bench-pipeline`: the median training images/s of each loader variant and of synthetic
-    tensors, a bar from the slowest to the fastest round, and the ratio to synthetic tensors."""
+    """`bench-pipeline`: each loader variant's training rate as a ratio to the synthetic epoch
+    timed just before it (the median over rounds, a bar from the lowest to the highest round),
+    its median images/s beside it; the variants at the default workers and threads marked."""
     s, variants = result["settings"], result["variants"]
-    names = list(variants)
-    default = f"{result['default_workers']}w" if result.get("default_workers") is not None else None
-    fig = Figure(figsize=(8, 0.45 * len(names) + 1.8))
+    names = [n for n in variants if n != "synthetic"]
+    fig = Figure(figsize=(8, 0.45 * len(names) + 1.9))
     ax = fig.subplots()
-    _spread_bars(ax, names, *(np.array([variants[n][k] for n in names]) for k in ("images_per_s", "images_per_s_min", "images_per_s_max")),
-                 colors=[COLORS[7] if n == "synthetic" else COLORS[("worker", "device", "device+reduced").index(n.split("/")[0]) % 7]
-                         for n in names],
-                 notes=[f"{variants[n]['images_per_s']:.1f}  (×{variants[n]['ratio_to_synthetic']:.2f})" for n in names], room=1.4)
-    ax.axvline(0.9 * variants["synthetic"]["images_per_s"], color="0.5", lw=0.8, ls="--")
-    ax.set_xlabel(f"training images/s (median of {s['rounds']} rounds of {s['steps']} batches; bar: slowest–fastest; "
-                  f"×: against the synthetic epoch before it; dashed: 0.9× synthetic)")
-    ax.set_title(f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {s['precision']}: data path / workers / "
-                 f"threads{f' (workers: auto = {default})' if default else ''}\n{_machine(result.get('environment', {}))}; "
+    ratio = np.array([variants[n]["ratio_to_synthetic"] for n in names])
+    default = result.get("default_variants", ())
+    _spread_bars(ax, [f"{n} (auto)" if n in default else n for n in names], ratio,
+                 np.array([variants[n].get("ratio_min", variants[n]["ratio_to_synthetic"]) for n in names]),
+                 np.array([variants[n].get("ratio_max", variants[n]["ratio_to_synthetic"]) for n in names]),
+                 colors=[COLORS[("worker", "device", "device+reduced").index(n.split("/")[0]) % 7] for n in names],
+                 notes=[f"×{variants[n]['ratio_to_synthetic']:.2f}  ({variants[n]['images_per_s']:.0f} images/s)" for n in names],
+                 room=1.35)
+    ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
+    ax.axvline(1.0, color="0.3", lw=0.8)
+    ax.set_xlabel(f"training rate / that of the synthetic epoch timed just before it (median of {s['rounds']} rounds of {s['steps']} "
+                  f"batches; bar: lowest–highest round; dashed: 0.9)\nsynthetic tensors: "
+                  f"{variants['synthetic']['images_per_s']:.1f} images/s (median of all its epochs)")
+    ax.set_title(f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {s['precision']}: data path / loader workers / "
+                 f"threads; (auto): data.workers and runtime.threads at auto\n{_machine(result.get('environment', {}))}; "
                  f"{result.get('source', '')}", fontsize=10)
     return fig
 

@@ -76,37 +76,40 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
     times = {name: t["times_s"] for name, t in time_rounds(runners, dataclasses.replace(s, warmup_steps=1), device).items()}
     per_image = s.steps * s.batch_size
     every_synthetic = [x for name, t in times.items() if name.startswith(SYNTHETIC) for x in t]
-    variants = {SYNTHETIC: _rates([per_image / x for x in every_synthetic], 1.0)}
+    variants = {SYNTHETIC: _rates([per_image / x for x in every_synthetic], [1.0])}
     for name, t in times.items():
         if not name.startswith(SYNTHETIC):
             before = times[f"{SYNTHETIC} before {name}"]
-            variants[name] = _rates([per_image / x for x in t], statistics.median(b / x for b, x in zip(before, t)))
+            variants[name] = {**_rates([per_image / x for x in t], [b / x for b, x in zip(before, t)]),
+                              "times_s": t, "synthetic_times_s": before}
+    default = resolve_workers("auto", device)
     return {"settings": dataclasses.asdict(s), "cores": cores, "workers": list(workers), "variants": variants,
-            "default_workers": resolve_workers("auto", device), "pairing": "each variant against the synthetic epoch before it"}
+            "default_workers": default, "pairing": "each variant against the synthetic epoch before it",
+            "default_variants": [f"{path}/{default}w/{auto_threads(cores, 1, default)}t" for path in paths]}
 
 
 SYNTHETIC = "synthetic"
 
 
-def _rates(ips: list[float], ratio: float) -> dict:
+def _rates(ips: list[float], ratios: list[float]) -> dict:
+    """Images/s over the rounds, and the ratio of each round to its synthetic neighbour."""
     return {"images_per_s": statistics.median(ips), "images_per_s_min": min(ips), "images_per_s_max": max(ips),
-            "ratio_to_synthetic": ratio}
+            "ratio_to_synthetic": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
 def is_default(r: dict, name: str) -> bool:
     """Whether variant `name` runs at the workers and threads a run on this machine takes by
     default (`data.workers: auto`, `runtime.threads: auto`)."""
-    w = r.get("default_workers")
-    return w is not None and name.split("/")[1:] == [f"{w}w", f"{auto_threads(r['cores'], 1, w)}t"]
+    return name in r.get("default_variants", ())
 
 
 def format_pipeline(r: dict) -> str:
     s = r["settings"]
     lines = [f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {s['precision']}, {r['cores']} cores; "
              f"median of {s['rounds']} rounds of {s['steps']} batches; ratio: against the synthetic epoch before each",
-             "", "| variant (path / workers / threads) | images/s (min-max) | ratio to synthetic |", "|---|---|---|"]
+             "", "| variant (path / workers / threads) | images/s (min-max) | ratio to synthetic (min-max) |", "|---|---|---|"]
     for name, v in r["variants"].items():
         mark = " (workers: auto)" if is_default(r, name) else ""
         lines.append(f"| {name}{mark} | {v['images_per_s']:.1f} ({v['images_per_s_min']:.1f}-{v['images_per_s_max']:.1f}) "
-                     f"| {v['ratio_to_synthetic']:.3f} |")
+                     f"| {v['ratio_to_synthetic']:.3f} ({v.get('ratio_min', 1):.3f}-{v.get('ratio_max', 1):.3f}) |")
     return "\n".join(lines)
