@@ -14,8 +14,8 @@ from bench.cli import main
 from bench.config import DataConfig, RunConfig
 from bench.config.validation import validate
 from bench.engine.data import build_data
-from bench.engine.data.fake import write_imagefolder
 from bench.engine.data.crops import CropFlip, FolderCrops
+from bench.engine.data.fake import write_imagefolder
 from bench.engine.data.images import FolderImages, eval_transform, scan_split
 from bench.errors import BenchError, ConfigError
 
