@@ -182,21 +182,24 @@ class RunConfig(Strict):
 
     # The paper's trick sections have always been hashed, as null when off; a section added since
     # stays out of the hash while it is off, and so does a key added since while it has its
-    # default: adding a trick or a setting keeps every recorded run's hash.
+    # default: adding a trick or a setting keeps every recorded run's hash. A key whose default
+    # changed hashes as its old default while it holds the new one.
     hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
     added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
                                                        ("model", "checkpoint_key"),
                                                        ("data", "color_jitter_hue"), ("data", "augment_on"), ("data", "decode_on"),
                                                        ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"),
                                                        ("data", "holdout"), ("data", "decode_reduced"))
+    changed_defaults: ClassVar[dict[tuple[str, str], Any]] = {("data", "workers"): 8}   # before "auto"
 
     def config_hash(self) -> str:
         off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
         dumped = self.model_dump(mode="json", exclude=off)
         if self.data.dataset not in FOLDER_DATASETS:   # where a named data set's files lie is not which run it is
             dumped["data"]["root"] = None
-        if dumped["data"]["workers"] == "auto":   # the default since; before it, 8: a run keeps its hash
-            dumped["data"]["workers"] = 8
+        for (section, key), old in self.changed_defaults.items():
+            if dumped[section][key] == type(getattr(self, section)).model_fields[key].default:
+                dumped[section][key] = old
         for section, key in self.added_keys:
             default = type(getattr(self, section)).model_fields[key].default
             if dumped[section][key] == default:

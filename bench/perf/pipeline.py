@@ -21,9 +21,8 @@ import torch
 
 from bench.config import DataConfig
 from bench.engine import distributed as dist
-from bench.engine.data.crops import CropFlip, FolderCrops
-from bench.engine.data.device_aug import DeviceAugment
-from bench.engine.data.images import FolderImages, LoaderBatches, scan_split, train_transform
+from bench.engine.data import train_set
+from bench.engine.data.images import LoaderBatches, scan_split
 from bench.engine.runtime import auto_threads, available_cores, resolve_workers
 from bench.engine.training import Training, seed_everything
 from bench.errors import ConfigError
@@ -35,6 +34,7 @@ def _on(base: Training, batches, threads: int) -> Callable[[int], torch.Tensor]:
     return epoch_runner(dataclasses.replace(base, data=dataclasses.replace(base.data, train=batches)), threads)
 
 
+SYNTHETIC = "synthetic"
 # the data paths timed: their `data:` settings
 PATHS = {"worker": {"augment_on": "worker"}, "device": {"augment_on": "device"},
          "device+reduced": {"augment_on": "device", "decode_reduced": True}}
@@ -46,12 +46,8 @@ def _loader(root: Path, s: BenchSettings, path: str, workers: int, device: torch
     _, samples = scan_split(Path(root, "train"))
     if len(samples) < s.batch_size * s.steps:
         raise ConfigError(f"bench-pipeline {root}: {len(samples)} training images, fewer than {s.steps} batches of {s.batch_size}")
-    if cfg.augment_on == "device":
-        dataset, augment = FolderCrops(samples, CropFlip.from_config(cfg, s.image_size)), DeviceAugment(cfg, device)
-    else:
-        dataset, augment = FolderImages(samples, train_transform(cfg, s.image_size)), None
-    return LoaderBatches(dataset, s.batch_size, shuffle=True, max_batches=s.steps, workers=workers, pin_memory=True,
-                         augment=augment)
+    return LoaderBatches(**train_set(cfg, samples, s.image_size, device), batch_size=s.batch_size, shuffle=True,
+                         max_batches=s.steps, workers=workers, pin_memory=True)
 
 
 def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths: Sequence[str] = tuple(PATHS),
@@ -88,19 +84,10 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
             "default_variants": [f"{path}/{default}w/{auto_threads(cores, 1, default)}t" for path in paths]}
 
 
-SYNTHETIC = "synthetic"
-
-
 def _rates(ips: list[float], ratios: list[float]) -> dict:
     """Images/s over the rounds, and the ratio of each round to its synthetic neighbour."""
     return {"images_per_s": statistics.median(ips), "images_per_s_min": min(ips), "images_per_s_max": max(ips),
             "ratio_to_synthetic": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
-
-
-def is_default(r: dict, name: str) -> bool:
-    """Whether variant `name` runs at the workers and threads a run on this machine takes by
-    default (`data.workers: auto`, `runtime.threads: auto`)."""
-    return name in r.get("default_variants", ())
 
 
 def format_pipeline(r: dict) -> str:
@@ -109,7 +96,7 @@ def format_pipeline(r: dict) -> str:
              f"median of {s['rounds']} rounds of {s['steps']} batches; ratio: against the synthetic epoch before each",
              "", "| variant (path / workers / threads) | images/s (min-max) | ratio to synthetic (min-max) |", "|---|---|---|"]
     for name, v in r["variants"].items():
-        mark = " (workers: auto)" if is_default(r, name) else ""
+        mark = " (workers: auto)" if name in r.get("default_variants", ()) else ""
         lines.append(f"| {name}{mark} | {v['images_per_s']:.1f} ({v['images_per_s_min']:.1f}-{v['images_per_s_max']:.1f}) "
                      f"| {v['ratio_to_synthetic']:.3f} ({v.get('ratio_min', 1):.3f}-{v.get('ratio_max', 1):.3f}) |")
     return "\n".join(lines)

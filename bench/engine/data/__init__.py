@@ -206,6 +206,16 @@ def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device,
     return dict(dataset=FolderImages(samples, transform, random=train))
 
 
+def train_set(cfg: DataConfig, samples: list, size: int, device: torch.device) -> dict:
+    """`LoaderBatches`' data set, collation, decoder and device augmentation for the training
+    split: the workers' whole augmentation, or (`augment_on: device`) their `CropFlip` and the
+    rest batched on `device`."""
+    if cfg.augment_on != "device":
+        return _folder_set(cfg, samples, train_transform(cfg, size), device, train=True)
+    return dict(**_folder_set(cfg, samples, CropFlip.from_config(cfg, size), device, train=True),
+                augment=DeviceAugment(cfg, device))
+
+
 def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
                       device: torch.device = torch.device("cpu")) -> Data:
     """root/train and root/val through the paper's train and eval transforms; with
@@ -217,10 +227,8 @@ def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
     loader = dict(seed=seed, rank=rank, world_size=world_size, workers=resolve_workers(cfg.workers, device),
                   pin_memory=cfg.pin_memory)
     on_device = cfg.augment_on == "device"
-    augmentation = CropFlip.from_config(cfg, size) if on_device else train_transform(cfg, size)
-    train = LoaderBatches(**_folder_set(cfg, train_samples, augmentation, device, train=True),
-                          batch_size=cfg.global_batch_size, shuffle=True, max_batches=cfg.max_train_batches,
-                          augment=DeviceAugment(cfg, device) if on_device else None, **loader)
+    train = LoaderBatches(**train_set(cfg, train_samples, size, device), batch_size=cfg.global_batch_size, shuffle=True,
+                          max_batches=cfg.max_train_batches, **loader)
     val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device, train=False),
                         batch_size=cfg.eval_batch_size, max_batches=cfg.max_val_batches,
                         augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)

@@ -89,7 +89,10 @@ class FolderImages(Dataset):
 
     def __init__(self, samples: list[tuple[str, int]], transform, random: bool = True) -> None:
         self.samples, self.transform, self.random = samples, transform, random
-        self.threadsafe = not random
+
+    @property
+    def threadsafe(self) -> bool:
+        return not self.random
 
     def __len__(self) -> int:
         return len(self.samples)
