@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 
 from bench.cli import main
 from bench.config import DataConfig, ModelConfig, load_recipe, parse_override
 from bench.engine.data import build_data, stratified_holdout
 from bench.engine.data.fake import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
-from bench.engine.data.images import Lighting
+from bench.engine.data.images import Lighting, read_image
 from bench.engine.data.small import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from bench.errors import BenchError
 
@@ -69,6 +71,26 @@ def test_corrupt_image_is_named_in_one_line(tmp_path, workers):
     with pytest.raises(BenchError) as err:
         list(data.train.epoch(0))
     assert str(err.value).startswith(f"{bad}: unreadable image") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "PNG")])
+def test_read_image_gives_pils_rgb_pixels_in_its_layout(tmp_path, mode, fmt, monkeypatch):
+    rng = np.random.default_rng(1)
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).convert(mode).save(path, fmt, quality=85)
+    used_pil = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a: used_pil.append(p) or real_open(p, *a))
+    ours = read_image(str(path))
+    with real_open(path) as image:
+        theirs = v2.functional.pil_to_tensor(image.convert("RGB"))
+    assert ours.dtype == torch.uint8 and ours.shape == (3, 30, 41) and ours.stride() == theirs.stride()
+    assert torch.equal(ours, theirs)                                        # bit for bit, every format
+    assert bool(used_pil) == (fmt == "PNG" or mode == "CMYK")              # libjpeg-turbo, no PIL, for RGB/gray JPEGs
+    truncated = tmp_path / f"cut.{fmt.lower()}"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(BenchError, match=f"^{truncated}: unreadable image"):
+        read_image(str(truncated))
 
 
 def test_lighting_adds_one_colour_along_the_principal_components():

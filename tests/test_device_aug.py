@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -85,8 +84,9 @@ def test_workers_send_uint8_and_the_batches_arrive_normalised(tmp_path):
     common = dict(dataset="imagefolder", root=str(root), global_batch_size=4, eval_batch_size=4, image_size=32,
                   eval_resize=36, workers=0, max_train_batches=2, max_val_batches=1)
     device, worker = (build_data(DataConfig(augment_on=a, **common), seed=0) for a in ("device", "worker"))
-    assert device.train.dataset.crop(Image.new("RGB", (40, 40)), seed=0).dtype == torch.uint8
-    assert device.val.dataset.transform(Image.new("RGB", (40, 40))).dtype == torch.uint8
+    image = torch.zeros(3, 40, 50, dtype=torch.uint8)   # a `read_image` tensor
+    assert device.train.dataset.crop.from_tensor(image, seed=0).dtype == torch.uint8
+    assert device.val.dataset.transform(image).dtype == torch.uint8
     (xd, yd), (xw, yw) = next(device.train.epoch(0)), next(worker.train.epoch(0))
     assert xd.dtype == xw.dtype == torch.float32 and xd.shape == xw.shape and torch.equal(yd, yw)
     assert abs(xd.mean() - xw.mean()) < 0.5 and not torch.equal(xd, xw)   # same crops, other colour draws

@@ -94,7 +94,7 @@ def _device_rates(samples, cfg: DataConfig, crop: CropFlip, decoded: Iterator, b
                   device: torch.device, progress) -> tuple[float, float]:
     """Images/s of `DeviceAugment` on uint8 batches and of `DeviceDecode` on batches of files."""
     progress(f"the device path's batched augmentation, on {device}")
-    batch = torch.stack([crop(next(decoded), seed) for seed in range(batch_size)]).to(device)
+    batch = torch.stack([crop.from_tensor(next(decoded), seed) for seed in range(batch_size)]).to(device)
     augment = DeviceAugment(cfg, device)
     augment_rate = _rate(lambda: _synced(augment(batch, seed=0), device), seconds, per_call=batch_size)
     progress(f"the decode-on-device path's batched decode, crop and flip, on {device}")
@@ -117,7 +117,7 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     if len(samples) < batch_size:
         raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
     crop = CropFlip.from_config(cfgs["device"], image_size)
-    transforms = {"worker": train_transform(cfgs["worker"], image_size), "device": lambda image: crop(image, 0)}
+    transforms = {"worker": train_transform(cfgs["worker"], image_size), "device": lambda image: crop.from_tensor(image, 0)}
     paths = itertools.cycle([p for p, _ in samples])
 
     threads = torch.get_num_threads()

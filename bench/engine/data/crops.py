@@ -1,16 +1,15 @@
 """The workers' part of `data.augment_on: device`: the paper's random resized crop and flip,
-cut straight from the decoded file into a uint8 (3, S, S) tensor.
+cut from the decoded file into a uint8 (3, S, S) tensor.
 
 The box and the flip are drawn from the item's seed by torchvision's `RandomResizedCrop` and a
 uniform draw, in the order and with the numbers the torchvision v2 pipeline
-`[PILToTensor, RandomResizedCrop, RandomHorizontalFlip]` draws them, and only the box is turned
-into a tensor and resized, by the same antialiased resize: the pixels of that pipeline for the
-same seed, without converting the whole photo first. The device cuts the same boxes
-(`from_tensor`, for `data.decode_on: device`). With `data.decode_reduced`, a JPEG whose box
-spans at least twice the output size is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (DCT
-scaling, `Image.draft`), never below the output size, and the box, in fractional pixels of the
-smaller image, is resized by PIL's antialiased bilinear filter: the same box, the pixels
-within about a level of a full decode.
+`[RandomResizedCrop, RandomHorizontalFlip]` draws them on a `read_image` tensor, and the box is
+resized by the same antialiased resize: that pipeline's pixels for the same seed, only faster.
+The device cuts the same boxes (`from_tensor`, for `data.decode_on: device`). With
+`data.decode_reduced`, a JPEG whose box spans at least twice the output size is decoded by
+libjpeg at 1/2, 1/4 or 1/8 scale (DCT scaling, `Image.draft`), never below the output size, and
+the box, in fractional pixels of the smaller image, is resized by PIL's antialiased bilinear
+filter: the same box, the pixels within about a level of a full decode.
 
 Items are thread-safe: the draw, the only use of the global generator, holds a lock, so
 in-process loading (`data.workers: 0`) can cut a batch's items on several threads.
@@ -20,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from bench.config import DataConfig
-from bench.engine.data.images import DataError
+from bench.engine.data.images import DataError, read_image
 
 _DRAW_LOCK = threading.Lock()
 
@@ -67,40 +66,41 @@ class CropFlip:
 
     def from_file(self, path: str, seed: int) -> torch.Tensor:
         """uint8 (3, S, S): the item's cut of the image file at `path`, decoded for it."""
-        try:
-            with Image.open(path) as image:
-                return self(image, seed)
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"{path}: unreadable image ({err})") from None
-
-    def __call__(self, image: Image.Image, seed: int) -> torch.Tensor:
-        """uint8 (3, S, S): the item's cut of a PIL image (opened and not yet loaded, for
-        `reduced` to decode a JPEG at a smaller scale)."""
-        crop = self.draw(image, seed)
-        width, height = image.size
-        if self.reduced and image.format == "JPEG":
-            at_least = self.size / min(crop.width, crop.height)   # the box, scaled, stays ≥ size on both sides
-            image.draft(image.mode, (math.ceil(width * at_least), math.ceil(height * at_least)))
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != (width, height):
-            # decoded at 1/k: the same box, in fractions of the smaller image's pixels
-            sx, sy = image.size[0] / width, image.size[1] / height
-            box = (crop.left * sx, crop.top * sy, (crop.left + crop.width) * sx, (crop.top + crop.height) * sy)
-            out = torch.from_numpy(np.array(image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)))
-            out = out.permute(2, 0, 1)
-        else:
-            # only the box leaves PIL; torchvision's uint8 antialiased resize (the v2 pipeline's,
-            # and twice as fast as PIL's at 224 px)
-            region = image.crop((crop.left, crop.top, crop.left + crop.width, crop.top + crop.height))
-            out = v2.functional.resize(torch.from_numpy(np.array(region)).permute(2, 0, 1), [self.size] * 2, antialias=True)
-        return out.flip(-1) if crop.flip else out
+        if self.reduced:
+            cut = self._reduced(path, seed)
+            if cut is not None:
+                return cut
+        return self.from_tensor(read_image(path), seed)
 
     def from_tensor(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        """The same cut of a decoded (3, H, W) uint8 tensor, on its device."""
+        """The cut of a decoded (3, H, W) uint8 tensor, on its device: torchvision's uint8
+        antialiased resize of the box (the v2 pipeline's, twice as fast as PIL's at 224 px)."""
         crop = self.draw(image, seed)
         out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width, [self.size] * 2,
                                          antialias=True)
+        return out.flip(-1) if crop.flip else out
+
+    def _reduced(self, path: str, seed: int) -> Optional[torch.Tensor]:
+        """The cut from a JPEG decoded at 1/2, 1/4 or 1/8 scale; None where the box is too
+        small for that, or the file is no JPEG."""
+        try:
+            with Image.open(path) as image:
+                if image.format != "JPEG":
+                    return None
+                crop = self.draw(image, seed)
+                width, height = image.size
+                at_least = self.size / min(crop.width, crop.height)   # the box, scaled, stays ≥ size on both sides
+                image.draft(image.mode, (math.ceil(width * at_least), math.ceil(height * at_least)))
+                if image.size == (width, height):
+                    return None
+                # the same box, in fractions of the smaller image's pixels
+                sx, sy = image.size[0] / width, image.size[1] / height
+                box = (crop.left * sx, crop.top * sy, (crop.left + crop.width) * sx, (crop.top + crop.height) * sy)
+                image = image.convert("RGB")
+                out = torch.from_numpy(np.array(image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)))
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: unreadable image ({err})") from None
+        out = out.permute(2, 0, 1)
         return out.flip(-1) if crop.flip else out
 
 

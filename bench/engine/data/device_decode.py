@@ -8,31 +8,20 @@ the device decoder refuses (CMYK, corrupt) are decoded on the CPU, image by imag
 nothing can read stops with `read_image`'s one line naming it.
 
 torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns at every call;
-the calls here silence that one warning (docs/performance.md notes the move).
+`images` silences that one warning (docs/performance.md notes the move).
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Union
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from bench.engine.data.crops import CropFlip
-from bench.engine.data.images import DataError, read_image
-
-JPEG_MAGIC = b"\xff\xd8\xff"   # SOI and the first marker's prefix
-
-
-@contextmanager
-def _torchvision_io() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TorchCodec", category=DeprecationWarning)
-        yield
+from bench.engine.data.images import DataError, decode_jpeg_rgb, is_jpeg, read_image
 
 
 class FolderBytes(Dataset):
@@ -49,8 +38,7 @@ class FolderBytes(Dataset):
         index, seed = key
         path, label = self.samples[index]
         try:
-            with _torchvision_io():
-                return read_file(path), index, seed, label
+            return read_file(path), index, seed, label
         except RuntimeError as err:
             raise DataError(f"{path}: unreadable image ({str(err).splitlines()[0]})") from None
 
@@ -70,19 +58,11 @@ def split_bytes(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def is_jpeg(data: torch.Tensor) -> bool:
-    return data.numel() > 3 and bytes(data[:3].tolist()) == JPEG_MAGIC
-
-
 def decode_on_cpu(data: torch.Tensor, path: str) -> torch.Tensor:
-    """(3, H, W) uint8 of one file of any format torchvision or PIL reads."""
-    try:
-        image = decode_image(data, mode=ImageReadMode.RGB)
-        if image.dtype == torch.uint8:
-            return image
-    except RuntimeError:
-        pass
-    return v2.functional.pil_to_tensor(read_image(path))   # 16-bit PNG, BMP, TIFF; else the DataError
+    """(3, H, W) uint8 of one file of any format `read_image` reads, from its bytes where they
+    are a JPEG that `decode_jpeg_rgb` takes."""
+    image = decode_jpeg_rgb(data) if is_jpeg(data) else None
+    return image if image is not None else read_image(path)
 
 
 def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
@@ -90,16 +70,15 @@ def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.devi
     call, one by one when it refuses the batch, and on the CPU those it refuses alone."""
     images: list = [None] * len(data)
     jpegs = [k for k, d in enumerate(data) if is_jpeg(d)]
-    with _torchvision_io():
-        if jpegs:
-            try:
-                decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:   # no partial results: find the ones it refuses
-                decoded = [_decode_jpeg_or_none(data[k], device) for k in jpegs]
-            for k, image in zip(jpegs, decoded):
-                images[k] = image
-        return [image if image is not None else decode_on_cpu(d, p).to(device)
-                for image, d, p in zip(images, data, paths)]
+    if jpegs:
+        try:
+            decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:   # no partial results: find the ones it refuses
+            decoded = [_decode_jpeg_or_none(data[k], device) for k in jpegs]
+        for k, image in zip(jpegs, decoded):
+            images[k] = image
+    return [image if image is not None else decode_on_cpu(d, p).to(device)
+            for image, d, p in zip(images, data, paths)]
 
 
 def _decode_jpeg_or_none(data: torch.Tensor, device: torch.device):
@@ -107,12 +86,6 @@ def _decode_jpeg_or_none(data: torch.Tensor, device: torch.device):
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
-
-
-def device_steps(transform: v2.Compose) -> v2.Compose:
-    """A worker transform (`eval_transform` with uint8 out) without its PIL conversion: the same
-    resize and crop, run on a decoded tensor."""
-    return v2.Compose([t for t in transform.transforms if not isinstance(t, v2.PILToTensor)])
 
 
 class DeviceDecode:
@@ -131,8 +104,7 @@ class DeviceDecode:
         if isinstance(transform, CropFlip):
             self.cut: Callable[[torch.Tensor, int], torch.Tensor] = transform.from_tensor
         else:
-            steps = device_steps(transform)
-            self.cut = lambda image, seed: steps(image)
+            self.cut = lambda image, seed: transform(image)
 
     def __call__(self, flat: torch.Tensor, offsets: torch.Tensor, indices: list[int], seeds: list[int],
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
