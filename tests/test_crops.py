@@ -14,7 +14,7 @@ from bench.config import DataConfig, RunConfig
 from bench.engine.data import build_data
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.fake import write_imagefolder
-from bench.engine.data.images import LoaderBatches, scan_split
+from bench.engine.data.images import FolderImages, LoaderBatches, scan_split, train_transform
 from bench.perf.loader import write_photo_tree
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -83,11 +83,13 @@ def test_reduced_decoding_leaves_other_formats_alone(tmp_path):
     assert all(torch.equal(full.from_file(str(path), s), reduced.from_file(str(path), s)) for s in range(8))
 
 
-def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_processes(tmp_path):
+@pytest.mark.parametrize("path", ["device", "worker"])
+def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_processes(tmp_path, path):
     write_imagefolder(tmp_path)
     _, samples = scan_split(tmp_path / "train")
-    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=24, augment_on="device")
-    items = FolderCrops(samples, CropFlip.from_config(cfg, 24))
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=24, augment_on=path)
+    # the worker path's transform draws its jitter and lighting from the global generator
+    items = FolderCrops(samples, CropFlip.from_config(cfg, 24)) if path == "device" else FolderImages(samples, train_transform(cfg, 24))
 
     def epoch(workers: int, threads: int) -> list[torch.Tensor]:
         before = torch.get_num_threads()

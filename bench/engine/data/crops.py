@@ -17,7 +17,6 @@ in-process loading (`data.workers: 0`) can cut a batch's items on several thread
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -28,9 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from bench.config import DataConfig
-from bench.engine.data.images import DataError, read_image
-
-_DRAW_LOCK = threading.Lock()
+from bench.engine.data.images import RNG_LOCK, DataError, read_image
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class CropFlip:
 
     def draw(self, image: Union[Image.Image, torch.Tensor], seed: int) -> Crop:
         """The crop of `image` (only its size is read) for the item seeded by `seed`."""
-        with _DRAW_LOCK, torch.random.fork_rng(devices=[]):
+        with RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             box = self._box.make_params([image])
             flip = self.hflip and bool(torch.rand(1) < 0.5)   # v2.RandomHorizontalFlip's draw, after the box

@@ -3,6 +3,7 @@ DataLoader with the batch interface of `bench.data.TensorBatches`."""
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from bench.errors import BenchError
 # each call is not thread-safe, and in-process loading decodes on several threads
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
+# held by every draw from the global generator that in-process loading makes on several threads
+RNG_LOCK = threading.Lock()
 JPEG_MAGIC = b"\xff\xd8\xff"   # SOI and the first marker's prefix
 LAYOUT = "DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (ILSVRC with val sorted into class folders)"
 
@@ -118,16 +121,17 @@ def read_image(path: str) -> torch.Tensor:
 
 class FolderImages(Dataset):
     """(path, label) samples read and transformed; an item key is (index, seed) so that the
-    augmentation of an image depends only on the run's seed, the epoch and the index. A
-    transform without randomness (`random=False`, evaluation) leaves the generator alone, and
-    its items can be read on several threads at once."""
+    augmentation of an image depends only on the run's seed, the epoch and the index.
+
+    Items are thread-safe, so in-process loading (`data.workers: 0`) reads a batch on several
+    threads: the files decode in parallel, and a random transform, which draws from the global
+    generator as it goes, runs under `RNG_LOCK`, seeded for the item. A transform without
+    randomness (`random=False`, evaluation) leaves the generator alone and takes no lock."""
+
+    threadsafe = True
 
     def __init__(self, samples: list[tuple[str, int]], transform, random: bool = True) -> None:
         self.samples, self.transform, self.random = samples, transform, random
-
-    @property
-    def threadsafe(self) -> bool:
-        return not self.random
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -135,13 +139,14 @@ class FolderImages(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key
         path, label = self.samples[index]
+        image = read_image(path)
         if not self.random:
-            return self.transform(read_image(path)), label
-        with torch.random.fork_rng(devices=[]):
+            return self.transform(image), label
+        with RNG_LOCK, torch.random.fork_rng(devices=[]):
             # the CPU generator only: `torch.manual_seed` also queues a CUDA seed, and records a
             # stack trace for it, about an eighth of an item's time
             torch.random.default_generator.manual_seed(seed)
-            return self.transform(read_image(path)), label
+            return self.transform(image), label
 
 
 class _Batches:
