@@ -3,6 +3,8 @@ same seeds, JPEGs decode at a reduced scale on request, in-process loading on th
 gives the batches of one thread and of worker processes, and `data.workers: auto`."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from bench.config import DataConfig, RunConfig
 from bench.engine.data import build_data
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.fake import write_imagefolder
-from bench.engine.data.images import FolderImages, LoaderBatches, scan_split, train_transform
+from bench.engine.data.images import FolderImages, LoaderBatches, loader_pool, scan_split, train_transform
 from bench.perf.loader import write_photo_tree
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -103,6 +105,22 @@ def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_process
     assert len(one) == 4 and all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, two, processes))
     assert not torch.equal(one[0], [x for x, _ in LoaderBatches(items, 8, shuffle=True, seed=4).epoch(2)][0])
     assert LoaderBatches(items, 8, workers=0)._threaded and not LoaderBatches(items, 8, workers=1)._threaded
+
+
+def test_loading_threads_run_their_ops_on_one_intra_op_thread_and_leave_the_process_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = loader_pool(2)
+        assert sorted(pool.map(lambda _: torch.get_num_threads(), range(6))) == [1] * 6
+        fresh = []
+        thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == 2 and fresh == [2]   # the training thread's, and a new thread's
+        pool.shutdown()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_build_data_uses_crops_and_reduced_decoding_from_the_config(tmp_path):

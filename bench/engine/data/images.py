@@ -216,10 +216,25 @@ class LoaderBatches:
         if self._pool is None or self._pool_threads != threads:
             if self._pool is not None:
                 self._pool.shutdown()
-            self._pool, self._pool_threads = ThreadPoolExecutor(threads, thread_name_prefix="bench-loader"), threads
+            self._pool, self._pool_threads = loader_pool(threads), threads
         for keys in self._sampler.batches:
             batch = self._collate(list(self._pool.map(self.dataset.__getitem__, keys)))
             yield pin(batch) if self._pin else batch
+
+
+def loader_pool(threads: int) -> ThreadPoolExecutor:
+    """`threads` loading threads whose own tensor ops run on one intra-op thread each: an op in a
+    thread otherwise opens an OpenMP team of the process's intra-op count, and its spinning
+    helpers crowd out the decoding and then the training step. The process's count stays."""
+    pool, started = ThreadPoolExecutor(threads, thread_name_prefix="bench-loader"), threading.Barrier(threads)
+
+    def one_intra_op_thread(_) -> None:
+        torch.get_num_threads()   # this thread's lazy intra-op setup first, so that the 1 below stays
+        torch.set_num_threads(1)
+        started.wait()            # every task on its own thread
+    list(pool.map(one_intra_op_thread, range(threads)))
+    torch.set_num_threads(threads)   # the count new threads take, which the calls above set to 1
+    return pool
 
 
 def pin(batch):
