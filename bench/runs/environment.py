@@ -2,6 +2,7 @@
 commit and uncommitted changes, device, threads, host."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -33,13 +34,19 @@ def git_dirty() -> bool | None:
 
 def installed_packages() -> dict[str, str]:
     """Every installed distribution's version, by name (importlib.metadata; the first of a name
-    found on sys.path wins, as for imports)."""
+    found on sys.path wins, as for imports): read once a process (about 0.14 s for 190
+    packages), since the modules a process has imported stay those it started with."""
+    return dict(_installed_packages())
+
+
+@functools.cache
+def _installed_packages() -> tuple[tuple[str, str], ...]:
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name and name not in found:
             found[name] = dist.version
-    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+    return tuple(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
 # x86 flags under which oneDNN runs bf16/fp16 natively or emulates them at about fp32's speed
