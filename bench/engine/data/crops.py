@@ -63,41 +63,40 @@ class CropFlip:
 
     def from_file(self, path: str, seed: int) -> torch.Tensor:
         """uint8 (3, S, S): the item's cut of the image file at `path`, decoded for it."""
-        if self.reduced:
-            cut = self._reduced(path, seed)
-            if cut is not None:
-                return cut
-        return self.from_tensor(read_image(path), seed)
+        if not self.reduced:
+            return self.from_tensor(read_image(path), seed)
+        try:
+            with Image.open(path) as image:
+                crop = self.draw(image, seed)
+                cut = self._reduced(image, crop) if image.format == "JPEG" else None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: unreadable image ({err})") from None
+        return cut if cut is not None else self._cut(read_image(path), crop)   # the box drawn once
 
     def from_tensor(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        """The cut of a decoded (3, H, W) uint8 tensor, on its device: torchvision's uint8
-        antialiased resize of the box (the v2 pipeline's, twice as fast as PIL's at 224 px)."""
-        crop = self.draw(image, seed)
+        """The cut of a decoded (3, H, W) uint8 tensor, on its device."""
+        return self._cut(image, self.draw(image, seed))
+
+    def _cut(self, image: torch.Tensor, crop: Crop) -> torch.Tensor:
+        """torchvision's uint8 antialiased resize of the box (the v2 pipeline's, twice as fast as
+        PIL's at 224 px), mirrored where drawn."""
         out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width, [self.size] * 2,
                                          antialias=True)
         return out.flip(-1) if crop.flip else out
 
-    def _reduced(self, path: str, seed: int) -> Optional[torch.Tensor]:
-        """The cut from a JPEG decoded at 1/2, 1/4 or 1/8 scale; None where the box is too
-        small for that, or the file is no JPEG."""
-        try:
-            with Image.open(path) as image:
-                if image.format != "JPEG":
-                    return None
-                crop = self.draw(image, seed)
-                width, height = image.size
-                at_least = self.size / min(crop.width, crop.height)   # the box, scaled, stays ≥ size on both sides
-                image.draft(image.mode, (math.ceil(width * at_least), math.ceil(height * at_least)))
-                if image.size == (width, height):
-                    return None
-                # the same box, in fractions of the smaller image's pixels
-                sx, sy = image.size[0] / width, image.size[1] / height
-                box = (crop.left * sx, crop.top * sy, (crop.left + crop.width) * sx, (crop.top + crop.height) * sy)
-                image = image.convert("RGB")
-                out = torch.from_numpy(np.array(image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)))
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"{path}: unreadable image ({err})") from None
-        out = out.permute(2, 0, 1)
+    def _reduced(self, image: Image.Image, crop: Crop) -> Optional[torch.Tensor]:
+        """The cut from an opened JPEG decoded at 1/2, 1/4 or 1/8 scale; None where the box is
+        too small for that."""
+        width, height = image.size
+        at_least = self.size / min(crop.width, crop.height)   # the box, scaled, stays ≥ size on both sides
+        image.draft(image.mode, (math.ceil(width * at_least), math.ceil(height * at_least)))
+        if image.size == (width, height):
+            return None
+        # the same box, in fractions of the smaller image's pixels
+        sx, sy = image.size[0] / width, image.size[1] / height
+        box = (crop.left * sx, crop.top * sy, (crop.left + crop.width) * sx, (crop.top + crop.height) * sy)
+        out = np.array(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, box=box))
+        out = torch.from_numpy(out).permute(2, 0, 1)
         return out.flip(-1) if crop.flip else out
 
 

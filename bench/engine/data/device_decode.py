@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from bench.engine.data.crops import CropFlip
-from bench.engine.data.images import DataError, decode_jpeg_rgb, is_jpeg, read_image
+from bench.engine.data.images import DataError, is_jpeg, read_image
 
 
 class FolderBytes(Dataset):
@@ -58,13 +58,6 @@ def split_bytes(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def decode_on_cpu(data: torch.Tensor, path: str) -> torch.Tensor:
-    """(3, H, W) uint8 of one file of any format `read_image` reads, from its bytes where they
-    are a JPEG that `decode_jpeg_rgb` takes."""
-    image = decode_jpeg_rgb(data) if is_jpeg(data) else None
-    return image if image is not None else read_image(path)
-
-
 def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
     """Encoded files → (3, H, W) uint8 on `device` each: the JPEGs in one batched `decode_jpeg`
     call, one by one when it refuses the batch, and on the CPU those it refuses alone."""
@@ -77,8 +70,7 @@ def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.devi
             decoded = [_decode_jpeg_or_none(data[k], device) for k in jpegs]
         for k, image in zip(jpegs, decoded):
             images[k] = image
-    return [image if image is not None else decode_on_cpu(d, p).to(device)
-            for image, d, p in zip(images, data, paths)]
+    return [image if image is not None else read_image(p, d).to(device) for image, d, p in zip(images, data, paths)]
 
 
 def _decode_jpeg_or_none(data: torch.Tensor, device: torch.device):

@@ -101,14 +101,15 @@ def decode_jpeg_rgb(data: torch.Tensor) -> Optional[torch.Tensor]:
     return image if image.shape[0] == 3 else None
 
 
-def read_image(path: str) -> torch.Tensor:
-    """uint8 (3, H, W) of an image file in RGB: JPEGs through `decode_jpeg_rgb` (a fifth faster
-    than PIL, with no PIL image made), any other file, or a JPEG it refuses, through PIL, whose
-    error names what is wrong."""
-    try:
-        data = read_file(path)
-    except RuntimeError:
-        data = None
+def read_image(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """uint8 (3, H, W) of an image file in RGB (`data`: its bytes, where already read): JPEGs
+    through `decode_jpeg_rgb` (a fifth faster than PIL, with no PIL image made), any other
+    file, or a JPEG it refuses, through PIL, whose error names what is wrong."""
+    if data is None:
+        try:
+            data = read_file(path)
+        except RuntimeError:
+            pass
     image = decode_jpeg_rgb(data) if data is not None and is_jpeg(data) else None
     if image is not None:
         return image
@@ -226,6 +227,7 @@ def loader_pool(threads: int) -> ThreadPoolExecutor:
     """`threads` loading threads whose own tensor ops run on one intra-op thread each: an op in a
     thread otherwise opens an OpenMP team of the process's intra-op count, and its spinning
     helpers crowd out the decoding and then the training step. The process's count stays."""
+    before = torch.get_num_threads()
     pool, started = ThreadPoolExecutor(threads, thread_name_prefix="bench-loader"), threading.Barrier(threads)
 
     def one_intra_op_thread(_) -> None:
@@ -233,7 +235,7 @@ def loader_pool(threads: int) -> ThreadPoolExecutor:
         torch.set_num_threads(1)
         started.wait()            # every task on its own thread
     list(pool.map(one_intra_op_thread, range(threads)))
-    torch.set_num_threads(threads)   # the count new threads take, which the calls above set to 1
+    torch.set_num_threads(before)   # the count new threads take, which the calls above set to 1
     return pool
 
 
