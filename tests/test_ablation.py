@@ -65,7 +65,7 @@ def test_a_finished_run_of_another_config_is_never_overwritten(write_recipe, tmp
     before = (out / specs[0].path / RunDir.FINAL).read_bytes()
     from bench.config import parse_override
     changed = plan(recipe, only=["efficient"], overrides=(parse_override("optim.lr_per_256=0.2"),))
-    with pytest.raises(BenchError, match="different config"):
+    with pytest.raises(BenchError, match=r"holds a run of another experiment \(here → expected: optim.lr_per_256: 0.4 → 0.2\)"):
         run_ablation(changed, out, progress=False)
     assert (out / specs[0].path / RunDir.FINAL).read_bytes() == before
 
@@ -157,14 +157,14 @@ def test_a_teacher_not_trained_needs_weights(write_recipe):
 
 def test_the_committed_fashion_mnist_runs_are_finished_under_their_recipe():
     """The config hash is stable: every run in results/ still counts as finished for its recipe
-    (adding a trick section to the schema must not turn recorded runs into conflicts), its
-    students with the teacher identity their final.json records (bench.ablation.legacy)."""
+    (adding a key or a trick section to the schema must not turn recorded runs into conflicts),
+    its students with the teacher identity their final.json records."""
     recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-cpu.yaml")
     out = ROOT / "results" / "fashion_mnist_table6"
     specs = plan(recipe)
     assert len(specs) == (2 + 6) * 3   # two teachers and six steps, seeds 0-2
     for spec in specs:
-        assert RunDir(out / spec.path).state(spec.config, spec.teacher_hash) == "finished", spec.path
+        assert RunDir(out / spec.path).state(spec.config, spec.teacher_hash).name == "finished", spec.path
 
 
 def test_the_committed_converged_runs_are_whole_and_what_the_same_command_skips():
@@ -181,6 +181,6 @@ def test_the_committed_converged_runs_are_whole_and_what_the_same_command_skips(
     by_path = {s.path: s for s in specs}
     for path in committed:
         spec = by_path[path]
-        assert RunDir(out / path).state(spec.config, spec.teacher_hash) == "finished", path
+        assert RunDir(out / path).state(spec.config, spec.teacher_hash).name == "finished", path
         if spec.role == "teacher":
             assert (out / path / RunDir.WEIGHTS).is_file(), path

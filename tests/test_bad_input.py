@@ -74,10 +74,8 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
         return [r, "--set", "model.name=resnet9000"]
     if case == "unknown data set":
         return [r, "--set", "data.dataset=imagenet22k"]
-    if case == "held-out images on a data set without them":
+    if case == "a data key the data set does not read":
         return [r, "--set", "data.holdout=5"]
-    if case == "reduced decoding off the device path":
-        return [r, "--set", "data.decode_reduced=true"]
     if case == "more held-out images than training images":
         root = write_fashion_mnist(tmp / "fm", n_train=64)
         return [r, "--set", "data.dataset=fashion_mnist", "--set", f"data.root={root}", "--set", "data.holdout=64", "--only", "efficient"]

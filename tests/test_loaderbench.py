@@ -90,25 +90,20 @@ def test_command_writes_json_once_and_refuses_bad_input(tmp_path, capsys):
 
 def test_pipeline_trains_through_the_real_loader_on_every_path(tmp_path, monkeypatch):
     lb.write_photo_tree(tmp_path, images=8, classes=2, size=(96, 72))
-    opened, read = [], []   # PIL opens the reduced decodes' JPEGs, torchvision reads the others
-    real, real_read_file = Image.open, images.read_file
-    monkeypatch.setattr(Image, "open", lambda p, *a: opened.append(str(p)) or real(p, *a))
+    read, real_read_file = [], images.read_file
     monkeypatch.setattr(images, "read_file", lambda p: read.append(p) or real_read_file(p))
     s = BenchSettings(model="resnet18d", image_size=16, batch_size=2, num_classes=5, steps=2, rounds=1, precision="fp32",
                       device="cpu", model_kwargs={"channels": [4, 8, 16, 32], "stem_width": 4})
     r = measure_pipeline(tmp_path, s, workers=[0])
     t = r["cores"]
-    assert set(r["variants"]) == {"synthetic", f"worker/0w/{t}t", f"device/0w/{t}t", f"device+reduced/0w/{t}t"}
+    assert set(r["variants"]) == {"synthetic", f"worker/0w/{t}t", f"device/0w/{t}t"}
     assert r["variants"]["synthetic"]["ratio_to_synthetic"] == 1.0 and r["default_workers"] == 0
     assert all(v["images_per_s"] > 0 for v in r["variants"].values())
-    # (warm-up + 1 round) x 2 batches x 2 images a path, every one read from its file: the worker
-    # and device paths' with torchvision, the reduced path's with PIL (and torchvision where the box
-    # is too small for a reduced decode)
-    assert len(opened) == 2 * 2 * 2 and 2 * 2 * 2 * 2 <= len(read) <= 3 * 2 * 2 * 2
-    assert all(p.startswith(str(tmp_path)) for p in opened + read)
+    # (warm-up + 1 round) x 2 batches x 2 images a path, every one read from its file
+    assert len(read) == 2 * 2 * 2 * 2 and all(p.startswith(str(tmp_path)) for p in read)
     table = format_pipeline(r)
     assert f"| device/0w/{t}t (workers: auto) |" in table and "| synthetic |" in table
     fig = plot_pipeline({**r, "environment": {"device": "cpu", "device_name": "x86_64", "cpu_threads": t}})
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels[0] == f"worker/0w/{t}t (auto)" and len(labels) == 3 and "synthetic" not in labels
+    assert labels[0] == f"worker/0w/{t}t (auto)" and len(labels) == 2 and "synthetic" not in labels
     assert all(v["ratio_min"] <= v["ratio_to_synthetic"] <= v["ratio_max"] for v in r["variants"].values())

@@ -14,7 +14,7 @@ from bench.ablation import plan
 from bench.ablation.preview import Throughput, plan_table, plan_totals, read_bench_json
 from bench.cli import ROOT, main
 from bench.config import load_recipe
-from bench.engine.data.sizes import TRAIN_IMAGES
+from bench.config.datasets import DATASETS
 from bench.engine.models import build_model
 from bench.report.frames import load_paper
 
@@ -49,7 +49,7 @@ def test_plan_writes_nothing(tmp_path, capsys):
 
 def test_table6_plan_has_the_papers_settings():
     table = plan_table(_table6())
-    per_epoch = TRAIN_IMAGES["imagenet"] // 1024 * 1024
+    per_epoch = DATASETS["imagenet"].train_images // 1024 * 1024
     assert (table["global_batch"] == 1024).all() and (table["bn_batch"] == 128).all()
     assert (table["peak_lr"] == 0.4).all() and (table["warmup_epochs"] == 5).all()
     assert (table["precision"] == "fp16").all()
@@ -71,7 +71,7 @@ BENCH_RECIPE = """
 name: measured
 base:
   model: {name: resnet18d, kwargs: {channels: [4, 8, 16, 32], stem_width: 4}}
-  data: {dataset: cifar10, image_size: 16, global_batch_size: 250}
+  data: {dataset: imagenet, image_size: 16, global_batch_size: 250}
   schedule: {kind: cosine, epochs: 3}
   efficient: {precision: fp32}
 teachers:
@@ -100,7 +100,7 @@ def test_device_hours_from_a_given_rate_and_from_a_bench_json(tmp_path, write_re
     specs = plan(load_recipe(write_recipe(BENCH_RECIPE)))
     rates = {row["run"]: row for row in plan_table(specs, [read_bench_json(bench_json)]).to_dict("records")}
     plain, distill = measured["variants"]["plain"]["images_per_s"], measured["variants"]["distill"]["images_per_s"]
-    images = 50_000 // 250 * 250 * 3
+    images = 1_281_167 // 250 * 250 * 3
     assert rates["resnet18d/01-plain/seed0"]["device_hours"] == pytest.approx(images / round(plain, 1) / 3600, rel=1e-3)
     assert rates["resnet18d/02-distill/seed0"]["images_per_s"] == round(distill, 1)
     assert rates["teachers/same/seed0"]["images_per_s"] == round(plain, 1)
@@ -109,7 +109,7 @@ def test_device_hours_from_a_given_rate_and_from_a_bench_json(tmp_path, write_re
     # a flat rate fills in the rest; the totals add up
     assert main(["plan", str(write_recipe(BENCH_RECIPE)), "--bench", str(bench_json), "--images-per-s", "100"]) == 0
     out = capsys.readouterr().out
-    assert "Total: 5 runs, 750,000 training images" in out and "have none" not in out
+    assert f"Total: 5 runs, {5 * images:,} training images" in out and "have none" not in out
     table = plan_table(specs, [Throughput(2500.0)])
     assert table["device_hours"].tolist() == pytest.approx((table["train_images"] / 2500.0 / 3600).tolist())
     assert plan_totals(table)["device_hours"] == pytest.approx(table["device_hours"].sum())
@@ -174,3 +174,9 @@ def test_every_student_has_its_paper_row(recipe):
     rows = {(m, s) for m, s in zip(paper["model"], paper["step"])}
     students = {(s.paper_model, s.step) for s in plan(loaded, where=str(recipe)) if s.role == "student"}
     assert students <= rows, sorted(students - rows)
+
+
+def test_the_plan_counts_the_training_images_left_after_a_holdout(write_recipe):
+    recipe = BENCH_RECIPE.replace("dataset: imagenet, image_size: 16", "dataset: cifar10, holdout: 5000")
+    table = plan_table(plan(load_recipe(write_recipe(recipe))), [Throughput(2500.0)])
+    assert (table["train_images"] == 45_000 // 250 * 250 * 3).all()

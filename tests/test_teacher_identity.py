@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from bench.ablation import plan, run_ablation
-from bench.ablation.legacy import adopt_teachers
 from bench.ablation.status import ablation_status
 from bench.config import ModelConfig, load_recipe
 from bench.engine.models import build_model
@@ -67,19 +66,19 @@ def test_the_teacher_identity_is_recorded_in_final_json_and_runs_csv(trained):
     runs = load_runs(out).set_index("path")
     assert runs.loc[STUDENT, "teacher_hash"] == teacher.config.config_hash()
     assert list(runs.columns).index("teacher_hash") == list(runs.columns).index("teacher") + 1
-    assert [RunDir(out / s.path).state(s.config, s.teacher_hash) for s in (teacher, student)] == ["finished"] * 2
+    assert [RunDir(out / s.path).state(s.config, s.teacher_hash).name for s in (teacher, student)] == ["finished"] * 2
 
 
 def test_a_changed_teacher_config_makes_its_students_another_config(trained, write_recipe):
     out, (old_teacher, _) = trained
     teacher, student = replan(write_recipe, 0.2)
     assert student.config == trained[1][1].config            # the student's own config is the same
-    assert RunDir(out / student.path).state(student.config, student.teacher_hash) == "conflict"
+    assert RunDir(out / student.path).state(student.config, student.teacher_hash).name == "conflict"
     shutil.move(out / "teachers", out.parent / "old-teachers")   # the old teacher moved away, as the error asks
     with pytest.raises(BenchError) as err:
         run_ablation([teacher, student], out, progress=False)
-    assert str(err.value) == (f"{out / STUDENT}: holds a run of a different config (its teacher differs: trained from "
-                              f"teacher {old_teacher.config.config_hash()}, this one is {teacher.config.config_hash()}); "
+    assert str(err.value) == (f"{out / STUDENT}: holds a run of another experiment (its teacher differs: its final.json "
+                              f"names {old_teacher.config.config_hash()}, expected {teacher.config.config_hash()}); "
                               "choose another --out or move it away")
     assert not (out / "teachers").exists()   # stopped before anything trained
 
@@ -88,10 +87,10 @@ def test_an_unfinished_student_of_another_teacher_is_not_resumed(trained, write_
     out, _ = trained
     (out / STUDENT / RunDir.FINAL).unlink()   # as if killed after its last checkpoint
     _, student = trained[1]
-    assert RunDir(out / STUDENT).state(student.config, student.teacher_hash) == "partial"
+    assert RunDir(out / STUDENT).state(student.config, student.teacher_hash).name == "partial"
     _, changed = replan(write_recipe, 0.2)
-    with pytest.raises(BenchError, match=r"holds a run of a different config \(its teacher differs: .*\); choose another"):
-        RunDir(out / STUDENT).check_config(changed.config, changed.teacher_hash)
+    with pytest.raises(BenchError, match=r"holds a run of another experiment \(its teacher differs: its teacher.json names .*\); choose another"):
+        RunDir(out / STUDENT).check(changed.config, changed.teacher_hash)
 
 
 def test_a_changed_weights_file_makes_its_students_another_config(write_recipe, tmp_path):
@@ -115,9 +114,9 @@ def test_a_changed_weights_file_makes_its_students_another_config(write_recipe, 
     torch.save(model.state_dict(), weights)   # other weights under the same name: another teacher
     (changed,) = plan(load_recipe(recipe))
     assert changed.teacher_hash != student.teacher_hash
-    assert RunDir(out / STUDENT).state(changed.config, changed.teacher_hash) == "conflict"
-    with pytest.raises(BenchError, match=r"^.*01-distill/seed0: holds a run of a different config \(its teacher differs: "
-                                         r"trained from teacher \w{12}, this one is \w{12}\); choose another --out or move it away$"):
+    assert RunDir(out / STUDENT).state(changed.config, changed.teacher_hash).name == "conflict"
+    with pytest.raises(BenchError, match=r"^.*01-distill/seed0: holds a run of another experiment \(its teacher differs: "
+                                         r"its final.json names \w{12}, expected \w{12}\); choose another --out or move it away$"):
         run_ablation([changed], out, progress=False)
 
 
@@ -126,19 +125,16 @@ def test_a_given_teacher_file_that_is_missing_stops_the_plan(write_recipe, tmp_p
         plan(load_recipe(write_recipe(GIVEN.format(path=tmp_path / "nope.pt"))))
 
 
-def test_a_student_recorded_without_a_teacher_identity_is_not_current_until_adopted(trained):
+def test_a_student_whose_final_json_names_no_teacher_is_not_current(trained):
     out, specs = trained
     final = RunDir(out / STUDENT).read_final()
-    del final["teacher_hash"]   # as written before the teacher was part of a run's identity
+    del final["teacher_hash"]
     (out / STUDENT / RunDir.FINAL).write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
     student = specs[1]
-    with pytest.raises(BenchError, match=r"holds a run of a different config \(its final.json names no teacher: recorded "
-                                         r"before a student's identity included its teacher's\); choose another"):
-        RunDir(out / STUDENT).check_config(student.config, student.teacher_hash)
+    with pytest.raises(BenchError, match=r"holds a run of another experiment \(its teacher differs: its final.json names None, "
+                                         r"expected \w{12}\); choose another"):
+        RunDir(out / STUDENT).check(student.config, student.teacher_hash)
     assert ablation_status(out)[1]["state"] == "failed"
-    assert adopt_teachers(specs, out) == [student.path]
-    assert RunDir(out / STUDENT).state(student.config, student.teacher_hash) == "finished"
-    assert adopt_teachers(specs, out) == []   # once
 
 
 def test_status_finds_a_student_of_another_teacher(trained):
@@ -147,4 +143,5 @@ def test_status_finds_a_student_of_another_teacher(trained):
     final = RunDir(out / STUDENT).read_final()
     (out / STUDENT / RunDir.FINAL).write_text(json.dumps({**final, "teacher_hash": "0" * 12}))
     row = ablation_status(out)[1]
-    assert (row["state"], row["detail"]) == ("failed", "final.json holds a run of another teacher (000000000000)")
+    assert row["state"] == "failed"
+    assert row["detail"].startswith("holds a run of another experiment (its teacher differs: its final.json names 000000000000, expected ")

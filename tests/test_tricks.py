@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.tricks import (
+    Mixup,
     combine_distill,
     distill_loss,
     lr_at,
-    mix_batch,
     param_groups,
     sample_mixing,
     smooth_targets,
@@ -97,14 +97,14 @@ def test_smoothing_rejects_unknown_form():
 
 def test_lambda_one_leaves_the_batch_unchanged():
     x, y = torch.randn(4, 1, 2, 2), torch.eye(4)
-    mx, my = mix_batch(x, y, 1.0, torch.tensor([3, 2, 1, 0]))
+    mx, my = Mixup(1.0, torch.tensor([3, 2, 1, 0])).apply(x, y)
     assert torch.equal(mx, x) and torch.equal(my, y)
 
 
 def test_lambda_weights_the_original_sample():
     x, y = torch.arange(4.0).view(4, 1, 1, 1), torch.eye(4)
     perm = torch.tensor([1, 0, 3, 2])
-    mx, my = mix_batch(x, y, 0.7, perm)
+    mx, my = Mixup(0.7, perm).apply(x, y)
     assert mx[0].item() == pytest.approx(0.7 * 0 + 0.3 * 1)
     assert my[0].tolist() == pytest.approx([0.7, 0.3, 0, 0])
     assert my.sum(1).tolist() == pytest.approx([1.0] * 4)

@@ -17,7 +17,6 @@ from bench.errors import BenchError, ConfigError
 from bench.report.wandb import load_wandb_results, write_wandb_report
 from bench.report.wandb_summary import delta_summary, log_report, summary_run_id
 from bench.runs import RunDir
-from bench.runs.rundir import flat_config
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def test_one_offline_run_per_training_run_with_group_tags_config_and_metrics(log
         # nested sections, as config.yaml: W&B's filter config.schedule.kind is runs.csv's column
         assert o["config"]["schedule"]["kind"] == spec.config.schedule.kind
         assert o["config"]["optim"]["lr_per_256"] == spec.config.optim.lr_per_256
-        assert {k: o["config"][k] for k in type(spec.config).model_fields} == spec.config.model_dump(mode="json")
+        assert {k: o["config"][k] for k in type(spec.config).model_fields} == spec.config.record()
         assert not [k for k in o["config"] if "." in k]
         assert o["summary"]["final"] == final and o["summary"]["top1"] == final["top1"]
         steps = spec.config.schedule.epochs * 2   # max_train_batches: 2
@@ -146,21 +145,6 @@ def test_tables_rebuilt_from_the_api_are_identical_to_the_local_ones(logged, tmp
     assert markdown == (out / "table.md").read_text()
     for name in ("runs.csv", "table.csv", "deltas.csv"):
         assert (tmp_path / "from-wandb" / name).read_text() == (out / name).read_text(), name
-
-
-def test_runs_logged_with_flat_configs_give_the_same_tables(logged):
-    """Runs logged before the configs were nested (flat `config.*` keys, the identifying columns
-    at the top) read back the same; a sweep's own flat parameter is not a column."""
-    out, _, offline = logged
-    older = []
-    for o in offline:
-        nested = dict(o["config"])
-        ids = nested.pop("run", None)
-        flat = {} if ids is None else {**ids, **flat_config({k: v for k, v in nested.items() if not k.startswith("_")})}
-        older.append({**o, "config": {**flat, "distill.temperature": 4} if flat else nested})
-    assert "config.schedule.kind" in older[0]["config"] and "schedule" not in older[0]["config"]
-    pd.testing.assert_frame_equal(load_wandb_results("me/bench-test", "out", api=StandInApi(older)).runs,
-                                  report.frames.load_results(out).runs)
 
 
 def test_report_with_wandb_logs_the_summary_of_a_results_directory(logged, tmp_path, monkeypatch):

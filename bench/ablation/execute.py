@@ -61,7 +61,7 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
     if main:
         check_writable(out)
     for spec in specs:   # a finished run of another config stops everything before anything trains
-        run_dir(out, spec).check_config(spec.config, spec.teacher_hash)
+        run_dir(out, spec).check(spec.config, spec.teacher_hash)
     by_path = {spec.path: spec for spec in specs}
     finals: list[dict] = []
     failed: dict[Path, str] = {}
@@ -103,7 +103,7 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
              stop: Optional[StopRequest] = None) -> Optional[dict]:
     """Train (or resume, or skip) one run while holding its lock; None when it failed."""
     rd, main = run_dir(out, spec), dist.is_main()
-    state = rd.check_config(spec.config, spec.teacher_hash)   # again: another process may have finished it meanwhile
+    state = rd.check(spec.config, spec.teacher_hash).name   # again: another process may have finished it meanwhile
     if state == "finished":
         echo(f"{tag}: finished, skipped")
         return rd.read_final()

@@ -82,7 +82,7 @@ class RunJob:
         self.out, self.spec, self.teacher = Path(out), spec, teacher
 
     def __call__(self) -> dict:
-        if self.teacher is not None and run_dir(self.out, self.teacher).state(self.teacher.config) != "finished":
+        if self.teacher is not None and run_dir(self.out, self.teacher).state(self.teacher.config).name != "finished":
             raise BenchError(f"{self.out / self.teacher.path}: teacher run not finished")
         specs = [self.teacher, self.spec] if self.teacher is not None else [self.spec]
         # SLURM signals every task: the requeue signal (submitit's, --signal=USR2@signal_delay_s)
@@ -142,7 +142,7 @@ def launch_slurm(specs: list[RunSpec], out: Path, cluster: ClusterConfig, echo=p
     """Submit one job per unfinished run, teachers first; a run that distils depends (afterok)
     on its teacher's job. Runs finished or already queued are left alone. Returns path → job id."""
     out = Path(out).resolve()
-    states = {spec.path: run_dir(out, spec).check_config(spec.config, spec.teacher_hash) for spec in specs}
+    states = {spec.path: run_dir(out, spec).check(spec.config, spec.teacher_hash).name for spec in specs}
     by_path = {spec.path: spec for spec in specs}
     job_ids: dict[Path, str] = {}
     for spec in specs:   # plan() puts teachers first

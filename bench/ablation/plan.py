@@ -17,6 +17,7 @@ from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_s
 from bench.engine.models import LOCAL_MODELS
 from bench.errors import ConfigError
 from bench.runs import sha256_file
+from bench.runs.rundir import student_path, teacher_path
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,17 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 if only and step.name not in only:
                     continue
                 cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
-                teacher_path, teacher_cfg, identity = None, None, None
+                teacher_dir, teacher_cfg, identity = None, None, None
                 if cfg.distill is not None and trained[cfg.distill.teacher]:
-                    teacher_path = Path("teachers", cfg.distill.teacher, f"seed{seed}")
-                    teachers_needed[teacher_path] = (cfg.distill.teacher, seed)
+                    teacher_dir = teacher_path(cfg.distill.teacher, seed)
+                    teachers_needed[teacher_dir] = (cfg.distill.teacher, seed)
                     identity = shrink(resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)).config_hash()
                 elif cfg.distill is not None:   # given weights: loaded, not trained
                     teacher_cfg = resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)
                     identity = given_teacher_hash(teacher_cfg, digests, f"{where}: teacher '{cfg.distill.teacher}'")
                 parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
                 students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
-                                        Path(model, f"{i:02d}-{step.name}", f"seed{seed}"), teacher_path,
+                                        student_path(model, i, step.name, seed), teacher_dir,
                                         recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg,
                                         identity))
     teachers = []

@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.ablation.plan import RunSpec
 from bench.config import ModelConfig, RunConfig
-from bench.engine.data.sizes import dataset_images, image_px, images_per_epoch
+from bench.engine.data.sizes import dataset_images, images_per_epoch
 from bench.errors import BenchError
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
@@ -36,7 +36,7 @@ class Throughput:
         if self.model is None:
             return self.images_per_s
         measured = (self.model, self.model_kwargs or {}, self.image_size, self.precision)
-        if (cfg.model.name, cfg.model.kwargs, image_px(cfg.data), cfg.efficient.precision) != measured:
+        if (cfg.model.name, cfg.model.kwargs, cfg.data.size(), cfg.efficient.precision) != measured:
             return None
         if cfg.distill is None:
             return self.images_per_s
@@ -88,7 +88,7 @@ def _value(v: Any, key: str) -> str:
 def _settings(cfg: RunConfig, teacher_model: Optional[str]) -> dict[str, Any]:
     s, ls, mix, kd = cfg.schedule, cfg.label_smoothing, cfg.mixing(), cfg.distill
     return {
-        "model": cfg.model.name, "image_px": image_px(cfg.data), "global_batch": cfg.data.global_batch_size,
+        "model": cfg.model.name, "image_px": cfg.data.size(), "global_batch": cfg.data.global_batch_size,
         "bn_batch": cfg.efficient.bn_batch_size or "per device", "peak_lr": round(cfg.peak_lr(), 6),
         "warmup_epochs": s.warmup_epochs, "epochs": s.epochs,
         "schedule": "cosine" if s.kind == "cosine" else "step " + "/".join(map(str, s.milestones)),
@@ -120,7 +120,7 @@ def plan_table(specs: Sequence[RunSpec], rates: Sequence[Throughput] = ()) -> pd
         if cfg.distill is not None:
             given = spec.teacher_config.model if spec.teacher_config is not None else None
             teacher = teacher_models.get(cfg.distill.teacher, given)
-        key = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "root", "val_fraction"}), sort_keys=True)
+        key = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "root", "val_fraction", "holdout"}), sort_keys=True)
         if key not in sizes:
             sizes[key] = dataset_images(cfg.data)
         per_epoch = images_per_epoch(cfg.data, sizes[key])

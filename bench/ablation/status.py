@@ -10,7 +10,7 @@ from typing import Optional
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.runs import RunDir, RunLock, read_json, read_yaml
-from bench.runs.locks import LOCK_DIR
+from bench.runs.rundir import TEACHERS, run_paths, teacher_path
 
 MANIFEST = "launch.json"  # in the results directory: every run of a launched ablation
 
@@ -65,28 +65,24 @@ def log_reason(path: Optional[str]) -> str:
 def run_status(out: Path, record: dict) -> tuple[str, str, str]:
     """(state, job id, detail) of one run: finished, running, pending, failed, interrupted, not submitted."""
     rd = RunDir(Path(out) / record["path"])
-    final = rd.read_final()
+    state = rd.state(record["config_hash"], record.get("teacher_hash"))
     job = read_json(rd / RunDir.JOB) or {}
     job_id = str(job.get("job_id", ""))
-    if final is not None:
-        if final.get("config_hash") != record["config_hash"]:
-            return "failed", job_id, "final.json holds a run of a different config"
-        if record.get("teacher_hash") is not None and final.get("teacher_hash") != record["teacher_hash"]:
-            recorded = final.get("teacher_hash")
-            return "failed", job_id, (f"final.json holds a run of another teacher ({recorded})" if recorded
-                                      else "final.json names no teacher (recorded before a student's identity included its teacher's)")
-        return "finished", job_id, f"top-1 {final['top1']:.2f}"
+    if state.name == "finished":
+        return "finished", job_id, f"top-1 {state.final['top1']:.2f}"
+    if state.name == "conflict":
+        return "failed", job_id, f"holds a run of another experiment ({state.why})"
     epochs = len(rd.read_metrics())
-    saved = read_yaml(rd / RunDir.CONFIG) or {}
+    saved = rd.read_config() or {}
     total = saved.get("schedule", {}).get("epochs", "?")
     progress = f"{epochs} of {total} epochs done" if epochs else ""
     if not job_id:
         failed = read_json(rd / RunDir.FAILED)
         if failed:
             return "failed", "", "; ".join(x for x in (failed.get("error", ""), progress) if x)
-        holder = _lock_holder(out, record["path"])
+        holder = RunLock(out, Path(record["path"])).held_by()
         if holder:
-            return "running", "", f"epoch {epochs + 1} of {total}, {holder}"
+            return "running", "", f"epoch {epochs + 1} of {total}, lock held by {holder}"
         return ("interrupted" if epochs else "not started"), "", progress
     where, detail = query_job(job_id)
     if where in ("pending", "running"):
@@ -95,36 +91,25 @@ def run_status(out: Path, record: dict) -> tuple[str, str, str]:
     return "failed", job_id, "; ".join(x for x in (detail, reason, progress, f"log {job.get('stderr')}") if x)
 
 
-def _lock_holder(out: Path, run_path: str) -> str:
-    """"pid N on host" when a live process holds the run's lock, else "" (nothing is created)."""
-    lock = RunLock(out, Path(run_path))
-    if not lock.path.is_file():
-        return ""
-    if lock.try_acquire():
-        lock.release()
-        return ""
-    return f"lock held by {lock.holder()}"
-
-
 def discovered_runs(out: Path) -> list[dict]:
-    """The run directories under `out` (each holds a config.yaml), teachers first; a student that
-    distils from a teacher trained here expects that teacher's config hash as its teacher_hash."""
-    records, configs = [], {}
-    for path in sorted(Path(out).glob("**/" + RunDir.CONFIG)):
-        rel = path.parent.relative_to(out)
-        if rel.parts[0] == LOCK_DIR or not (rel.name.startswith("seed")):
-            continue
+    """The run directories under `out`, teachers first, each expected to be the run its own
+    config.yaml (and, distilled from a teacher not trained here, its teacher.json) says; a student
+    of a teacher trained here expects that teacher's config hash."""
+    configs: dict[Path, Optional[RunConfig]] = {}
+    for rel in run_paths(out):
         try:
-            configs[rel] = RunConfig.model_validate(read_yaml(path))
+            configs[rel] = RunConfig.model_validate(read_yaml(Path(out) / rel / RunDir.CONFIG))
         except (ValueError, BenchError):   # a config of another schema, a damaged file
             configs[rel] = None
-        records.append({"path": str(rel), "role": "teacher" if rel.parts[0] == "teachers" else "student",
-                        "config_hash": configs[rel].config_hash() if configs[rel] else None})
-    for record in records:
-        cfg = configs[Path(record["path"])]
-        teacher = Path("teachers", cfg.distill.teacher, f"seed{cfg.seed}") if cfg and cfg.distill else None
-        if teacher in configs and configs[teacher] is not None:
-            record["teacher_hash"] = configs[teacher].config_hash()
+    records = []
+    for rel, cfg in configs.items():
+        record = {"path": str(rel), "role": "teacher" if rel.parts[0] == TEACHERS else "student",
+                  "config_hash": cfg.config_hash() if cfg else None}
+        if cfg and cfg.distill:
+            teacher = configs.get(teacher_path(cfg.distill.teacher, cfg.seed))
+            record["teacher_hash"] = (teacher.config_hash() if teacher else
+                                      (read_json(Path(out) / rel / RunDir.TEACHER) or {}).get("teacher_hash"))
+        records.append(record)
     return sorted(records, key=lambda r: (r["role"] != "teacher", r["path"]))
 
 

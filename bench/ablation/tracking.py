@@ -52,7 +52,7 @@ def for_sweep(settings: WandbConfig, specs: list, base: Path) -> tuple[WandbConf
 def run_config(spec) -> dict[str, Any]:
     """A run's W&B config: its identifying columns under `run`, then the resolved config's
     sections (model, data, optim, schedule, ..., None for a trick that is off)."""
-    return {RUN_SECTION: {**spec.record(), "path": str(spec.path)}, **spec.config.model_dump(mode="json")}
+    return {RUN_SECTION: {**spec.record(), "path": str(spec.path)}, **spec.config.record()}
 
 
 def artifact_name(group: str, path: Path) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic_core import to_jsonable_python
 
-from bench.strict import Strict
+from bench.config.datasets import DATASETS, EVAL_CROP
+from bench.strict import Strict, execution, experiment, flat, is_execution
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
 from bench.tricks.cutmix import CutMixConfig
 
@@ -30,15 +32,11 @@ class ModelConfig(Strict):
         return self
 
 
-# the data set whose root is its data; any other is named, and its root only says where the files
-# lie (a node-local copy, another mount), so a run keeps its identity when they move
-FOLDER_DATASETS = frozenset({"imagefolder"})
-
-
 class DataConfig(Strict):
     dataset: Literal["digits", "imagenet", "imagefolder", "cifar10", "cifar100", "fashion_mnist"] = "digits"
-    root: Optional[str] = None                  # None: the data set's default places (bench/data.py)
-    download: bool = False                      # cifar10/100, fashion_mnist: fetch when absent
+    # where the files lie (a node-local copy, another mount): a run keeps its identity when they move
+    root: Optional[str] = execution(None)       # None: the data set's default places (bench/engine/data)
+    download: bool = execution(False)           # cifar10/100, fashion_mnist: fetch when absent
     global_batch_size: int = Field(128, gt=0)   # summed over all devices
     eval_batch_size: int = Field(512, gt=0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)   # digits only: the others have a val split
@@ -48,17 +46,15 @@ class DataConfig(Strict):
     eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
     # DataLoader processes per device (ImageFolder); auto: on a GPU the cores per local rank less
     # one (at most 16), on a CPU 0: the training process reads the items on its threads between steps
-    workers: Union[Literal["auto"], NonNegativeInt] = "auto"
-    pin_memory: bool = True
+    # (the same batches for any count: tests/test_crops.py)
+    workers: Union[Literal["auto"], NonNegativeInt] = execution("auto")
+    pin_memory: bool = execution(True)
     # worker: workers decode, crop, flip, jitter, add lighting noise and normalise, sending float32;
     # device: workers decode, crop and flip and send uint8, the rest runs batched on the device
     augment_on: Literal["worker", "device"] = "worker"
     # worker: workers decode the JPEGs (PIL); device: workers only read the files' bytes, the
     # device decodes each batch (nvJPEG on CUDA), then crops and flips (needs augment_on: device)
     decode_on: Literal["worker", "device"] = "worker"
-    # augment_on: device, JPEGs: decode at 1/2, 1/4 or 1/8 scale where the crop box spans at least
-    # twice the output size (libjpeg's DCT scaling): the same boxes, pixels within about a level
-    decode_reduced: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)     # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)   # and aspect ratio
     color_jitter: float = Field(0.4, ge=0.0, lt=1.0)  # brightness, contrast, saturation × U[1−j, 1+j]
@@ -77,23 +73,36 @@ class DataConfig(Strict):
         if self.decode_on == "device" and self.augment_on != "device":
             raise ValueError(f"decode_on=device needs augment_on=device (not {self.augment_on}): "
                              "images decoded on the device are augmented there")
-        if self.decode_reduced and (self.augment_on != "device" or self.decode_on == "device"):
-            raise ValueError(f"decode_reduced=true is for augment_on=device with decode_on=worker (not "
-                             f"augment_on={self.augment_on}, decode_on={self.decode_on}): only the workers' crop and flip decode at a reduced scale")
-        if self.holdout is not None and self.dataset not in ("cifar10", "cifar100", "fashion_mnist"):
-            raise ValueError(f"holdout={self.holdout} is for cifar10, cifar100 and fashion_mnist (not {self.dataset}): "
-                             "digits hold out val_fraction, ImageFolder trees have their own val split")
+        spec = DATASETS[self.dataset]
+        ignored = [f"{key}={json.dumps(to_jsonable_python(getattr(self, key)))}" for key in sorted(self.model_fields_set - self.applied())
+                   if not is_execution(DataConfig, key)
+                   and to_jsonable_python(getattr(self, key)) != to_jsonable_python(type(self).model_fields[key].default)]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: not read for {self.dataset}, whose pipeline reads "
+                             f"{', '.join(sorted(spec.keys))} (bench/config/datasets.py)")
         return self
+
+    def applied(self) -> set[str]:
+        """The keys this data set's pipeline reads; the others keep their defaults and are left
+        out of the run's records."""
+        return {key for key in type(self).model_fields if DATASETS[self.dataset].applies(key)}
+
+    def eval_size(self) -> int:
+        """Photographs: the shorter side before the center crop, `eval_resize` else size / 0.875."""
+        return self.eval_resize or round(self.size() / EVAL_CROP)
+
+    def size(self) -> int:
+        """The training crop's side: `image_size`, else the data set's own."""
+        return self.image_size or DATASETS[self.dataset].px
 
     def smoke(self) -> DataConfig:
         """3 training and 2 validation batches; for photographs also batches of at most 8 images
         of a quarter of the size (at least 32 px, and 75 px for Inception-V3's 299)."""
         update: dict[str, Any] = {"max_train_batches": 3, "max_val_batches": 2}
-        if self.dataset in ("imagenet", "imagefolder"):
-            size = self.image_size or 224
+        if DATASETS[self.dataset].photographs:
+            size = self.size()
             update.update(global_batch_size=min(self.global_batch_size, 8), eval_batch_size=min(self.eval_batch_size, 8),
-                          image_size=max(32, -(-size // 4)), eval_resize=max(32, -(-(self.eval_resize or round(size / 0.875)) // 4)),
-                          workers=0)
+                          image_size=max(32, -(-size // 4)), eval_resize=max(32, -(-self.eval_size() // 4)), workers=0)
         elif self.dataset != "digits":
             update.update(global_batch_size=min(self.global_batch_size, 16), eval_batch_size=min(self.eval_batch_size, 16))
         return self.model_copy(update=update)
@@ -120,22 +129,22 @@ class ScheduleConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    channels_last: bool = True
+    device: Literal["auto", "cpu", "cuda"] = execution("auto")
+    channels_last: bool = execution(True)     # memory layout: the same maths, other kernels (as threads)
     # True: deterministic kernels (bit-exact resume); auto: deterministic on CPU, cuDNN autotuning
     # on CUDA (the ImageNet recipes, where it buys speed and determinism buys nothing at that scale)
     deterministic: Union[bool, Literal["auto"]] = True
-    compile: bool = False              # torch.compile the model (in place); opt-in, measured both ways
+    compile: bool = execution(False)   # torch.compile the model (in place); opt-in, measured both ways
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
     # intra-op CPU threads of each process; auto: the cores this process may use (affinity,
     # SLURM_CPUS_PER_TASK) shared among the local ranks, less one per loader worker
-    threads: Union[Literal["auto"], PositiveInt] = "auto"
+    threads: Union[Literal["auto"], PositiveInt] = execution("auto")
     # the NaN/inf loss guard, a stop request (SLURM's signal) and a checkpoint falling due are
     # looked at every this many batches, one device sync each, and at every epoch's end
-    nan_check_steps: PositiveInt = 50
+    nan_check_steps: PositiveInt = execution(50)
     # a checkpoint within an epoch (data position and RNG included) every this many minutes, at
     # the first check after it falls due; None or 0: at epoch ends only
-    checkpoint_every_min: Optional[float] = Field(10.0, ge=0.0)
+    checkpoint_every_min: Optional[float] = execution(10.0, ge=0.0)
 
 
 class RunConfig(Strict):
@@ -180,32 +189,36 @@ class RunConfig(Strict):
     def peak_lr(self) -> float:
         return self.optim.lr_per_256 * self.data.global_batch_size / 256
 
-    # The paper's trick sections have always been hashed, as null when off; a section added since
-    # stays out of the hash while it is off, and so does a key added since while it has its
-    # default: adding a trick or a setting keeps every recorded run's hash. A key whose default
-    # changed hashes as its old default while it holds the new one.
-    hashed_when_off: ClassVar[frozenset[str]] = frozenset({"label_smoothing", "mixup", "distill"})
-    added_keys: ClassVar[tuple[tuple[str, str], ...]] = (("efficient", "bn_batch_size"), ("runtime", "threads"),
-                                                       ("model", "checkpoint_key"),
-                                                       ("data", "color_jitter_hue"), ("data", "augment_on"), ("data", "decode_on"),
-                                                       ("runtime", "nan_check_steps"), ("runtime", "checkpoint_every_min"),
-                                                       ("data", "holdout"), ("data", "decode_reduced"))
-    changed_defaults: ClassVar[dict[tuple[str, str], Any]] = {("data", "workers"): 8}   # before "auto"
+    def record(self) -> dict[str, Any]:
+        """The config as a run records it (config.yaml, W&B, runs.csv): every key, less the data
+        keys its data set does not read (never recorded as if they were used)."""
+        tree = self.model_dump(mode="json")
+        tree["data"] = {key: value for key, value in tree["data"].items() if key in self.data.applied()}
+        return tree
+
+    def experiment(self) -> dict[str, Any]:
+        """What the run is: its experiment keys that differ from their defaults (`bench.strict`)."""
+        return {"schema": SCHEMA, **experiment(self)}
 
     def config_hash(self) -> str:
-        off = {n for n in type(self).model_fields if getattr(self, n) is None and n not in self.hashed_when_off}
-        dumped = self.model_dump(mode="json", exclude=off)
-        if self.data.dataset not in FOLDER_DATASETS:   # where a named data set's files lie is not which run it is
-            dumped["data"]["root"] = None
-        for (section, key), old in self.changed_defaults.items():
-            if dumped[section][key] == type(getattr(self, section)).model_fields[key].default:
-                dumped[section][key] = old
-        for section, key in self.added_keys:
-            default = type(getattr(self, section)).model_fields[key].default
-            if dumped[section][key] == default:
-                del dumped[section][key]
-        blob = json.dumps(dumped, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """The run's identity: a hash of `experiment()`. Execution keys (`bench.strict.execution`)
+        are not in it; a new key with a default that keeps the old behaviour leaves it as it was."""
+        return hashlib.sha256(json.dumps(self.experiment(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """The experiment keys in which `other` differs from this config: "key: theirs → mine"."""
+        def shown(cfg: RunConfig, key: str) -> str:
+            value: Any = cfg.model_dump(mode="json")
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            return "on" if isinstance(value, dict) else "off" if value is None else json.dumps(value)
+        keys = flat(self.experiment()).keys() | flat(other.experiment()).keys()
+        return [f"{key}: {shown(other, key)} → {shown(self, key)}" for key in sorted(keys) if shown(other, key) != shown(self, key)]
+
+
+# The experiment schema. Changing the default of an experiment key changes what the runs that kept
+# it are: bump this and migrate the recorded runs (bench/runs/migrate.py), never keep a list.
+SCHEMA = 2
 
 
 def schedule_for(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:

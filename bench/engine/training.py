@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bench.config import RunConfig, schedule_for
+from bench.config.datasets import DATASETS
 from bench.engine import distributed as dist
 from bench.engine.data import Data, build_data
 from bench.engine.ghost_bn import GhostBatchNorm
@@ -114,7 +115,7 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     """
     ctx = dist.init(cfg.runtime.device)
     device = dist.local_device(cfg.runtime.device)   # cuda:LOCAL_RANK under torchrun / SLURM
-    workers = resolve_workers(cfg.data.workers, device) if cfg.data.dataset in ("imagenet", "imagefolder") else 0
+    workers = resolve_workers(cfg.data.workers, device) if DATASETS[cfg.data.dataset].photographs else 0
     threads, source = resolve_threads(cfg.runtime.threads, workers)
     set_threads(threads, source, show=dist.is_main())
     warning = precision_warning(cfg.efficient.precision, device, cpu_info()[1])

@@ -107,7 +107,7 @@ def plot_pipeline(result: dict) -> Figure:
     _spread_bars(ax, [f"{n} (auto)" if n in default else n for n in names], ratio,
                  np.array([variants[n].get("ratio_min", variants[n]["ratio_to_synthetic"]) for n in names]),
                  np.array([variants[n].get("ratio_max", variants[n]["ratio_to_synthetic"]) for n in names]),
-                 colors=[COLORS[("worker", "device", "device+reduced").index(n.split("/")[0]) % 7] for n in names],
+                 colors=[COLORS[("worker", "device").index(n.split("/")[0])] for n in names],
                  notes=[f"×{variants[n]['ratio_to_synthetic']:.2f}  ({variants[n]['images_per_s']:.0f} images/s)" for n in names],
                  room=1.35)
     ax.axvline(0.9, color="0.5", lw=0.8, ls="--")

@@ -21,17 +21,17 @@ import torch
 from PIL import Image
 
 from bench.config import DataConfig
+from bench.config.datasets import DATASETS
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
-from bench.engine.data.sizes import TRAIN_IMAGES
 from bench.errors import ConfigError
 from bench.report.frames import load_paper
 
 
 def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
-    return TRAIN_IMAGES["imagenet"] / (minutes * 60) / gpus
+    return DATASETS["imagenet"].train_images / (minutes * 60) / gpus
 
 
 def paper_minutes_per_epoch() -> dict[str, float]:

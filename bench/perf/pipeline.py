@@ -3,9 +3,8 @@ ImageFolder loader (JPEG decode, the paper's augmentation, DataLoader workers or
 process's own threads) on each data path, against the same epoch on ready-made tensors, so the
 ratio is what the data path costs.
 
-The paths: "worker" (the workers do everything, float32 out), "device" (the workers crop and
-flip, uint8 out; `DeviceAugment` does the rest) and "device+reduced" (the same with
-`data.decode_reduced`). Each loader variant runs at the intra-op threads a real run would take
+The paths: "worker" (the workers do everything, float32 out) and "device" (the workers crop and
+flip, uint8 out; `DeviceAugment` does the rest). Each loader variant runs at the intra-op threads a real run would take
 (`runtime.threads: auto`: the cores less one per worker) and, where that differs, at every
 core. Rounds are interleaved like `bench`'s, each variant right after an epoch on synthetic
 tensors, its ratio the median of the ratios to that neighbour.
@@ -36,8 +35,7 @@ def _on(base: Training, batches, threads: int) -> Callable[[int], torch.Tensor]:
 
 SYNTHETIC = "synthetic"
 # the data paths timed: their `data:` settings
-PATHS = {"worker": {"augment_on": "worker"}, "device": {"augment_on": "device"},
-         "device+reduced": {"augment_on": "device", "decode_reduced": True}}
+PATHS = {"worker": {"augment_on": "worker"}, "device": {"augment_on": "device"}}
 
 
 def _loader(root: Path, s: BenchSettings, path: str, workers: int, device: torch.device) -> LoaderBatches:

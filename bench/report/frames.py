@@ -15,9 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.runs import RunDir, read_json, read_yaml
+from bench.runs import RunDir
 from bench.runs.files import Unreadable
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
@@ -47,9 +46,6 @@ class Results:
     skipped: tuple[str, ...] = ()
 
 
-FINAL_KEYS = ("model", "role", "step", "step_index", "seed", "top1", "top5", "config_hash")   # the tables need these
-
-
 def load_runs(results_dir: Path, skipped: Optional[dict[str, str]] = None) -> pd.DataFrame:
     """One row per finished run (its final.json), teachers included; unfinished runs are absent.
     A run whose final.json or config.yaml cannot be read is left out: `skipped` gets its path
@@ -57,35 +53,15 @@ def load_runs(results_dir: Path, skipped: Optional[dict[str, str]] = None) -> pd
     results_dir = Path(results_dir)
     rows = []
     for final in sorted(results_dir.glob(f"**/{RunDir.FINAL}")):
+        path = str(final.parent.relative_to(results_dir))
         try:
-            row = read_json(final)
-            if not isinstance(row, dict) or not all(key in row for key in FINAL_KEYS):
-                raise Unreadable(final, f"not a run's record: it needs {', '.join(FINAL_KEYS)}")
-            config = read_yaml(final.parent / RunDir.CONFIG) or {}
-            _check_config(final.parent / RunDir.CONFIG, config, row["config_hash"])
+            row, config = RunDir(final.parent).read_finished()
         except Unreadable as err:
             if skipped is not None:
-                skipped[str(final.parent.relative_to(results_dir))] = str(err)
+                skipped[path] = str(err)
             continue
-        row["path"] = str(final.parent.relative_to(results_dir))
-        row.update(flat_config(config))
-        rows.append(row)
+        rows.append({**row, "path": path, **flat_config(config)})
     return runs_frame(rows)
-
-
-def _check_config(path: Path, config: Any, config_hash: str) -> None:
-    """A finished run's config.yaml must be the config final.json names (a cut-short file often
-    still parses); none at all is allowed (the config columns are then empty)."""
-    if not isinstance(config, dict):
-        raise Unreadable(path, f"a YAML {type(config).__name__}, not a mapping")
-    if not config:
-        return
-    try:
-        same = RunConfig.model_validate(config).config_hash() == config_hash
-    except ValueError:   # pydantic's ValidationError
-        same = False
-    if not same:
-        raise Unreadable(path, f"not the config of final.json's config_hash {config_hash}: cut short or changed")
 
 
 def _skip(skipped: Optional[list[str]], line: str) -> None:

@@ -1,8 +1,8 @@
 """A W&B group's runs read through `wandb.Api()` into `bench.report.frames.Results`, so that the
 same tables and figures are rebuilt from W&B alone (the summary run: `bench.report.wandb_summary`).
 
-Configs are read both as logged now (nested sections: `run` with the identifying columns, then
-the run config's sections) and as older runs logged them (flat keys: `path`, `config.data.global_batch_size`).
+A run's config is logged in nested sections: `run` with the identifying columns, then the run
+config's sections.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from bench.report.figures import write_figures
 from bench.report.frames import Results, runs_frame
 from bench.report.tables import write_tables
 from bench.runs import RunDir
-from bench.runs.rundir import CONFIG_PREFIX, flat_config
+from bench.runs.rundir import flat_config
 
 
 def _plain(value: Any) -> Any:
@@ -50,12 +50,9 @@ def _gaps(run) -> Optional[np.ndarray]:
 
 
 def config_columns(config: dict[str, Any]) -> tuple[Optional[str], dict[str, Any]]:
-    """(the run's path, its `config.*` columns) from a W&B config, nested or flat. The nested
-    sections are flattened as runs.csv flattens config.yaml; keys that are not a section (a
-    sweep's own parameters, W&B's) are left out."""
-    flat = {k: v for k, v in config.items() if k.startswith(CONFIG_PREFIX)}
-    if flat:   # an older run: `path` and the identifying columns beside the flat `config.*` keys
-        return config.get("path"), flat
+    """(the run's path, its `config.*` columns) from a W&B config: the sections are flattened as
+    runs.csv flattens config.yaml; keys that are not a section (a sweep's own parameters, W&B's)
+    are left out."""
     ids = config.get(RUN_SECTION)
     path = ids.get("path") if isinstance(ids, dict) else None
     return path, flat_config({k: v for k, v in config.items() if k in RunConfig.model_fields})

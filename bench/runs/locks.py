@@ -56,6 +56,15 @@ class RunLock:
         except OSError:
             return "another process"
 
+    def held_by(self) -> str:
+        """Who holds the lock when a live process does ("pid 123 on host"), else ""; creates nothing."""
+        if not self.path.is_file():
+            return ""
+        if self.try_acquire():
+            self.release()
+            return ""
+        return self.holder()
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -16,24 +16,16 @@ def sample_mixing(batch_size: int, alpha: float, rng: np.random.Generator) -> tu
     return lam, torch.from_numpy(rng.permutation(batch_size))
 
 
-def mix_batch(images: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor):
-    """Mixup, Eq. 1 of arXiv:1710.09412: x̂ = λ·x + (1−λ)·x[perm], ŷ = λ·y + (1−λ)·y[perm].
-
-    λ weights the ORIGINAL sample (paper, timm, torchvision); composer's `mixing` is 1 − λ.
-
-    Args:
-        images: (N, C, H, W).
-        targets: (N, K) target distributions (one-hot or smoothed).
-        lam: λ in [0, 1].
-        perm: (N,) index of each example's partner.
-    """
-    return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
-
-
 @dataclass(frozen=True)
 class Mixup(Mixing):
-    def apply(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return mix_batch(images, targets, self.lam, self.perm)
+    """Mixup, Eq. 1 of arXiv:1710.09412: x̂ = λ·x + (1−λ)·x[perm], ŷ = λ·y + (1−λ)·y[perm] (the
+    targets as every mixing mixes them, `Mixing.apply`).
+
+    λ weights the ORIGINAL sample (paper, timm, torchvision); composer's `mixing` is 1 − λ.
+    """
+
+    def mix_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.lam * images + (1 - self.lam) * images[self.perm]
 
 
 class MixupConfig(MixingConfig):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import DataConfig
+from bench.config.datasets import DATASETS
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
@@ -145,7 +146,7 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
     `world_size` pick this process's share of every global batch."""
     if cfg.global_batch_size % world_size:
         raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} is not divisible by the world size {world_size}")
-    if cfg.dataset in ("imagenet", "imagefolder"):
+    if DATASETS[cfg.dataset].photographs:
         return build_imagefolder(cfg, seed, rank, world_size, device)
     if cfg.dataset != "digits":
         return build_small(cfg, seed, rank, world_size)
@@ -161,7 +162,8 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
     train = TensorBatches(x[train_idx], y[train_idx], cfg.global_batch_size, shuffle=True, shift_px=1,
                           max_batches=cfg.max_train_batches, **common)
     val = TensorBatches(x[val_idx], y[val_idx], cfg.eval_batch_size, max_batches=cfg.max_val_batches, **common)
-    return Data(train=train, val=val, num_classes=10, in_chans=1, image_size=8)
+    spec = DATASETS["digits"]
+    return Data(train=train, val=val, num_classes=spec.classes, in_chans=spec.channels, image_size=spec.px)
 
 
 def _check_batch(cfg: DataConfig, n_train: int) -> None:
@@ -181,9 +183,6 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
             raise BenchError(f"data.holdout = {cfg.holdout}: must be below the {len(y_train)} training images of {cfg.dataset}")
         train_idx, val_idx = stratified_holdout(y_train.numpy(), cfg.holdout)
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
-    size = x_train.shape[-1]
-    if cfg.image_size not in (None, size):
-        raise BenchError(f"data.image_size = {cfg.image_size}: {cfg.dataset} images are {size} px")
     _check_batch(cfg, len(y_train))
     mean = x_train.float().mean(dim=(0, 2, 3))[:, None, None]
     std = x_train.float().std(dim=(0, 2, 3))[:, None, None].clamp_min(1e-3)
@@ -191,8 +190,8 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
     train = TensorBatches(x_train, y_train, cfg.global_batch_size, shuffle=True, shift_px=cfg.pad_px,
                           flip=cfg.hflip, max_batches=cfg.max_train_batches, **common)
     val = TensorBatches(x_val, y_val, cfg.eval_batch_size, max_batches=cfg.max_val_batches, **common)
-    num_classes = {"cifar100": 100}.get(cfg.dataset, 10)
-    return Data(train=train, val=val, num_classes=num_classes, in_chans=x_train.shape[1], image_size=size)
+    spec = DATASETS[cfg.dataset]
+    return Data(train=train, val=val, num_classes=spec.classes, in_chans=spec.channels, image_size=spec.px)
 
 
 def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device, train: bool) -> dict:
@@ -222,8 +221,7 @@ def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
     `decode_on: device` the workers send the files' bytes and `device` decodes, crops and flips."""
     classes, train_samples, val_samples = scan_imagefolder(cfg.root, cfg.dataset)
     _check_batch(cfg, len(train_samples))
-    size = cfg.image_size or 224
-    resize = cfg.eval_resize or round(size / 0.875)
+    size, resize = cfg.size(), cfg.eval_size()
     loader = dict(seed=seed, rank=rank, world_size=world_size, workers=resolve_workers(cfg.workers, device),
                   pin_memory=cfg.pin_memory)
     on_device = cfg.augment_on == "device"

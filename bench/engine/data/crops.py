@@ -5,29 +5,23 @@ The box and the flip are drawn from the item's seed by torchvision's `RandomResi
 uniform draw, in the order and with the numbers the torchvision v2 pipeline
 `[RandomResizedCrop, RandomHorizontalFlip]` draws them on a `read_image` tensor, and the box is
 resized by the same antialiased resize: that pipeline's pixels for the same seed, only faster.
-The device cuts the same boxes (`from_tensor`, for `data.decode_on: device`). With
-`data.decode_reduced`, a JPEG whose box spans at least twice the output size is decoded by
-libjpeg at 1/2, 1/4 or 1/8 scale (DCT scaling, `Image.draft`), never below the output size, and
-the box, in fractional pixels of the smaller image, is resized by PIL's antialiased bilinear
-filter: the same box, the pixels within about a level of a full decode.
+The device cuts the same boxes (`from_tensor`, for `data.decode_on: device`).
 
 Items are thread-safe: the draw, the only use of the global generator, holds a lock, so
 in-process loading (`data.workers: 0`) can cut a batch's items on several threads.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from bench.config import DataConfig
-from bench.engine.data.images import RNG_LOCK, DataError, read_image
+from bench.engine.data.images import RNG_LOCK, read_image
 
 
 @dataclass(frozen=True)
@@ -42,16 +36,15 @@ class Crop:
 
 class CropFlip:
     """Random resized crop to `size` (area fraction `scale`, aspect `ratio`) and, with `hflip`,
-    a horizontal flip with probability 1/2; `reduced`: JPEGs decoded at a reduced scale."""
+    a horizontal flip with probability 1/2."""
 
-    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool = True,
-                 reduced: bool = False) -> None:
-        self.size, self.hflip, self.reduced = size, hflip, reduced
+    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool = True) -> None:
+        self.size, self.hflip = size, hflip
         self._box = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)
 
     @classmethod
     def from_config(cls, cfg: DataConfig, size: int) -> CropFlip:
-        return cls(size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.decode_reduced)
+        return cls(size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip)
 
     def draw(self, image: Union[Image.Image, torch.Tensor], seed: int) -> Crop:
         """The crop of `image` (only its size is read) for the item seeded by `seed`."""
@@ -63,15 +56,7 @@ class CropFlip:
 
     def from_file(self, path: str, seed: int) -> torch.Tensor:
         """uint8 (3, S, S): the item's cut of the image file at `path`, decoded for it."""
-        if not self.reduced:
-            return self.from_tensor(read_image(path), seed)
-        try:
-            with Image.open(path) as image:
-                crop = self.draw(image, seed)
-                cut = self._reduced(image, crop) if image.format == "JPEG" else None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"{path}: unreadable image ({err})") from None
-        return cut if cut is not None else self._cut(read_image(path), crop)   # the box drawn once
+        return self.from_tensor(read_image(path), seed)
 
     def from_tensor(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """The cut of a decoded (3, H, W) uint8 tensor, on its device."""
@@ -82,21 +67,6 @@ class CropFlip:
         PIL's at 224 px), mirrored where drawn."""
         out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width, [self.size] * 2,
                                          antialias=True)
-        return out.flip(-1) if crop.flip else out
-
-    def _reduced(self, image: Image.Image, crop: Crop) -> Optional[torch.Tensor]:
-        """The cut from an opened JPEG decoded at 1/2, 1/4 or 1/8 scale; None where the box is
-        too small for that."""
-        width, height = image.size
-        at_least = self.size / min(crop.width, crop.height)   # the box, scaled, stays ≥ size on both sides
-        image.draft(image.mode, (math.ceil(width * at_least), math.ceil(height * at_least)))
-        if image.size == (width, height):
-            return None
-        # the same box, in fractions of the smaller image's pixels
-        sx, sy = image.size[0] / width, image.size[1] / height
-        box = (crop.left * sx, crop.top * sy, (crop.left + crop.width) * sx, (crop.top + crop.height) * sy)
-        out = np.array(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, box=box))
-        out = torch.from_numpy(out).permute(2, 0, 1)
         return out.flip(-1) if crop.flip else out
 
 

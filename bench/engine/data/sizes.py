@@ -1,4 +1,4 @@
-"""What a data config amounts to without loading it: training images per epoch and crop size."""
+"""What a data config amounts to without loading it: training images per epoch."""
 from __future__ import annotations
 
 import os
@@ -6,23 +6,16 @@ from pathlib import Path
 from typing import Optional
 
 from bench.config import DataConfig
+from bench.config.datasets import DATASETS
 from bench.engine.data import load_digits_arrays, stratified_split
-
-# Training images of the data sets with a fixed split (ILSVRC-2012: 1,281,167).
-TRAIN_IMAGES = {"imagenet": 1_281_167, "cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000}
-NATIVE_PX = {"imagenet": 224, "imagefolder": 224, "cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "digits": 8}
-
-
-def image_px(cfg: DataConfig) -> int:
-    """The training crop's side: `image_size`, else the data set's own (224 for photographs)."""
-    return cfg.image_size or NATIVE_PX[cfg.dataset]
 
 
 def dataset_images(cfg: DataConfig) -> Optional[int]:
-    """Images in the training split; for an ImageFolder, counted under root/train when it exists
-    (None when it does not)."""
-    if cfg.dataset in TRAIN_IMAGES:
-        return TRAIN_IMAGES[cfg.dataset]
+    """Images trained on: the training split less its holdout; the digits' share after
+    `val_fraction`; an ImageFolder's files under root/train (None when there is none)."""
+    known = DATASETS[cfg.dataset].train_images
+    if known is not None:
+        return known - (cfg.holdout or 0)
     if cfg.dataset == "digits":
         _, labels = load_digits_arrays()
         return len(stratified_split(labels, cfg.val_fraction)[0])
