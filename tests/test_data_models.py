@@ -211,21 +211,17 @@ def test_every_recipe_resolves_and_names_its_table(recipe):
     assert specs and all(s.config.data.max_train_batches == 3 for s in specs)
 
 
-SMALL_DATASETS = {"digits", "cifar10", "cifar100", "fashion_mnist"}
 
-
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch):
     """Every recipe whole (its teachers, every model, step and seed) through the CLI's --smoke on
-    generated files in the real formats; the ImageNet-sized models take minutes on a CPU, so
-    those run with BENCH_SMOKE_ALL=1 (as CI does)."""
+    generated files in the real formats (the ImageNet-sized models take minutes on a CPU)."""
     import pandas as pd
 
     from bench.ablation import plan
 
     loaded = load_recipe(recipe)
-    if loaded.base.get("data", {}).get("dataset", "digits") not in SMALL_DATASETS and not os.environ.get("BENCH_SMOKE_ALL"):
-        pytest.skip("ImageNet-sized models: set BENCH_SMOKE_ALL=1")
     paths = write_fake_data(tmp_path / "data")
     monkeypatch.setenv("IMAGENET_ROOT", str(paths["imagenet"]))
     monkeypatch.setenv("CIFAR_ROOT", str(paths["cifar"]))

@@ -80,6 +80,7 @@ def run_cli(cmd: list[str], out: Path) -> None:
 # sides at 1 thread measured 2.4e-7 here; kernels chosen by batch size round differently on
 # other CPUs (4.9e-4 was seen with GroupNorm), so its bound is 2e-3 — a check that DDP is wired,
 # the float64 run is the exact claim.
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe_text, rtol, atol", [(DDP_RECIPE, 1e-10, 1e-12), (FP32_RECIPE, 1e-3, 2e-3)],
                          ids=["fp64", "fp32"])
 def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path, recipe_text, rtol, atol):

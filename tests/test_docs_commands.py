@@ -19,13 +19,15 @@ Marks, an HTML comment on the line before the block (visible in the Markdown sou
 - ``<!-- not run: REASON -->``: skipped with REASON. Only for what CI does not have (a GPU, a
   W&B account online, ImageNet, a GPU cluster), for the test command itself (the suite would
   run itself; ``.ci/run`` runs it), and for setting up the machine as root (``.ci/run`` does).
-- ``<!-- slow: REASON -->``: the real thing, too long for every test run (the README's
-  default ablation, about 3 minutes); runs with ``BENCH_DOCS_FULL=1``, as ``.ci/run`` sets on a CPU that runs bf16 at speed.
-- ``<!-- needs slurm: REASON -->``: runs against the two-node cluster of ``.ci/slurm-up.sh``;
-  skipped when it is not up (failing under ``CI=true``, as tests/test_slurm.py does). The jobs
-  the block submitted are cancelled after it.
+- ``<!-- slow: REASON -->``: the real thing (the README's default ablation); skipped, saying
+  why, on a CPU that emulates the recipe's bf16 (no AVX-512 or AMX), where it takes many times
+  as long.
+- ``<!-- needs slurm: REASON -->``: runs against the two-node cluster of ``.ci/slurm-up.sh``
+  (marked ``slurm``); skipped when it is not up (failing under ``CI=true``, as
+  tests/test_slurm.py does). The jobs the block submitted are cancelled after it.
 
-Without ``BENCH_DOCS_FULL`` the whole file takes about 1.5 minutes on a quiet 2-core CPU.
+Every block is in the ``slow`` tier (``python -m pytest -m slow``), about 3 minutes on a quiet
+2-core CPU without the default ablation.
 """
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import torch
+
+from bench.engine.runtime import precision_warning
+from bench.runs.environment import cpu_info
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -121,8 +127,8 @@ def skip_reason(block: Block) -> str:
     """Why a block does not run here, or "" when it does."""
     if block.mark == "not run":
         return f"{block}: not run: {block.reason}"
-    if block.mark == "slow" and os.environ.get("BENCH_DOCS_FULL") != "1":
-        return f"{block}: slow: {block.reason} (BENCH_DOCS_FULL=1 runs it)"
+    if block.mark == "slow" and precision_warning("bf16", torch.device("cpu"), cpu_info()[1]):
+        return f"{block}: slow: {block.reason}; this CPU emulates bf16 (no AVX-512 or AMX), many times slower"
     if block.mark == "needs slurm":
         why = slurm_missing()
         if why and os.environ.get("CI") == "true":
@@ -146,7 +152,8 @@ def test_every_doc_has_its_shell_blocks_found():
                 assert fence and fence.group(3) in SHELL, f"{where}: a mark must come right before a shell block"
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=str)
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.slurm if b.mark == "needs slurm" else pytest.mark.slow)
+                                   for b in BLOCKS], ids=str)
 def test_doc_block_runs(block: Block, tmp_path: Path):
     why = skip_reason(block)
     if why:

@@ -63,7 +63,7 @@ def test_the_canonical_form_holds_only_what_differs_from_the_defaults():
     assert RunConfig().experiment() == {"schema": SCHEMA}
     cfg = RunConfig.model_validate({"schedule": {"kind": "cosine"}, "mixup": {}, "runtime": {"threads": 1}})
     assert cfg.experiment() == {"schema": SCHEMA, "schedule": {"kind": "cosine"}, "mixup": {}}
-    assert cfg.differences(RunConfig()) == ['mixup: off → on', 'schedule.kind: "step" → "cosine"']
+    assert cfg.differences(RunConfig()) == ['mixup: off → {"alpha": 0.2, "off_epochs": 0}', 'schedule.kind: "step" → "cosine"']
 
 
 def test_a_data_key_that_the_data_set_does_not_read_is_refused_and_never_recorded():

@@ -22,6 +22,8 @@ from test_slurm import NODES, ROOT, cli, finished_status, force_requeue, job_fie
 from bench.ablation import plan, run_ablation
 from bench.config import load_recipe
 
+pytestmark = pytest.mark.slurm   # python -m pytest -m slurm, with the cluster up
+
 BASE = """
 seeds: [0]
 base:

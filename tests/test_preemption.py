@@ -61,6 +61,7 @@ def test_a_nan_stops_the_run_within_nan_check_steps_steps(tiny_cfg, tmp_path, mo
     assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == list(range(epoch))
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path):
     """Checkpoints after every batch (a check every step, a tiny interval in minutes): killed
     during a batch, halfway through an epoch-end checkpoint (its metrics row already written),

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNTIMED = lambda row: {k: v for k, v in row.items() if not k.endswith("_s")}
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_resumes_to_the_same_metrics_and_weights(tmp_path):
     kills = [["batch", 5], ["ckpt", 1], ["eval", 2], ["external", 3], ["weights", 1], [None, 0]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -21,6 +21,8 @@ from bench.ablation import plan, run_ablation
 from bench.ablation.status import query_job
 from bench.config import load_recipe
 
+pytestmark = pytest.mark.slurm   # python -m pytest -m slurm, with the cluster up
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RECIPE = """

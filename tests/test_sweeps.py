@@ -74,6 +74,7 @@ def test_a_sweep_command_must_train_one_student(write_recipe, monkeypatch, capsy
     assert "one command trains one student run, this one plans 2: use --only STEP" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_program_called_as_wandb_agent_calls_it(write_recipe, tmp_path):
     """`${env} ${interpreter} ${program} RECIPE --only distill ... key=value`, with the variables
     the agent sets: the student is the sweep's run, the values reach its config."""

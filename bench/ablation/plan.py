@@ -127,7 +127,7 @@ def secret_values(env=None) -> dict[str, str]:
 
 
 def check_specs(specs: Iterable, where: str) -> None:
-    """Every model name is known to timm (or bench.models), and no config carries a secret,
+    """Every model name is known to timm (or bench.engine.models), and no config carries a secret,
     since configs are written to config.yaml, final.json and W&B."""
     secrets = secret_values()
     seen: set[str] = set()

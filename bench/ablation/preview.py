@@ -14,7 +14,6 @@ from bench.ablation.plan import RunSpec
 from bench.config import ModelConfig, RunConfig
 from bench.engine.data.sizes import dataset_images, images_per_epoch
 from bench.errors import BenchError
-from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
 
 @dataclass(frozen=True)
@@ -60,29 +59,9 @@ def read_bench_json(path: str | Path) -> Throughput:
         raise BenchError(f"--bench {path}: not a JSON written by 'run_ablation.py bench' ({type(err).__name__}: {err})") from None
 
 
-def _flat(cfg: RunConfig) -> dict[str, Any]:
-    tree = cfg.model_dump(mode="json", exclude={"seed"})
-    return {k.removeprefix(CONFIG_PREFIX): v for k, v in flat_config(tree).items()}
-
-
 def _changes(cfg: RunConfig, base: Optional[RunConfig]) -> str:
-    """The settings of `cfg` that differ from `base`, as key=value; a trick switched on shows its
-    settings, one switched off shows `=off`."""
-    if base is None:
-        return "(base)"
-    now, before = _flat(cfg), _flat(base)
-    missing = object()
-    changed = [k for k in now if before.get(k, missing) != now[k]]
-    gone = [k for k in before if k not in now and not any(k.startswith(n + ".") or n.startswith(k + ".") for n in now)]
-    return ", ".join(f"{k}={_value(now.get(k), k)}" for k in changed + gone) or "(none)"
-
-
-def _value(v: Any, key: str) -> str:
-    if v is None:   # a section set to None is a trick switched off; a key inside one is unset
-        return "off" if "." not in key else "null"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    """The experiment keys in which `cfg` differs from `base`: "key: base's → cfg's"."""
+    return "(base)" if base is None else "; ".join(cfg.differences(base)) or "(none)"
 
 
 def _settings(cfg: RunConfig, teacher_model: Optional[str]) -> dict[str, Any]:

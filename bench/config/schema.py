@@ -16,7 +16,7 @@ from bench.tricks.cutmix import CutMixConfig
 
 
 class ModelConfig(Strict):
-    name: str = "resnet18d"            # a timm model name, or resnet50_v1 (bench.models.LOCAL_MODELS)
+    name: str = "resnet18d"            # a timm model name, or resnet50_v1 (bench.engine.models.LOCAL_MODELS)
     small_input: bool = False          # stride-1 stem and no max-pool, for 8-32 px images
     kwargs: dict[str, Any] = {}        # passed to timm.create_model (e.g. channels, stem_width)
     pretrained: Optional[str] = None   # a timm pretrained tag (e.g. resnet152d.ra2_in1k), for teachers
@@ -211,7 +211,7 @@ class RunConfig(Strict):
             value: Any = cfg.model_dump(mode="json")
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            return "on" if isinstance(value, dict) else "off" if value is None else json.dumps(value)
+            return "off" if value is None else json.dumps(value, sort_keys=True)
         keys = flat(self.experiment()).keys() | flat(other.experiment()).keys()
         return [f"{key}: {shown(other, key)} → {shown(self, key)}" for key in sorted(keys) if shown(other, key) != shown(self, key)]
 

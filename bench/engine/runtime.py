@@ -1,17 +1,15 @@
 """A process's CPU thread budget and kernel determinism, resolved from the run's `runtime` settings.
 
 Threads: intra-op threads beyond the cores a process may use do not add speed, they collapse
-it. Two processes with 2 threads each on 2 cores run more than 1,000× slower than one alone
-(a small ResNet: 38 steps/s alone, 0.03 side by side; 1 thread each keeps ~9 steps/s).
+it: two processes with 2 threads each on 2 cores collapse (`bench-threads`, results/bench/cpu-threads.json).
 `runtime.threads: auto` gives each process its share of the cores: the cores it may run on
 (its CPU affinity, and SLURM_CPUS_PER_TASK under SLURM, which is already per task), divided
 among the ranks on the node under torchrun (LOCAL_WORLD_SIZE), less one core per loader worker
 process, at least 1. OMP_NUM_THREADS, when set, is taken as the user's choice.
 
 Low precision on a CPU: bf16 and fp16 autocast are fast only where the CPU has the instructions
-for them (AVX-512 or AMX on x86). On an AVX2-only CPU they are emulated: the default digits run
-took 249 s in bf16 against 38 s in fp32, a ResNet-50 training step 8x longer in fp16. A run
-says so at start (`precision_warning`), and its env.json records the CPU and those flags.
+for them (AVX-512 or AMX on x86); on an AVX2-only CPU they are emulated, several times slower
+(results/bench/cpu-avx2-fashion-mnist-bf16-fp32.json). A run says so at start (`precision_warning`), and its env.json records the CPU and those flags.
 """
 from __future__ import annotations
 

@@ -19,8 +19,6 @@ finished result is never overwritten or deleted.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional

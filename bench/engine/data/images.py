@@ -103,7 +103,7 @@ def decode_jpeg_rgb(data: torch.Tensor) -> Optional[torch.Tensor]:
 
 def read_image(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
     """uint8 (3, H, W) of an image file in RGB (`data`: its bytes, where already read): JPEGs
-    through `decode_jpeg_rgb` (a fifth faster than PIL, with no PIL image made), any other
+    through `decode_jpeg_rgb` (no PIL image made), any other
     file, or a JPEG it refuses, through PIL, whose error names what is wrong."""
     if data is None:
         try:
