@@ -117,7 +117,7 @@ def test_staircase_branches_siblings_from_their_parent():
 
 
 def test_staircase_axis_does_not_zoom_onto_one_image_differences_and_the_legend_covers_nothing():
-    df = _runs(DEFAULT_STEPS, DEFAULT_PARENTS)
+    df = _runs(DEFAULT_STEPS, DEFAULT_PARENTS, val_images=359)
     n, se = staircase.measurement_noise(df)
     p = df["top1"].mean() / 100
     assert n == 359 and se == pytest.approx(100 * math.sqrt(p * (1 - p) / 359))   # ≈ 0.6 pp
@@ -133,10 +133,12 @@ def test_staircase_axis_does_not_zoom_onto_one_image_differences_and_the_legend_
     assert not fig.legends[0].get_window_extent().overlaps(ax.get_window_extent())
 
 
-def test_validation_images_are_read_off_the_top1_values():
-    assert stats.validation_images([354 / 3.59, 100.0, 351 / 3.59]) == 359
-    assert stats.validation_images([86.83, 88.33, 100 * 8881 / 10000]) == 10000
-    assert stats.validation_images([100 / 3]) == 3 and stats.validation_images([math.pi]) is None
+def test_the_noise_floor_needs_the_students_recorded_validation_images():
+    assert staircase.measurement_noise(_runs(DEFAULT_STEPS, DEFAULT_PARENTS, val_images=10_000))[0] == 10_000
+    assert staircase.measurement_noise(_runs(DEFAULT_STEPS, DEFAULT_PARENTS)) == (None, None)   # not recorded
+    mixed = _runs(DEFAULT_STEPS, DEFAULT_PARENTS, val_images=359)
+    mixed.loc[0, "val_images"] = 300
+    assert staircase.measurement_noise(mixed) == (None, None)   # evaluated on different sets
 
 
 def _curves(finals: dict[str, float], epochs: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:

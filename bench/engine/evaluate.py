@@ -22,7 +22,7 @@ def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device,
              gaps: Optional[list] = None) -> dict:
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy over the validation batches;
+    """Top-1 and top-5 accuracy (%), mean cross-entropy and the images counted, over the validation batches;
     with a `gaps` list, also appends each batch's `logit_gaps` (on the CPU) to it."""
     model.eval()
     correct1 = correct5 = total = 0
@@ -42,4 +42,4 @@ def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device,
         total += len(labels)
     correct1, correct5, total, loss_sum = dist.all_reduce_sum([correct1, correct5, total, float(loss_sum)], device)
     return {"val_top1": 100.0 * correct1 / total, "val_top5": 100.0 * correct5 / total,
-            "val_loss": float(loss_sum) / total}
+            "val_loss": float(loss_sum) / total, "val_images": int(total)}

@@ -95,14 +95,14 @@ def epoch_row(epoch: int, stats: EpochStats, val: dict, device: torch.device) ->
     """The metrics.jsonl row of an epoch, its training loss averaged over every rank's images."""
     loss_sum, seen = dist.all_reduce_sum([float(stats.loss_sum), stats.images], device)
     return {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": stats.lr, "epoch_time_s": stats.time_s,
-            "images_per_s": seen / stats.time_s, **val}
+            "images_per_s": seen / stats.time_s, **{k: v for k, v in val.items() if k != "val_images"}}
 
 
 def final_record(t: Training, val: dict) -> dict:
     """What final.json holds beyond the run's identity."""
     cfg, epochs = t.cfg, t.cfg.schedule.epochs
     train_images = epochs * t.steps_per_epoch * cfg.data.global_batch_size
-    return {"top1": val["val_top1"], "top5": val["val_top5"], "val_loss": val["val_loss"], "epochs": epochs,
+    return {"top1": val["val_top1"], "top5": val["val_top5"], "val_images": val["val_images"], "val_loss": val["val_loss"], "epochs": epochs,
             "train_time_s": t.train_time_s, "images_per_s": train_images / t.train_time_s if t.train_time_s else None,
             "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch}
 

@@ -23,7 +23,7 @@ from bench.runs.rundir import CONFIG_PREFIX, flat_config
 PAPER_DIR = Path(__file__).resolve().parent.parent.parent / "results" / "paper"
 PAPER_DATASET = "imagenet"   # every published table of the paper is on ImageNet
 RUNS_CSV = "runs.csv"
-RUN_COLUMNS = ["model", "role", "step", "step_index", "parent_step", "seed", "top1", "top5", "epochs",
+RUN_COLUMNS = ["model", "role", "step", "step_index", "parent_step", "seed", "top1", "top5", "val_images", "epochs",
                "train_time_s", "images_per_s", "config_hash", "teacher", "teacher_hash", "paper_table", "paper_model",
                "num_classes", "steps_per_epoch", "path"]
 

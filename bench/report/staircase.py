@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.report.stats import step_stats, validation_images
+from bench.report.stats import step_stats
 from bench.report.style import COLORS, PAPER_COLOR, STYLE, students
 
 SE_PER_AXIS = 8           # the y-axis spans at least this many standard errors of one top-1 ...
@@ -31,13 +31,14 @@ def staircase_segments(stats: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def measurement_noise(runs: pd.DataFrame) -> tuple[Optional[int], Optional[float]]:
-    """(N, s.e.): the number of validation images the students' top-1 values are counts of, and
-    the binomial standard error (percentage points) of one top-1 measured on N images at the
-    students' mean accuracy, 100·√(p(1 − p)/N); (None, None) when N cannot be read off."""
-    top1 = students(runs)["top1"].astype(float)
-    n = validation_images(top1)
-    if n is None:
+    """(N, s.e.): the validation images each student was evaluated on (final.json's `val_images`),
+    and the binomial standard error (percentage points) of one top-1 measured on N images at the
+    students' mean accuracy, 100·√(p(1 − p)/N); (None, None) where the students' N is not one number."""
+    s = students(runs)
+    counts = set(s["val_images"].dropna().astype(int))
+    if len(counts) != 1 or s["val_images"].isna().any():
         return None, None
+    n, top1 = counts.pop(), s["top1"].astype(float)
     p = min(max(top1.mean() / 100, 1 / n), 1 - 1 / n)
     return n, 100 * math.sqrt(p * (1 - p) / n)
 

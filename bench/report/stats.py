@@ -3,7 +3,6 @@ seed-paired t-intervals, the paper's published values beside ours."""
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Optional
 
 import numpy as np
@@ -12,8 +11,6 @@ from scipy import stats as scipy_stats
 
 from bench.report.frames import PAPER_DATASET, paper_values
 from bench.runs.rundir import CONFIG_PREFIX
-
-MAX_VALIDATION_IMAGES = 1_000_000
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -85,22 +82,6 @@ def _on_paper_data(students: pd.DataFrame) -> dict[str, bool]:
         return {m: False for m in students["model"].unique()}
     return {m: bool((g[key] == PAPER_DATASET).all()) for m, g in students.groupby("model")}
 
-
-def validation_images(top1) -> Optional[int]:
-    """The number of validation images N that top-1 values (%) are counts of, or None.
-
-    Each value is 100·correct/N, so each is a fraction with a denominator dividing N; their least
-    common multiple is N (or a divisor of it, when every run is correct on a multiple of N/d
-    images: then the one-image resolution shown is coarser than the truth, never finer).
-    """
-    denominators = []
-    for value in pd.Series(top1, dtype=float).dropna():
-        fraction = Fraction(value / 100).limit_denominator(MAX_VALIDATION_IMAGES)
-        if abs(100.0 * fraction.numerator / fraction.denominator - value) > 1e-12 * max(value, 1.0):
-            return None
-        denominators.append(fraction.denominator)
-    n = math.lcm(*denominators) if denominators else 0
-    return n if 1 < n <= MAX_VALIDATION_IMAGES else None
 
 
 def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:

@@ -2,8 +2,9 @@
 `python -m bench.runs.migrate RESULTS_DIR [RESULTS_DIR ...]`.
 
 Schema 2 makes a run's identity the hash of its experiment keys that differ from their defaults
-(execution keys left out), where schema 1 hashed the whole config, and leaves the data keys that
-a data set does not read out of its config.yaml. Each run directory's config.yaml is written
+(execution keys left out), where schema 1 hashed the whole config, leaves the data keys that a
+data set does not read out of its config.yaml, and records in final.json the number of images
+evaluated (`val_images`, one per entry of val_logit_gaps.npy). Each run directory's config.yaml is written
 again in that form and its hash computed from it; every record that names the old hash
 (final.json, teacher.json, failed.json, launch.json, runs.csv) gets the new one, byte for byte
 otherwise. `run_ablation.py report RESULTS_DIR` then writes runs.csv's config columns again.
@@ -16,6 +17,8 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from bench.config import RunConfig
 from bench.errors import BenchError
@@ -43,6 +46,10 @@ def migrate(out: Path) -> tuple[list[Path], list[str]]:
         if rd.read_config() != cfg.record():
             files.write_yaml(rd / RunDir.CONFIG, cfg.record())
             changed.append(rd / RunDir.CONFIG)
+        final = files.read_json(rd / RunDir.FINAL)
+        if final and "val_images" not in final and (rd / RunDir.LOGIT_GAPS).is_file():   # one gap per image evaluated
+            files.write_json(rd / RunDir.FINAL, {**final, "val_images": len(np.load(rd / RunDir.LOGIT_GAPS))})
+            changed.append(rd / RunDir.FINAL)
         old = [(files.read_json(rd / name) or {}).get("config_hash") for name in (RunDir.FINAL, RunDir.FAILED)]
         for value in [*old, listed.get(str(rel))]:
             if value and mapping.setdefault(value, cfg.config_hash()) != cfg.config_hash():
