@@ -157,3 +157,13 @@ def test_curves_that_end_on_top_of_each_other_are_drawn_as_small_multiples():
     assert all(len(ax.get_lines()) == 4 for ax in visible)          # its own curve and the 3 others in grey
     runs, curves = _curves({"a": 60.0, "b": 75.0, "c": 90.0})
     assert len(plots.plot_curves(runs, curves).axes) == 1          # apart: one panel
+
+
+def test_the_caption_names_what_the_students_were_evaluated_on():
+    fm = _runs(DEFAULT_STEPS, DEFAULT_PARENTS, **{"config.data.dataset": "fashion_mnist"})
+    assert tables.evaluated_on(fm) == "the test split"
+    assert "Top-1/top-5 (%) on the test split, " in tables.table_markdown(stats.ablation_table(fm), split=tables.evaluated_on(fm))
+    held = _runs(DEFAULT_STEPS, DEFAULT_PARENTS, **{"config.data.dataset": "cifar10", "config.data.holdout": 5000})
+    assert tables.evaluated_on(held) == "5,000 held-out training images"
+    held.loc[0, "config.data.holdout"] = None   # one run on the test split: not one caption
+    assert tables.evaluated_on(held) == tables.evaluated_on(_runs(DEFAULT_STEPS)) == "the validation split"

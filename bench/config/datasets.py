@@ -23,7 +23,7 @@ class DataSet:
     classes: Optional[int]         # None: the class folders of its tree
     train_images: Optional[int]    # the training split before any holdout; None: counted (digits, a tree)
     val_images: Optional[int]      # the split validated on (the test split where there is no other)
-    val_split: str                 # what that split is, for the tables' captions
+    val_split: str                 # what that split is, for the tables' captions ("Top-1 on ...")
     keys: frozenset[str]           # the `data.` keys its pipeline reads beside COMMON_KEYS
 
     @property
@@ -36,12 +36,12 @@ class DataSet:
 
 DATASETS = {d.name: d for d in (
     # scikit-learn's bundled 8×8 digits: 1,797 images, a stratified val_fraction held out; shifted by up to 1 px
-    DataSet("digits", "8×8 digits", 8, 1, 10, None, None, "held-out split (val_fraction)", frozenset({"val_fraction"})),
-    DataSet("cifar10", "CIFAR-10", 32, 3, 10, 50_000, 10_000, "test split", SMALL_KEYS),
-    DataSet("cifar100", "CIFAR-100", 32, 3, 100, 50_000, 10_000, "test split", SMALL_KEYS),
-    DataSet("fashion_mnist", "Fashion-MNIST", 28, 1, 10, 60_000, 10_000, "test split", SMALL_KEYS),
-    DataSet("imagenet", "ImageNet (ILSVRC-2012)", 224, 3, 1000, 1_281_167, 50_000, "validation split", FOLDER_KEYS),
-    DataSet("imagefolder", "an image folder", 224, 3, None, None, None, "val/ folder", FOLDER_KEYS),
+    DataSet("digits", "8×8 digits", 8, 1, 10, None, None, "a held-out stratified split (val_fraction)", frozenset({"val_fraction"})),
+    DataSet("cifar10", "CIFAR-10", 32, 3, 10, 50_000, 10_000, "the test split", SMALL_KEYS),
+    DataSet("cifar100", "CIFAR-100", 32, 3, 100, 50_000, 10_000, "the test split", SMALL_KEYS),
+    DataSet("fashion_mnist", "Fashion-MNIST", 28, 1, 10, 60_000, 10_000, "the test split", SMALL_KEYS),
+    DataSet("imagenet", "ImageNet (ILSVRC-2012)", 224, 3, 1000, 1_281_167, 50_000, "the validation split", FOLDER_KEYS),
+    DataSet("imagefolder", "an image folder", 224, 3, None, None, None, "the val/ folder", FOLDER_KEYS),
 )}
 
 

@@ -6,9 +6,11 @@ from typing import Any
 
 import pandas as pd
 
+from bench.config.datasets import DATASETS
 from bench.report.frames import RUNS_CSV, Results
 from bench.report.stats import ablation_table, paired_deltas
 from bench.runs import write_text
+from bench.runs.rundir import CONFIG_PREFIX
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
@@ -76,15 +78,27 @@ def _paper_note(table: pd.DataFrame) -> str:
     return note
 
 
-def _note(table: pd.DataFrame, confidence: float) -> str:
+def evaluated_on(runs: pd.DataFrame) -> str:
+    """What the students were evaluated on, for the caption: their data set's split (the registry's
+    words), or N held-out training images with `data.holdout`; "the validation split" when mixed."""
+    s = runs[runs["role"] == "student"]
+    column = lambda key: s.get(f"{CONFIG_PREFIX}data.{key}", pd.Series([None] * len(s), index=s.index, dtype=object))
+    pairs = set(zip(column("dataset"), column("holdout").fillna(0)))
+    if len(pairs) != 1 or next(iter(pairs))[0] not in DATASETS:
+        return "the validation split"
+    ((dataset, holdout),) = pairs
+    return f"{int(holdout):,} held-out training images" if holdout else DATASETS[dataset].val_split
+
+
+def _note(table: pd.DataFrame, confidence: float, split: str) -> str:
     n = table.xs("n", axis=1, level=1)
     seeds, varied = int(n.max().max()), n.nunique(dropna=True).max() > 1 or n.max().nunique() > 1
     if seeds <= 1:
-        note = "Top-1/top-5 (%) on the validation split, one seed; "
+        note = f"Top-1/top-5 (%) on {split}, one seed; "
     elif varied:
-        note = "Top-1/top-5 (%) on the validation split, mean ± std over each row's n seeds; "
+        note = f"Top-1/top-5 (%) on {split}, mean ± std over each row's n seeds; "
     else:
-        note = f"Top-1/top-5 (%) on the validation split, mean ± std over {seeds} seeds; "
+        note = f"Top-1/top-5 (%) on {split}, mean ± std over {seeds} seeds; "
     note += "Δ top-1 is against the step each row builds on, over the seeds both have (paired by seed"
     note += "; (n=k) where that is fewer than the row's n)" if varied else ")"
     if seeds > 1:
@@ -93,7 +107,7 @@ def _note(table: pd.DataFrame, confidence: float) -> str:
     return note + _paper_note(table) + "."
 
 
-def table_markdown(table: pd.DataFrame, confidence: float = 0.95) -> str:
+def table_markdown(table: pd.DataFrame, confidence: float = 0.95, split: str = "the validation split") -> str:
     """The ablation table as Markdown, one column group per model, and a note on what it shows."""
     if table.empty:
         return "_no finished runs_\n"
@@ -104,7 +118,7 @@ def table_markdown(table: pd.DataFrame, confidence: float = 0.95) -> str:
     lines += ["| " + " | ".join([str(step), *row]) + " |" for step, row in zip(shown.index, shown.to_numpy())]
     if models == 1:
         lines.insert(0, f"**{shown.columns[0][0]}**\n")
-    return "\n".join(lines) + "\n\n" + _note(table, confidence) + "\n"
+    return "\n".join(lines) + "\n\n" + _note(table, confidence, split) + "\n"
 
 
 _LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$",
@@ -115,7 +129,7 @@ def _tex(text: Any) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in str(text))
 
 
-def table_latex(table: pd.DataFrame, confidence: float = 0.95) -> str:
+def table_latex(table: pd.DataFrame, confidence: float = 0.95, split: str = "the validation split") -> str:
     """The ablation table as a LaTeX tabular (booktabs), one multicolumn group per model."""
     if table.empty:
         return "% no finished runs\n"
@@ -123,7 +137,7 @@ def table_latex(table: pd.DataFrame, confidence: float = 0.95) -> str:
     shown = shown.map(_tex)
     shown.columns = pd.MultiIndex.from_tuples([(_tex(m), _tex(c)) for m, c in shown.columns])
     shown.index = [_tex(s) for s in shown.index]
-    return shown.to_latex(multicolumn=True, multicolumn_format="c") + f"% {_tex(_note(table, confidence))}\n"
+    return shown.to_latex(multicolumn=True, multicolumn_format="c") + f"% {_tex(_note(table, confidence, split))}\n"
 
 
 def write_tables(results: Results, out_dir: Path, confidence: float = 0.95) -> str:
@@ -137,7 +151,8 @@ def write_tables(results: Results, out_dir: Path, confidence: float = 0.95) -> s
     flat.columns = [f"{m}/{v}" for m, v in flat.columns]
     write_text(out_dir / "table.csv", flat.to_csv())
     write_text(out_dir / "deltas.csv", paired_deltas(results.runs, confidence).to_csv(index=False))
-    markdown = table_markdown(table, confidence)
+    split = evaluated_on(results.runs)
+    markdown = table_markdown(table, confidence, split)
     write_text(out_dir / "table.md", markdown)
-    write_text(out_dir / "table.tex", table_latex(table, confidence))
+    write_text(out_dir / "table.tex", table_latex(table, confidence, split))
     return markdown
