@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.engine.loop as loop
 import bench.perf.commands as bench_commands
 import bench.perf.throughput as bm
 from bench.cli import main
+from bench.engine.step import Step
 from bench.errors import ConfigError
 
 TINY = dict(model="resnet18d", teacher="resnet18d", image_size=16, batch_size=4, num_classes=5,
@@ -21,14 +21,13 @@ TINY = dict(model="resnet18d", teacher="resnet18d", image_size=16, batch_size=4,
 
 def test_harness_variants_run_the_loops_own_step_with_their_tricks(monkeypatch):
     seen = []
-    real = loop.train_step
+    real = Step.__call__
 
-    def spy(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing=None, teacher=None,
-            terms=None):
-        seen.append((cfg.label_smoothing is not None, mixing is not None, cfg.distill is not None, teacher is not None))
-        return real(model, optimizer, scaler, images, labels, lr, cfg, num_classes, device, mixing, teacher, terms)
+    def spy(self, images, labels, lr, mixing=None, terms=None):
+        seen.append((self.cfg.label_smoothing is not None, mixing is not None, self.cfg.distill is not None, self.teacher is not None))
+        return real(self, images, labels, lr, mixing, terms)
 
-    monkeypatch.setattr(loop, "train_step", spy)
+    monkeypatch.setattr(Step, "__call__", spy)
     result = bm.run_benchmark(bm.BenchSettings(**TINY))
     assert set(seen) == {(False, False, False, True), (True, False, False, True), (False, True, False, True),
                          (False, False, True, True), (True, True, True, True)}

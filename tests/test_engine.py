@@ -17,7 +17,7 @@ from bench import runs
 from bench.config import RunConfig
 from bench.engine.data import build_data
 from bench.engine.models import build_model
-from bench.engine.step import build_optimizer, train_step
+from bench.engine.step import Step, build_optimizer
 from bench.runs import RunDir, files
 from bench.tricks import distill_loss, smooth_targets, soft_cross_entropy, soft_target_entropy
 from bench.tricks.mixup import Mixup
@@ -224,7 +224,7 @@ def test_fp16_on_cpu_skips_overflowed_steps_and_keeps_finite_weights(tiny_cfg):
     g = torch.Generator().manual_seed(0)
     for _ in range(8):
         images, labels = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
-        loss = train_step(model, optimizer, scaler, images, labels, 0.1, cfg, 10, device)
+        loss = Step(model, optimizer, scaler, cfg, 10, device)(images, labels, 0.1)
         assert torch.isfinite(loss)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     fp32 = cfg.model_copy(update={"efficient": cfg.efficient.model_copy(update={"precision": "bf16"})})

@@ -2,7 +2,7 @@
 from bench.engine.evaluate import evaluate, logit_gaps
 from bench.engine.loop import train, train_epoch
 from bench.engine.loss import training_loss
-from bench.engine.step import train_step
+from bench.engine.step import Step
 from bench.engine.training import Training, setup
 
-__all__ = ["Training", "evaluate", "logit_gaps", "setup", "train", "train_epoch", "train_step", "training_loss"]
+__all__ = ["Step", "Training", "evaluate", "logit_gaps", "setup", "train", "train_epoch", "training_loss"]

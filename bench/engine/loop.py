@@ -15,7 +15,6 @@ from bench.engine import distributed as dist
 from bench.engine.checkpoint import restore_checkpoint, save_checkpoint
 from bench.engine.evaluate import evaluate
 from bench.engine.interrupt import Preempted, StopRequest, signal_name
-from bench.engine.step import train_step
 from bench.engine.tracker import Tracker
 from bench.engine.training import EpochStats, Training, setup
 from bench.runs import RunDir
@@ -58,8 +57,7 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
         mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
-        loss = train_step(t.net, t.optimizer, t.scaler, images, labels, lr, t.cfg, t.data.num_classes, t.device,
-                          mixing, t.teacher, terms)
+        loss = t.step(images, labels, lr, mixing, terms)
         t.guard.update(loss, step)
         t.tracker.log_step(step, lr, loss)
         stats.add(loss, len(labels), lr, terms)

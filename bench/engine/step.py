@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -39,28 +40,41 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> t
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, **fast)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: RunConfig, num_classes: int,
-               device: torch.device, mixing: Optional[Mixing] = None,
-               teacher: Optional[nn.Module] = None,
-               terms: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-    """One optimizer step on one batch; returns the detached loss without a device sync.
+@dataclass(frozen=True)
+class Step:
+    """What every optimizer step of a run uses: the network the step calls (DDP-wrapped under
+    torchrun / SLURM), its optimizer and gradient scaler, the config, the class count, the device
+    and, for distillation, the frozen teacher."""
 
-    Args:
-        images: (N, C, H, W) and labels: (N,) as the loader gives them (moved to `device` here).
-        lr: this step's learning rate, from the run's schedule.
-        terms: filled by `training_loss` with the loss's parts for display (distillation).
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    images = to_device(images, device, cfg.runtime.channels_last, weight_dtype(cfg.efficient.precision))
-    labels = labels.to(device, non_blocking=True)
-    if mixing is not None:
-        mixing = mixing.to(device)
-    with autocast(device, cfg.efficient.precision):
-        loss = training_loss(model, images, labels, cfg, num_classes, mixing, teacher, terms=terms)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: RunConfig
+    num_classes: int
+    device: torch.device
+    teacher: Optional[nn.Module] = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, lr: float, mixing: Optional[Mixing] = None,
+                 terms: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """One optimizer step on one batch; returns the detached loss without a device sync.
+
+        Args:
+            images: (N, C, H, W) and labels: (N,) as the loader gives them (moved to the device here).
+            lr: this step's learning rate, from the run's schedule.
+            mixing: this batch's mixing (mixup, CutMix), drawn by the loop.
+            terms: filled by `training_loss` with the loss's parts for display (distillation).
+        """
+        cfg, device = self.cfg, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = to_device(images, device, cfg.runtime.channels_last, weight_dtype(cfg.efficient.precision))
+        labels = labels.to(device, non_blocking=True)
+        if mixing is not None:
+            mixing = mixing.to(device)
+        with autocast(device, cfg.efficient.precision):
+            loss = training_loss(self.net, images, labels, cfg, self.num_classes, mixing, self.teacher, terms=terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()

@@ -21,7 +21,7 @@ from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
 from bench.engine.runtime import precision_warning, resolve_deterministic, resolve_threads, resolve_workers, say_once, set_threads
-from bench.engine.step import build_optimizer
+from bench.engine.step import Step, build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
 from bench.runs.environment import cpu_info
@@ -54,6 +54,11 @@ class Training:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.data.train)
+
+    @property
+    def step(self) -> Step:
+        """One optimizer step of this run: `t.step(images, labels, lr, mixing, terms)`."""
+        return Step(self.net, self.optimizer, self.scaler, self.cfg, self.data.num_classes, self.device, self.teacher)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Steps/s of a training process alone and with a second one beside it, at a given thread count.
 
 Each measurement starts fresh worker processes (`python -m bench.perf.contention --worker`),
-which build a small ResNet-18-D and train it with the harness's own `train_step` on synthetic
+which build a small ResNet-18-D and train it with the harness's own `Step` on synthetic
 batches, warm up, then count the steps they finish in a common time window. Counting finished
 steps in a window, rather than timing a number of steps, keeps a collapsed run (seconds per
 step) from stretching the benchmark.
@@ -20,7 +20,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.engine.models import build_model
-from bench.engine.step import build_optimizer, train_step
+from bench.engine.step import Step, build_optimizer
 
 WORKLOAD = {"model": {"name": "resnet18d", "small_input": True, "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16}},
             "data": {"global_batch_size": 128}, "efficient": {"precision": "bf16"}, "runtime": {"device": "cpu"}}
@@ -38,8 +38,10 @@ def worker(threads: int, start_at: float, seconds: float, warmup: int) -> dict:
     images = torch.randn(cfg.data.global_batch_size, 3, IMAGE_PX, IMAGE_PX, generator=g)
     labels = torch.randint(0, NUM_CLASSES, (cfg.data.global_batch_size,), generator=g)
 
+    train_step = Step(model, optimizer, scaler, cfg, NUM_CLASSES, torch.device("cpu"))
+
     def step() -> None:
-        float(train_step(model, optimizer, scaler, images, labels, 0.01, cfg, NUM_CLASSES, torch.device("cpu")))
+        float(train_step(images, labels, 0.01))
     for _ in range(warmup):
         step()
     while time.time() < start_at:   # the other worker may still be warming up

@@ -1,7 +1,7 @@
 """Training throughput per trick, against the plainest PyTorch loop, on synthetic data.
 
 Every harness variant runs `bench.engine.loop.train_epoch` (the loop's own epoch: lr from the
-schedule, the batch's mixing, `train_step` with autocast, `training_loss`, scaler, fused SGD, the
+schedule, the batch's mixing, the `Step` with autocast, `training_loss`, scaler, fused SGD, the
 NaN guard), so the numbers are those of real runs. The reference is written separately below:
 model, SGD, cross-entropy, nothing else. Variants are timed in interleaved rounds, so a load
 change on a shared machine hits all of them alike; each ratio is the median over rounds of that

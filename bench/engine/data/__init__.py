@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
@@ -97,10 +97,20 @@ def shift_images(images: torch.Tensor, max_px: int, dy: torch.Tensor, dx: torch.
     return padded[batch, chans, rows, cols]
 
 
+class Batches(Protocol):
+    """What training and evaluation read: an epoch's (images, labels) batches in an order fixed
+    by (seed, epoch), from batch `start` on (a resumed run's data position). `TensorBatches`,
+    `LoaderBatches` (ImageFolder) and the benchmark's synthetic batches are the three kinds."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 @dataclass
 class Data:
-    train: TensorBatches
-    val: TensorBatches
+    train: Batches
+    val: Batches
     num_classes: int
     in_chans: int
     image_size: int
