@@ -100,7 +100,8 @@ def test_the_migration_rewrites_the_old_hashes_once_and_nothing_else(tmp_path, t
     (out / "launch.json").write_text(json.dumps({"runs": [{"path": str(student.path.relative_to(out)), "config_hash": "bbbbbbbbbbbb",
                                                            "teacher_hash": "aaaaaaaaaaaa"}]}))
     (out / "runs.csv").write_text("config_hash,teacher_hash,top1\naaaaaaaaaaaa,,50.0\nbbbbbbbbbbbb,aaaaaaaaaaaa,50.0\n")
-    assert student.state(distilled, tiny_cfg.config_hash()).name == "conflict"
+    before = student.state(distilled, tiny_cfg.config_hash())
+    assert before.name == "conflict" and before.why.endswith("recorded under an earlier schema: python -m bench.runs.migrate RESULTS_DIR")
     changed, unmapped = migrate(out)
     assert len(changed) == 5 and unmapped == []
     new_t, new_s = tiny_cfg.config_hash(), distilled.config_hash()

@@ -159,13 +159,18 @@ class RunDir(RunFiles):
 
     def _differences(self, expected: RunConfig | str, here: Optional[str], want: str) -> str:
         """The experiment keys in which the run here differs from `expected`, where both configs
-        are known; else the two config hashes."""
+        are known; else the two config hashes, and where the settings are the same, the migration
+        that carries runs recorded under an earlier schema over."""
         try:
             saved = RunConfig.model_validate(self.read_config())
         except (ValueError, BenchError):   # none, damaged, or of another schema
             saved = None
         keys = expected.differences(saved) if isinstance(expected, RunConfig) and saved is not None else []
-        return f"here → expected: {'; '.join(keys)}" if keys else f"config hash {here}, expected {want}"
+        if keys:
+            return f"here → expected: {'; '.join(keys)}"
+        same = saved is not None and saved.config_hash() == want
+        return f"config hash {here}, expected {want}" + (
+            "; the same settings, recorded under an earlier schema: python -m bench.runs.migrate RESULTS_DIR" if same else "")
 
 
 def _config_hash(saved: Optional[dict]) -> Optional[str]:
