@@ -49,6 +49,7 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
     one optimizer step, the NaN guard, the tracker, and `check_in` every few batches (`save`
     writes a mid-epoch checkpoint)."""
     t.net.train()
+    step_on = t.step   # the network, optimizer, scaler and teacher, once an epoch
     mixer = t.cfg.mixing()
     mixer = mixer if mixer is not None and mixer.active(epoch, t.cfg.schedule.epochs) else None
     stats = resume or EpochStats(torch.zeros((), device=t.device), epoch=epoch)
@@ -57,7 +58,7 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
         mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
-        loss = t.step(images, labels, lr, mixing, terms)
+        loss = step_on(images, labels, lr, mixing, terms)
         t.guard.update(loss, step)
         t.tracker.log_step(step, lr, loss)
         stats.add(loss, len(labels), lr, terms)
