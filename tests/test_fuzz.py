@@ -91,7 +91,7 @@ def laughs(levels: int, width: int) -> str:
     ("name: !!binary '@@@'\n", "name = b'': String should match pattern"),
     ("name: !!python/object:os.system x\n", "could not determine a constructor for the tag"),
     ("\ufeffname: x\n", "steps: Field required"),
-    ("name: x\x00\n", "malformed YAML: unacceptable character #x0000"),
+    ("name: x\x00\n", "r.yaml: malformed YAML: unacceptable character #x0000"),   # one colon: no line to name
     ("? [a, b]\n: c\n", "malformed YAML: found unhashable key"),
     ("name: x\nextends: \"a\\0b\"\nsteps: []\n", "extends = 'a\\x00b': expected the path of another recipe file"),
     ("name: x\nextends: [1]\n", "extends = [1]: expected the path of another recipe file"),

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from bench.config import RunConfig
 from bench.config.schema import SCHEMA
+from bench.errors import BenchError
 from bench.runs import RunDir, load_torch, read_yaml
 from bench.runs.migrate import migrate
 from bench.strict import Strict, experiment, is_execution
@@ -142,3 +143,20 @@ def test_a_partial_run_killed_mid_epoch_resumes_under_other_threads_workers_and_
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [0, 1, 2]
     assert read_yaml(run / RunDir.CONFIG)["runtime"]["threads"] == 1   # the config it last ran under
     assert RunDir(run).read_final()["config_hash"] == RunConfig.model_validate(read_yaml(run / RunDir.CONFIG)).config_hash()
+
+
+def test_the_migration_drops_data_keys_a_data_set_never_read_and_refuses_removed_settings(tmp_path):
+    out = tmp_path / "out"
+    rd = RunDir(out / "m" / "01-a" / "seed0")
+    rd.path.mkdir(parents=True)
+    cfg = RunConfig.model_validate({"data": {"dataset": "fashion_mnist"}})
+    recorded = {**cfg.model_dump(mode="json")}
+    recorded["data"] = {**recorded["data"], "color_jitter": 0.2, "crop_scale": [0.5, 1.0], "decode_reduced": False}  # as schema 1 wrote it
+    (rd / RunDir.CONFIG).write_text(json.dumps(recorded))
+    (rd / RunDir.FINAL).write_text(json.dumps({"config_hash": "cccccccccccc", "top1": 1.0}))
+    migrate(out)
+    assert "color_jitter" not in read_yaml(rd / RunDir.CONFIG)["data"] and rd.state(cfg).name == "finished"
+    recorded["data"]["decode_reduced"] = True
+    (rd / RunDir.CONFIG).write_text(json.dumps(recorded))
+    with pytest.raises(BenchError, match=r"config.yaml: data.decode_reduced=true, which schema 2 does not have"):
+        migrate(out)

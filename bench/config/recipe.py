@@ -62,9 +62,9 @@ def _read_yaml(path: Path) -> dict:
         raw = yaml.safe_load(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
+        where = f"{path}: line {mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: malformed YAML: {problem}") from None
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as err:   # a tag the value does not fit: !!int x, !!timestamp 2001-13-45

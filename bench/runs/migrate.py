@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.config import RunConfig
+from bench.config.datasets import DATASETS
 from bench.errors import BenchError
 from bench.runs import files
 from bench.runs.rundir import RunDir, run_paths
@@ -28,6 +29,22 @@ from bench.runs.rundir import RunDir, run_paths
 HASH = re.compile(r"\b[0-9a-f]{12}\b")
 RECORDS = (RunDir.FINAL, RunDir.TEACHER, RunDir.FAILED)   # in each run directory
 MANIFESTS = ("launch.json", "runs.csv")                  # in the results directory
+
+
+def _schema2_config(rd: RunDir) -> RunConfig:
+    """A run's config.yaml as schema 2 reads it: the data keys its data set never read dropped
+    (schema 1 recorded them all), a one-line error for a run of a setting schema 2 does not have."""
+    raw = rd.read_config() or {}
+    data = raw.get("data", {})
+    if data.get("decode_reduced"):
+        raise BenchError(f"{rd / RunDir.CONFIG}: data.decode_reduced=true, which schema 2 does not have; "
+                         "move the run away (or migrate without it) and train it again")
+    spec = DATASETS.get(data.get("dataset", "digits"))
+    raw = {**raw, "data": {k: v for k, v in data.items() if spec is None or spec.applies(k)}}
+    try:
+        return RunConfig.model_validate(raw)
+    except ValueError as err:
+        raise BenchError(f"{rd / RunDir.CONFIG}: not a config of this schema ({str(err).splitlines()[0]})") from None
 
 
 def migrate(out: Path) -> tuple[list[Path], list[str]]:
@@ -39,10 +56,7 @@ def migrate(out: Path) -> tuple[list[Path], list[str]]:
     changed = []
     for rel in run_paths(out):
         rd = RunDir(out / rel)
-        try:
-            cfg = RunConfig.model_validate(rd.read_config())
-        except ValueError as err:
-            raise BenchError(f"{rd / RunDir.CONFIG}: not a config of this schema ({str(err).splitlines()[0]})") from None
+        cfg = _schema2_config(rd)
         if rd.read_config() != cfg.record():
             files.write_yaml(rd / RunDir.CONFIG, cfg.record())
             changed.append(rd / RunDir.CONFIG)
