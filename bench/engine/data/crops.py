@@ -63,8 +63,8 @@ class CropFlip:
         return self._cut(image, self.draw(image, seed))
 
     def _cut(self, image: torch.Tensor, crop: Crop) -> torch.Tensor:
-        """torchvision's uint8 antialiased resize of the box (the v2 pipeline's, twice as fast as
-        PIL's at 224 px), mirrored where drawn."""
+        """torchvision's uint8 antialiased resize of the box (the v2 pipeline's; faster than PIL's,
+        docs/performance.md), mirrored where drawn."""
         out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width, [self.size] * 2,
                                          antialias=True)
         return out.flip(-1) if crop.flip else out
