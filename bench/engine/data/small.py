@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
+from bench.config.datasets import DATASETS
 from bench.engine.data.images import DataError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist package
@@ -37,7 +38,7 @@ def load_cifar(name: str, root: Optional[str], download: bool) -> tuple[torch.Te
     cls = CIFAR_CLASSES[name]
     root = os.path.expanduser(root or "data")
     folder = Path(root) / cls.base_folder
-    pretty = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+    pretty = DATASETS[name].title
     if not download and not all((folder / f).is_file() for f, _ in cls.train_list + cls.test_list):
         raise DataError(f"data.root = {root}: no {pretty} batches in {folder}; add --set data.download=true "
                         f"(needs internet) or unpack the python version from {CIFAR_URL} into {root}")
