@@ -1,32 +1,25 @@
-"""The device path's workers: `CropFlip` cuts the pixels torchvision's v2 pipeline cuts for the
-same seeds, in-process loading on threads gives the batches of one thread and of worker processes, and `data.workers: auto`."""
+"""The workers' crop and flip: `CropFlip` draws the Inception crop's boxes, as torchvision's
+RandomResizedCrop does, from each item's own generator and cuts them with torchvision's resize;
+in-process loading on threads gives the batches of one thread and of worker processes, on both
+paths; and `data.workers: auto`."""
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 import bench.engine.runtime as runtime
 from bench.config import DataConfig, RunConfig
-from bench.engine.data import build_data
-from bench.engine.data.crops import CropFlip, FolderCrops
+from bench.engine.data import build_data, train_set
+from bench.engine.data.crops import CropFlip, FolderCrops, random_resized_box
 from bench.engine.data.fake import write_imagefolder
-from bench.engine.data.images import FolderImages, LoaderBatches, loader_pool, scan_split, train_transform
+from bench.engine.data.images import LoaderBatches, loader_pool, read_image, scan_split
 from bench.perf.loader import write_photo_tree
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-
-
-def _torchvision(image: Image.Image, seed: int, size: int) -> torch.Tensor:
-    """The crop and flip as torchvision's v2 transforms draw and cut them (global generator)."""
-    steps = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=SCALE, ratio=RATIO, antialias=True),
-                        v2.RandomHorizontalFlip()])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return steps(image)
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,17 +32,38 @@ def photo(tmp_path_factory) -> str:
     return str(next(root.glob("train/*/*.JPEG")))
 
 
-def test_the_boxes_and_flips_of_torchvisions_pipeline_for_the_same_seeds(photo):
+def test_each_item_cuts_its_own_box_and_flip_with_torchvisions_resize(photo):
     crop = CropFlip(48, SCALE, RATIO)
-    ours = [crop.from_file(photo, seed) for seed in range(40)]   # decoded by torchvision, not PIL
-    with Image.open(photo) as image:
-        theirs = [_torchvision(image.convert("RGB"), seed, 48) for seed in range(40)]
+    image = read_image(photo)
+    ours = [crop.from_file(photo, seed) for seed in range(40)]
     assert all(x.shape == (3, 48, 48) and x.dtype == torch.uint8 for x in ours)
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))                    # bit for bit
-    assert min(_mad(a, b) for a, b in zip(ours, theirs[1:] + theirs[:1])) > 3     # another box or mirror
-    flips = [crop.draw(Image.open(photo), seed).flip for seed in range(40)]
-    assert 10 < sum(flips) < 30 and not any(CropFlip(48, SCALE, RATIO, hflip=False).draw(Image.open(photo), s).flip
-                                            for s in range(40))
+    assert all(torch.equal(a, crop.from_file(photo, seed)) for seed, a in enumerate(ours))   # the item's seed decides
+    assert min(_mad(a, b) for a, b in zip(ours, ours[1:] + ours[:1])) > 3                    # another box or mirror
+    for seed in range(5):
+        box = crop.draw(image, seed)
+        cut = v2.functional.resized_crop(image, box.top, box.left, box.height, box.width, [48, 48], antialias=True)
+        assert torch.equal(ours[seed], cut.flip(-1) if box.flip else cut)
+    flips = [crop.draw(image, seed).flip for seed in range(400)]
+    assert 160 < sum(flips) < 240 and not any(CropFlip(48, SCALE, RATIO, hflip=False).draw(image, s).flip for s in range(40))
+
+
+def test_the_boxes_follow_torchvisions_random_resized_crop():
+    """The same distribution of area fractions and aspect ratios as torchvision's sampler (global
+    generator), within its bounds, with the largest centred box where no draw fits."""
+    image, n = torch.zeros(3, 240, 320, dtype=torch.uint8), 2000
+    ours = [random_resized_box(240, 320, SCALE, RATIO, torch.Generator().manual_seed(s)) for s in range(n)]
+    torch.manual_seed(0)
+    sampler = v2.RandomResizedCrop(48, scale=SCALE, ratio=RATIO)
+    theirs = [(p["top"], p["left"], p["height"], p["width"]) for p in (sampler.make_params([image]) for _ in range(n))]
+    for boxes in (ours, theirs):
+        assert all(0 <= t and 0 <= left and t + h <= 240 and left + w <= 320 for t, left, h, w in boxes)
+    area = [torch.tensor([h * w / (240 * 320) for _, _, h, w in boxes]) for boxes in (ours, theirs)]
+    aspect = [torch.tensor([math.log(w / h) for _, _, h, w in boxes]) for boxes in (ours, theirs)]
+    assert abs(area[0].mean() - area[1].mean()) < 0.02 and abs(area[0].median() - area[1].median()) < 0.03
+    assert abs(aspect[0].mean() - aspect[1].mean()) < 0.02 and abs(aspect[0].std() - aspect[1].std()) < 0.02
+    assert 0.075 < area[0].min() and area[0].max() <= 1.0
+    tall = random_resized_box(400, 40, (0.99, 1.0), RATIO, torch.Generator().manual_seed(0))   # no draw fits
+    assert tall == (200 - 27, 0, 53, 40)   # centred, 40 wide at the ratio 3/4
 
 
 @pytest.mark.parametrize("path", ["device", "worker"])
@@ -57,8 +71,7 @@ def test_threads_in_process_give_the_batches_of_one_thread_and_of_worker_process
     write_imagefolder(tmp_path)
     _, samples = scan_split(tmp_path / "train")
     cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=24, augment_on=path)
-    # the worker path's transform draws its jitter and lighting from the global generator
-    items = FolderCrops(samples, CropFlip.from_config(cfg, 24)) if path == "device" else FolderImages(samples, train_transform(cfg, 24))
+    items = train_set(cfg, samples, 24, torch.device("cpu"))["dataset"]   # the worker path: jitter and lighting too
 
     def epoch(workers: int, threads: int) -> list[torch.Tensor]:
         before = torch.get_num_threads()

@@ -15,8 +15,9 @@ from torchvision.transforms import v2
 from bench.cli import main
 from bench.config import DataConfig, ModelConfig, load_recipe, parse_override
 from bench.engine.data import build_data, stratified_holdout
+from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.fake import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
-from bench.engine.data.images import Lighting, read_image
+from bench.engine.data.images import read_image
 from bench.engine.data.small import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from bench.errors import BenchError
 
@@ -94,11 +95,11 @@ def test_read_image_gives_pils_rgb_pixels_in_its_layout(tmp_path, mode, fmt, mon
 
 
 def test_lighting_adds_one_colour_along_the_principal_components():
-    image = torch.rand(3, 5, 6)
-    assert torch.equal(Lighting(0.0)(image), image)
-    torch.manual_seed(0)
-    shift = Lighting(0.1)(image) - image
-    assert shift.abs().max() > 0 and torch.allclose(shift, shift[:, :1, :1].expand_as(shift))
+    images = (torch.rand(4, 3, 5, 6) * 255).to(torch.uint8)
+    plain = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.0), torch.device("cpu"))(images, seed=0)
+    lit = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.1), torch.device("cpu"))(images, seed=0)
+    shift = lit - plain
+    assert shift.abs().max() > 0 and torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
 
 
 @pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])

@@ -1,5 +1,6 @@
-"""Photometric augmentation batched on the device: the same distributions as the per-image worker
-transforms, the same draws on any launch, and uint8 batches from the workers."""
+"""Photometric augmentation (`DeviceAugment`, batched on the device or per image in the workers):
+the distributions of torchvision's per-image ColorJitter and AlexNet's lighting, the same draws on
+any launch, and uint8 batches from the workers."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +11,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from bench.config import DataConfig
 from bench.engine.data import build_data
-from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, adjust_hue
+from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment, adjust_hue
 from bench.engine.data.fake import write_fake_data
-from bench.engine.data.images import Lighting, train_transform
 
 CPU = torch.device("cpu")
 
@@ -24,10 +24,15 @@ def _photos(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     return (torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 255).round().to(torch.uint8)
 
 
-def _worker_photometric(cfg: DataConfig) -> v2.Compose:
-    """The worker path's transforms after the crop and flip (those are the same on both paths)."""
-    steps = [t for t in train_transform(cfg, 16).transforms if isinstance(t, (v2.ColorJitter, v2.ToDtype, Lighting, v2.Normalize))]
-    return v2.Compose(steps)
+def _torchvision_photometric(cfg: DataConfig) -> v2.Compose:
+    """The reference, per image from the global generator: torchvision's ColorJitter (hue shifted
+    by U[−j/2, j/2] of the circle, MXNet's HueJitterAug(j)), AlexNet's PCA lighting, mean/std."""
+    j = cfg.color_jitter
+    basis = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL)
+    lighting = lambda x: x + (basis @ (torch.randn(3) * cfg.lighting_std))[:, None, None]
+    jitter = dict(hue=j / 2) if cfg.color_jitter_hue else dict(contrast=j)
+    return v2.Compose([v2.ColorJitter(brightness=j, saturation=j, **jitter), v2.ToDtype(torch.float32, scale=True),
+                       lighting, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def _stats(x: torch.Tensor) -> torch.Tensor:
@@ -38,15 +43,15 @@ def _stats(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("hue", [False, True], ids=["gluoncv", "paper-hue"])
-def test_device_path_has_the_distributions_of_the_worker_path(hue):
+def test_the_distributions_of_torchvisions_per_image_transforms(hue):
     cfg = DataConfig(dataset="imagenet", color_jitter_hue=hue)
     images = _photos(2).repeat(4096, 1, 1, 1)              # 4,096 draws of each of 2 photos
-    worker = _worker_photometric(cfg)
+    worker = _torchvision_photometric(cfg)
     torch.manual_seed(0)
     per_image = torch.stack([worker(img) for img in images])
     batched = DeviceAugment(cfg, CPU)(images, seed=1)
     for k in range(2):   # photo by photo, the same spread of outcomes: within ~4 standard errors, plus
-        # the worker path's uint8 rounding after each colour operation (about 0.02 here)
+        # torchvision's uint8 rounding after each colour operation (about 0.02 here)
         a, b = _stats(per_image[k::2]), _stats(batched[k::2])
         assert torch.allclose(a, b, atol=0.06), (k, (a - b).abs().max())
     plain = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.0), CPU)(images, seed=1)
@@ -93,3 +98,13 @@ def test_workers_send_uint8_and_the_batches_arrive_normalised(tmp_path):
     (vd, _), (vw, _) = next(device.val.epoch(0)), next(worker.val.epoch(0))
     assert torch.allclose(vd, vw, atol=1e-5)               # evaluation: no randomness, the same pixels
     assert np.isfinite(xd.numpy()).all()
+
+
+@pytest.mark.parametrize("hue", [False, True], ids=["gluoncv", "paper-hue"])
+def test_one_image_gets_what_it_gets_in_a_batch(hue):
+    """The worker path augments one image at a time (its own order, no gathering): the image of a
+    global batch of 2 on rank 0 of 2 equals the first image of that batch on one process."""
+    aug = DeviceAugment(DataConfig(dataset="imagenet", color_jitter_hue=hue), CPU)
+    pair = _photos(2)
+    for seed in range(6):
+        assert torch.allclose(aug(pair[:1], seed, rank=0, world_size=2), aug(pair, seed)[:1], atol=1e-6)

@@ -30,7 +30,7 @@ def _cfg(root, **kw) -> DataConfig:
 def _both(samples, transform, keys):
     """uint8 crops of the same items: the worker path (PIL decode) and the device-decode path;
     `transform`: the training `CropFlip` or the evaluation transform."""
-    items = FolderCrops(samples, transform) if isinstance(transform, CropFlip) else FolderImages(samples, transform, random=False)
+    items = FolderCrops(samples, transform) if isinstance(transform, CropFlip) else FolderImages(samples, transform)
     worker = torch.stack([items[k][0] for k in keys])
     device, _ = dd.DeviceDecode(samples, transform, CPU)(*dd.collate_bytes([dd.FolderBytes(samples)[k] for k in keys]))
     return worker, device

@@ -1,12 +1,12 @@
 """docs/fidelity.md is generated from the recipes and agrees with `plan`; the switches it names exist."""
 from __future__ import annotations
 
-from torchvision.transforms import v2
+import torch
 
 from bench.ablation import plan
 from bench.cli import ROOT, main
 from bench.config import DataConfig, load_recipe, parse_override
-from bench.engine.data.images import train_transform
+from bench.engine.data.device_aug import DeviceAugment
 from bench.report.fidelity import SETTINGS, check_plan_agrees, fidelity_markdown, table6_specs
 
 
@@ -41,16 +41,16 @@ def test_every_disagreement_names_the_key_that_switches():
         assert key in page
 
 
-def _jitter(cfg: DataConfig) -> v2.ColorJitter:
-    return next(t for t in train_transform(cfg, 32).transforms if isinstance(t, v2.ColorJitter))
-
-
 def test_colour_jitter_gluoncv_by_default_and_the_papers_hue_by_a_key():
-    gluon = _jitter(DataConfig(dataset="imagenet"))
-    assert gluon.contrast == gluon.brightness == gluon.saturation == (0.6, 1.4) and gluon.hue is None
-    paper = _jitter(DataConfig(dataset="imagenet", color_jitter_hue=True))
-    assert paper.contrast is None and paper.hue == (-0.2, 0.2)   # ±0.2 of the colour circle = ±0.4π rad, as HueJitterAug(0.4)
-    assert paper.brightness == paper.saturation == (0.6, 1.4)
+    gluon = DeviceAugment(DataConfig(dataset="imagenet"), torch.device("cpu"))
+    assert gluon.ops == ["brightness", "contrast", "saturation"] and gluon.jitter == 0.4   # factors U[0.6, 1.4]
+    paper = DeviceAugment(DataConfig(dataset="imagenet", color_jitter_hue=True), torch.device("cpu"))
+    assert paper.ops == ["brightness", "saturation", "hue"] and paper.jitter == 0.4
+    # the hue factor U[0.6, 1.4] is a shift of (f − 1)/2: ±0.2 of the colour circle = ±0.4π rad, as HueJitterAug(0.4)
+    image = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    image[:, 0] = 255   # pure red, hue 0
+    shifted = paper._apply("hue", image.float() / 255, torch.tensor([1.4]))
+    assert torch.allclose(shifted[0, :, 0, 0], torch.tensor([0.8, 1.0, 0.0]), atol=1e-5)   # red → hue 0.2, 72°
 
 
 def test_the_command_writes_the_page(tmp_path, capsys):

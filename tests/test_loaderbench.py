@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import bench.engine.data.crops as crops
 import bench.engine.data.device_decode as device_decode
 import bench.engine.data.images as images
 import bench.perf.loader as lb
@@ -36,6 +37,7 @@ def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
     seen = []
     real = images.read_image
     monkeypatch.setattr(images, "read_image", lambda p: seen.append(p) or real(p))
+    monkeypatch.setattr(crops, "read_image", lambda p: seen.append(p) or real(p))   # the workers' crops
     read = []
     real_read_file = device_decode.read_file
     monkeypatch.setattr(device_decode, "read_file", lambda p: read.append(p) or real_read_file(p))

@@ -25,7 +25,7 @@ from bench.config.datasets import DATASETS
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
-from bench.engine.data.images import FolderImages, LoaderBatches, read_image, scan_split, train_transform
+from bench.engine.data.images import LoaderBatches, read_image, scan_split
 from bench.errors import ConfigError
 from bench.report.frames import load_paper
 
@@ -117,7 +117,9 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     if len(samples) < batch_size:
         raise ConfigError(f"bench-loader {root}: {len(samples)} training images, fewer than one batch of {batch_size}")
     crop = CropFlip.from_config(cfgs["device"], image_size)
-    transforms = {"worker": train_transform(cfgs["worker"], image_size), "device": lambda image: crop.from_tensor(image, 0)}
+    worker = FolderCrops(samples, crop, augment=DeviceAugment(cfgs["worker"], torch.device("cpu")))
+    transforms = {"worker": lambda image: worker.augment(crop.from_tensor(image, 0)[None], 0)[0],
+                  "device": lambda image: crop.from_tensor(image, 0)}
     paths = itertools.cycle([p for p, _ in samples])
 
     threads = torch.get_num_threads()
@@ -134,7 +136,7 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
         torch.set_num_threads(threads)
     on_device, decode_on_device = _device_rates(samples, cfgs["device"], crop, decoded, batch_size, seconds, device,
                                                 progress)
-    sets = {"worker": (FolderImages(samples, transforms["worker"]), None), "device": (FolderCrops(samples, crop), None)}
+    sets = {"worker": (worker, None), "device": (FolderCrops(samples, crop), None)}
     sets["device_decode"] = (FolderBytes(samples), collate_bytes)   # the workers only read the files
     loader = {path: _loader_rates(dataset, batch_size, workers, seconds, progress, path, collate)
               for path, (dataset, collate) in sets.items()}

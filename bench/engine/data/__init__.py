@@ -15,7 +15,7 @@ from bench.config.datasets import DATASETS
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
-from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder, train_transform
+from bench.engine.data.images import FolderImages, LoaderBatches, eval_transform, scan_imagefolder
 from bench.engine.data.small import load_cifar, load_fashion_mnist
 from bench.engine.runtime import resolve_workers
 from bench.errors import BenchError
@@ -204,25 +204,25 @@ def build_small(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Data:
     return Data(train=train, val=val, num_classes=spec.classes, in_chans=spec.channels, image_size=spec.px)
 
 
-def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device, train: bool) -> dict:
+def _folder_set(cfg: DataConfig, samples: list, transform, device: torch.device) -> dict:
     """The data set of one split for `LoaderBatches`: decoded images from the workers (cut by
-    `CropFlip`, or through a transform), or (with `decode_on: device`) the files' bytes and the
-    decoder that runs on `device`."""
+    `CropFlip`, or through the eval transform), or (with `decode_on: device`) the files' bytes
+    and the decoder that runs on `device`."""
     if cfg.decode_on == "device":
         return dict(dataset=FolderBytes(samples), collate_fn=collate_bytes, decode=DeviceDecode(samples, transform, device))
     if isinstance(transform, CropFlip):
         return dict(dataset=FolderCrops(samples, transform))
-    return dict(dataset=FolderImages(samples, transform, random=train))
+    return dict(dataset=FolderImages(samples, transform))
 
 
 def train_set(cfg: DataConfig, samples: list, size: int, device: torch.device) -> dict:
     """`LoaderBatches`' data set, collation, decoder and device augmentation for the training
-    split: the workers' whole augmentation, or (`augment_on: device`) their `CropFlip` and the
-    rest batched on `device`."""
+    split: the workers crop and flip (`CropFlip`); the colour jitter, lighting and normalisation
+    run in the workers per image (`augment_on: worker`) or batched on `device`."""
+    crop = CropFlip.from_config(cfg, size)
     if cfg.augment_on != "device":
-        return _folder_set(cfg, samples, train_transform(cfg, size), device, train=True)
-    return dict(**_folder_set(cfg, samples, CropFlip.from_config(cfg, size), device, train=True),
-                augment=DeviceAugment(cfg, device))
+        return dict(dataset=FolderCrops(samples, crop, augment=DeviceAugment(cfg, torch.device("cpu"))))
+    return dict(**_folder_set(cfg, samples, crop, device), augment=DeviceAugment(cfg, device))
 
 
 def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
@@ -237,7 +237,7 @@ def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
     on_device = cfg.augment_on == "device"
     train = LoaderBatches(**train_set(cfg, train_samples, size, device), batch_size=cfg.global_batch_size, shuffle=True,
                           max_batches=cfg.max_train_batches, **loader)
-    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device, train=False),
+    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device),
                         batch_size=cfg.eval_batch_size, max_batches=cfg.max_val_batches,
                         augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)
     return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

@@ -93,6 +93,10 @@ class DeviceAugment:
             factors = (torch.rand(len(self.ops), total, generator=g) * 2 * j + (1 - j))[:, mine][:, :n].to(self.device)
             order = torch.rand(total, len(self.ops), generator=g).argsort(1)[mine][:n].to(self.device)
             for pos in range(len(self.ops)):
+                if n == 1:   # one image (the worker path, per item): its own order, no gathering
+                    k = int(order[0, pos])
+                    x = self._apply(self.ops[k], x, factors[k])
+                    continue
                 for k, op in enumerate(self.ops):
                     idx = (order[:, pos] == k).nonzero().squeeze(1)
                     if len(idx):

@@ -12,14 +12,12 @@ from typing import Optional
 
 import torch
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from bench.config import DataConfig
-from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment
+from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment
 from bench.errors import BenchError
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns at every call
@@ -27,8 +25,6 @@ from bench.errors import BenchError
 # each call is not thread-safe, and in-process loading decodes on several threads
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
-# held by every draw from the global generator that in-process loading makes on several threads
-RNG_LOCK = threading.Lock()
 JPEG_MAGIC = b"\xff\xd8\xff"   # SOI and the first marker's prefix
 LAYOUT = "DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (ILSVRC with val sorted into class folders)"
 
@@ -40,39 +36,6 @@ class DataError(BenchError):
         if message.startswith("Caught "):   # the worker's traceback text: keep the last line
             message = message.rstrip().splitlines()[-1].partition(": ")[2]
         super().__init__(message)
-
-
-class Lighting(nn.Module):
-    """AlexNet's PCA lighting noise: add Σ_i α_i λ_i v_i to every pixel, α_i ~ N(0, std)."""
-
-    def __init__(self, std: float) -> None:
-        super().__init__()
-        self.std = std
-        self.register_buffer("rgb_basis", torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image: (3, H, W) float in [0, 1]."""
-        alpha = torch.randn(3) * self.std
-        return image + (self.rgb_basis @ alpha)[:, None, None]
-
-
-def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
-    """Random resized crop, flip, colour jitter, lighting noise, ImageNet mean/std (Section 2.1)
-    of a `read_image` tensor: the workers' whole augmentation, float32 out (`data.augment_on: worker`; with `device` the
-    workers only crop and flip, `crops.CropFlip`, and `DeviceAugment` does the rest)."""
-    steps = [v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
-    if cfg.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.color_jitter:
-        j = cfg.color_jitter
-        # hue: torchvision shifts by U[−h, h] of the colour circle; MXNet's HueJitterAug(j) rotates
-        # by U[−jπ, jπ], half a circle per unit, hence h = j / 2
-        jitter = dict(hue=j / 2) if cfg.color_jitter_hue else dict(contrast=j)
-        steps.append(v2.ColorJitter(brightness=j, saturation=j, **jitter))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    if cfg.lighting_std:
-        steps.append(Lighting(cfg.lighting_std))
-    return v2.Compose(steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform(size: int, resize: int, to_float: bool = True) -> v2.Compose:
@@ -121,33 +84,21 @@ def read_image(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
 
 
 class FolderImages(Dataset):
-    """(path, label) samples read and transformed; an item key is (index, seed) so that the
-    augmentation of an image depends only on the run's seed, the epoch and the index.
-
-    Items are thread-safe, so in-process loading (`data.workers: 0`) reads a batch on several
-    threads: the files decode in parallel, and a random transform, which draws from the global
-    generator as it goes, runs under `RNG_LOCK`, seeded for the item. A transform without
-    randomness (`random=False`, evaluation) leaves the generator alone and takes no lock."""
+    """(path, label) samples read and put through a transform without randomness (evaluation);
+    key (index, seed) → (image, label), the seed unused. Items are thread-safe, so in-process
+    loading (`data.workers: 0`) decodes a batch on several threads."""
 
     threadsafe = True
 
-    def __init__(self, samples: list[tuple[str, int]], transform, random: bool = True) -> None:
-        self.samples, self.transform, self.random = samples, transform, random
+    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
+        self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = key
-        path, label = self.samples[index]
-        image = read_image(path)
-        if not self.random:
-            return self.transform(image), label
-        with RNG_LOCK, torch.random.fork_rng(devices=[]):
-            # the CPU generator only: `torch.manual_seed` also queues a CUDA seed, and records a
-            # stack trace for it, about an eighth of an item's time
-            torch.random.default_generator.manual_seed(seed)
-            return self.transform(image), label
+        path, label = self.samples[key[0]]
+        return self.transform(read_image(path)), label
 
 
 class _Batches:
