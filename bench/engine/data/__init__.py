@@ -62,7 +62,7 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `epoch` from batch `start` on (a resumed run's data position): the
         batches before it are neither gathered nor augmented, only their random draws repeated."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)   # the committed results' stream: kept
         order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -147,13 +148,14 @@ class LoaderBatches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `epoch` from batch `start` on; the ones before it are never loaded."""
-        base = self.seed * 1_000_003 + epoch
-        g = torch.Generator().manual_seed(base)
         n = len(self.dataset)
+        # independent streams of (run seed, epoch), numpy's SeedSequence: the order, each item's draws, each batch's
+        order_seed, item_seeds, batch_seeds = (np.random.SeedSequence([self.seed, epoch, stream]).generate_state(size)
+                                               for stream, size in enumerate((1, n, len(self))))
+        g = torch.Generator().manual_seed(int(order_seed[0]))
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         self._sampler.batches = [
-            [(int(i), (base * 10_000_019 + int(i)) % 2**62)
-             for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
+            [(int(i), int(item_seeds[i])) for i in order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]]
             for b in range(start, len(self))]
         batches = self._in_threads() if self._threaded else self._loader
         if self.augment is None:
@@ -161,7 +163,7 @@ class LoaderBatches:
             return
         for b, batch in enumerate(batches, start=start):   # uint8 (or encoded files) from the workers
             images, labels = self.decode(*batch) if self.decode is not None else batch
-            yield self.augment(images, (base * 7_000_003 + b) * 2_654_435_761 % 2**62, self.rank, self.world_size), labels
+            yield self.augment(images, int(batch_seeds[b]), self.rank, self.world_size), labels
 
     def _in_threads(self) -> Iterator:
         threads = torch.get_num_threads()
