@@ -57,11 +57,11 @@ def save_checkpoint(t: Training, run_dir: RunDir, epoch: int, partial: Optional[
     if dist.is_main():
         run_dir.save_checkpoint({
             "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(),
-            "mix_rng": t.mix_rng.bit_generator.state, "rng": capture_rng(), "epoch": epoch,
-            "train_time_s": t.train_time_s, "saved_at": at,
+            "mix_rng": t.state.mix_rng.bit_generator.state, "rng": capture_rng(), "epoch": epoch,
+            "train_time_s": t.state.train_time_s, "saved_at": at,
             **({} if partial is None else {"partial": {"epoch": partial.epoch, "batch": partial.batch, "lr": partial.lr,
                                                        "time_s": partial.time_s, "ranks": ranks}})})
-    t.saved_at, t.saved_time = at, time.monotonic()
+    t.state.saved_at, t.state.saved_time = at, time.monotonic()
 
 
 def restore_partial(t: Training, partial: dict) -> EpochStats:
@@ -89,9 +89,9 @@ def restore_checkpoint(t: Training, run_dir: RunDir) -> EpochStats:
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scaler.load_state_dict(state["scaler"])
-    t.mix_rng.bit_generator.state = state["mix_rng"]
+    t.state.mix_rng.bit_generator.state = state["mix_rng"]
     restore_rng(state["rng"])   # Python, NumPy, torch and CUDA generators
-    t.train_time_s, t.saved_at = state["train_time_s"], state.get("saved_at", f"epoch {state['epoch']}")
+    t.state.train_time_s, t.state.saved_at = state["train_time_s"], state["saved_at"]
     if "partial" in state:
         return restore_partial(t, state["partial"])
     return EpochStats(torch.zeros((), device=t.device), epoch=state["epoch"] + 1)

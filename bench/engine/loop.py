@@ -29,17 +29,17 @@ def check_in(t: Training, stats: EpochStats, save: Callable[[EpochStats], None])
     request (any rank's signal) and a checkpoint falling due (rank 0's clock). A NaN/inf loss
     raises `NonFiniteLoss`; a stop request saves the epoch so far and raises `Preempted`."""
     every_s = 60 * (t.cfg.runtime.checkpoint_every_min or 0)
-    due = dist.is_main() and every_s > 0 and time.monotonic() - t.saved_time >= every_s
-    bad = t.guard.first_step
+    due = dist.is_main() and every_s > 0 and time.monotonic() - t.state.saved_time >= every_s
+    bad = t.state.guard.first_step
     agreed = torch.cat([torch.where(bad < 0, NO_STEP, -bad).view(1),
-                        torch.tensor([t.stop.requested, due], dtype=torch.long, device=t.device)])
+                        torch.tensor([t.state.stop.requested, due], dtype=torch.long, device=t.device)])
     neg_step, stop, due = dist.all_reduce_max(agreed).tolist()
-    t.guard.check(-1 if neg_step == NO_STEP else -neg_step, t.steps_per_epoch, t.checkpoint, t.saved_at)
+    t.state.guard.check(-1 if neg_step == NO_STEP else -neg_step, t.steps_per_epoch, t.state.checkpoint, t.state.saved_at)
     if stop or (due and stats.batch < t.steps_per_epoch):   # at the epoch's end its own checkpoint follows
         save(stats)
     if stop:
-        raise Preempted(f"stopped on {signal_name(t.stop.signum)} in epoch {stats.epoch} after {stats.batch} of "
-                        f"{t.steps_per_epoch} batches; checkpoint written: {t.checkpoint}", t.stop.signum or 0)
+        raise Preempted(f"stopped on {signal_name(t.state.stop.signum)} in epoch {stats.epoch} after {stats.batch} of "
+                        f"{t.steps_per_epoch} batches; checkpoint written: {t.state.checkpoint}", t.state.stop.signum or 0)
 
 
 def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda: None,
@@ -57,10 +57,10 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
     for i, (images, labels) in enumerate(t.data.train.epoch(epoch, stats.batch), start=stats.batch):
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
-        mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.mix_rng) if mixer else None
+        mixing = mixer.sample(len(labels), tuple(images.shape[-2:]), t.state.mix_rng) if mixer else None
         loss = step_on(images, labels, lr, mixing, terms)
-        t.guard.update(loss, step)
-        t.tracker.log_step(step, lr, loss)
+        t.state.guard.update(loss, step)
+        t.state.tracker.log_step(step, lr, loss)
         stats.add(loss, len(labels), lr, terms)
         on_step()
         if stats.batch % every == 0 and stats.batch < t.steps_per_epoch:
@@ -102,7 +102,7 @@ def final_record(t: Training, val: dict) -> dict:
     cfg, epochs = t.cfg, t.cfg.schedule.epochs
     train_images = epochs * t.steps_per_epoch * cfg.data.global_batch_size
     return {"top1": val["val_top1"], "top5": val["val_top5"], "val_images": val["val_images"], "val_loss": val["val_loss"], "epochs": epochs,
-            "train_time_s": t.train_time_s, "images_per_s": train_images / t.train_time_s if t.train_time_s else None,
+            "train_time_s": t.state.train_time_s, "images_per_s": train_images / t.state.train_time_s if t.state.train_time_s else None,
             "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch}
 
 
@@ -118,7 +118,7 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     """
     run_dir, main = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir, dist.is_main()
     t = setup(cfg, teacher_run, tracker)
-    t.checkpoint, t.stop = run_dir / RunDir.CHECKPOINT, stop or t.stop
+    t.state.checkpoint, t.state.stop = run_dir / RunDir.CHECKPOINT, stop or t.state.stop
     resume, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
     start_message(t, run_dir, resume, main)
     bar = tqdm(total=epochs * n, initial=resume.epoch * n + resume.batch, desc=label, unit="step",
@@ -127,12 +127,12 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     for epoch in range(resume.epoch, epochs):
         stats = train_epoch(t, epoch, bar.update, resume if epoch == resume.epoch else None,
                             lambda partial: save_checkpoint(t, run_dir, partial.epoch - 1, partial))
-        t.train_time_s += stats.time_s
+        t.state.train_time_s += stats.time_s
         val = evaluate(t.model, t.data.val, cfg, t.device, gaps if epoch == epochs - 1 else None)
         row = epoch_row(epoch, stats, val, t.device)
         if main:
             run_dir.append_metrics(row)
-            t.tracker.log_epoch(row)
+            t.state.tracker.log_epoch(row)
         save_checkpoint(t, run_dir, epoch)
         bar.set_postfix(progress_postfix(epoch, row, stats))
     bar.close()

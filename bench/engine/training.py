@@ -29,8 +29,22 @@ from bench.tricks import weight_dtype
 
 
 @dataclass
+class LoopState:
+    """What the loop advances as a run trains; a checkpoint saves and restores it."""
+
+    mix_rng: np.random.Generator       # λ and the pairing of the batch-mixing trick
+    guard: LossGuard
+    tracker: Tracker = field(default_factory=Tracker)
+    stop: StopRequest = field(default_factory=StopRequest)   # a signal asking the run to checkpoint and stop
+    checkpoint: Optional[Path] = None   # the run directory's last.pt
+    train_time_s: float = 0.0
+    saved_at: str = ""                 # the checkpoint last written or restored, e.g. "epoch 3"; "" none
+    saved_time: float = field(default_factory=time.monotonic)   # when (time.monotonic()), for the next one
+
+
+@dataclass
 class Training:
-    """One run's training state: built by `setup`, advanced by `train_epoch`, saved by `save_checkpoint`."""
+    """One run, as `setup` builds it from its config, and the loop's `state`."""
 
     cfg: RunConfig
     data: Data
@@ -41,15 +55,8 @@ class Training:
     scaler: torch.amp.GradScaler
     teacher: Optional[nn.Module]       # frozen, eval mode; when cfg.distill is set
     lr_at: Callable[[int], float]      # the schedule: lr of a global step
-    mix_rng: np.random.Generator       # λ and the pairing of the batch-mixing trick
-    guard: LossGuard
-    tracker: Tracker = field(default_factory=Tracker)
-    train_time_s: float = 0.0
+    state: LoopState
     runtime: dict = field(default_factory=dict)   # resolved threads and determinism, for the run's record
-    stop: StopRequest = field(default_factory=StopRequest)   # a signal asking the run to checkpoint and stop
-    checkpoint: Optional[Path] = None   # the run directory's last.pt
-    saved_at: str = ""                 # the checkpoint last written or restored, e.g. "epoch 3"; "" none
-    saved_time: float = field(default_factory=time.monotonic)   # when (time.monotonic()), for the next one
 
     @property
     def steps_per_epoch(self) -> int:
@@ -148,6 +155,6 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
                                weight_dtype(cfg.efficient.precision))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.efficient.precision == "fp16")
     return Training(cfg, data, device, model, net, optimizer, scaler, teacher,
-                    schedule_for(cfg, len(data.train)), np.random.default_rng(cfg.seed), LossGuard(device),
-                    tracker or Tracker(), runtime={"threads": threads, "threads_from": source,
+                    schedule_for(cfg, len(data.train)), LoopState(np.random.default_rng(cfg.seed), LossGuard(device),
+                                                                  tracker or Tracker()), runtime={"threads": threads, "threads_from": source,
                                                    "deterministic": deterministic, "world_size": ctx.world_size})

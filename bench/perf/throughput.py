@@ -28,7 +28,7 @@ from bench.engine.guard import LossGuard
 from bench.engine.loop import train_epoch
 from bench.engine.models import build_model
 from bench.engine.step import autocast, build_optimizer, to_device
-from bench.engine.training import Training, seed_everything
+from bench.engine.training import LoopState, Training, seed_everything
 from bench.errors import ConfigError
 from bench.perf.summary import summarize
 from bench.tricks import autocast_dtype
@@ -241,7 +241,7 @@ def build_training(s: BenchSettings, cfg: RunConfig, device: torch.device) -> tu
     data = Data(SyntheticBatches(synthetic_batches(s)), None, s.num_classes, 3, s.image_size)
     training = Training(cfg, data, device, student, student, build_optimizer(student, cfg, device),
                         torch.amp.GradScaler(device.type, enabled=s.precision == "fp16"), teacher,
-                        schedule_for(cfg, 1), np.random.default_rng(0), LossGuard(device))
+                        schedule_for(cfg, 1), LoopState(np.random.default_rng(0), LossGuard(device)))
     return training, reference
 
 
