@@ -5,10 +5,13 @@ import os
 import subprocess
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
+import yaml
 
 from bench.config import RunConfig
 
@@ -21,6 +24,29 @@ TINY_BASE = {
     "schedule": {"kind": "step", "epochs": 3, "warmup_epochs": 1, "milestones": [2]},
     "efficient": {"zero_gamma": True, "no_bias_decay": True, "precision": "fp32"},
 }
+
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in, key by key (a None value removes the key)."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_recipe(name: str = "tiny", base: Optional[dict] = None, steps: Sequence[dict] = ({"name": "efficient"},),
+                teachers: Sequence[dict] = (), seeds: Sequence[int] = (0,)) -> str:
+    """The YAML of a recipe of tiny runs: TINY_BASE with `base` merged in (`merged`)."""
+    recipe = {"name": name, "seeds": list(seeds), "base": merged(TINY_BASE, base or {}),
+              "teachers": list(teachers), "steps": list(steps)}
+    return yaml.safe_dump({k: v for k, v in recipe.items() if v != []}, sort_keys=False)
+
 
 TINY_RECIPE = """
 name: tiny

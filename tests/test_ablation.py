@@ -17,6 +17,8 @@ from bench.errors import BenchError
 from bench.report import load_runs
 from bench.runs import RunDir
 
+from conftest import tiny_recipe
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -118,20 +120,9 @@ def test_a_teacher_given_as_a_checkpoint_is_loaded_not_trained(write_recipe, tmp
                                             kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 10, 1)
     weights = tmp_path / "teacher.pt"
     torch.save(teacher_model.state_dict(), weights)
-    recipe = load_recipe(write_recipe(f"""
-        name: given
-        base:
-          model: {{name: resnet18d, small_input: true, kwargs: {{channels: [8, 16, 32, 64], stem_width: 8}}}}
-          data: {{dataset: digits, global_batch_size: 64, max_train_batches: 2, max_val_batches: 1}}
-          schedule: {{kind: cosine, epochs: 1}}
-        teachers:
-          - name: given
-            train: false
-            set: {{model: {{checkpoint: {weights}}}}}
-        steps:
-          - name: distill
-            set: {{distill: {{teacher: given, temperature: 4}}}}
-    """))
+    recipe = load_recipe(write_recipe(tiny_recipe("given", {"schedule": {"kind": "cosine", "epochs": 1, "warmup_epochs": 0, "milestones": None}}, [
+        {"name": "distill", "set": {"distill": {"teacher": "given", "temperature": 4}}}],
+        teachers=[{"name": "given", "train": False, "set": {"model": {"checkpoint": str(weights)}}}])))
     specs = plan(recipe)
     assert [s.role for s in specs] == ["student"]           # no teacher run is planned
     seen = []

@@ -19,6 +19,8 @@ from bench.engine.data.fake import write_imagefolder
 from bench.engine.data.images import FolderImages, eval_transform, scan_split
 from bench.errors import BenchError, ConfigError
 
+from conftest import tiny_recipe
+
 CPU = torch.device("cpu")
 
 
@@ -125,18 +127,11 @@ def test_decode_on_device_needs_augment_on_device_and_is_another_run():
 
 def test_smoke_run_with_decode_on_device(tmp_path, write_recipe, capsys):
     root = write_imagefolder(tmp_path / "data")
-    recipe = write_recipe(f"""
-        name: decode-on-device
-        seeds: [0]
-        base:
-          model: {{name: resnet18d, kwargs: {{channels: [8, 16, 32, 64], stem_width: 8}}}}
-          data: {{dataset: imagefolder, root: {root}, global_batch_size: 8, eval_batch_size: 8, image_size: 128,
-                 augment_on: device, decode_on: device}}
-          schedule: {{kind: cosine, epochs: 2, warmup_epochs: 0, milestones: [1]}}
-          efficient: {{precision: fp32}}
-        steps:
-          - name: baseline
-        """)
+    recipe = write_recipe(tiny_recipe("decode-on-device", {
+        "model": {"small_input": None},
+        "data": {"dataset": "imagefolder", "root": str(root), "global_batch_size": 8, "eval_batch_size": 8, "image_size": 128,
+                 "augment_on": "device", "decode_on": "device"},
+        "schedule": {"kind": "cosine", "epochs": 2, "warmup_epochs": 0}}, [{"name": "baseline"}]))
     out = tmp_path / "out"
     assert main([str(recipe), "--smoke", "--out", str(out), "--no-progress"]) == 0
     final = next(out.rglob("final.json"))

@@ -15,26 +15,18 @@ import torch
 from bench.engine import distributed as dist
 from bench.errors import BenchError
 
+from conftest import tiny_recipe
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # BatchNorm over fixed slices of 32 images (ghost batch norm), so 1 process × 64 images and
 # 2 ranks × 32 normalise alike; float64, where the kernels' choices (thread count, batch size)
 # cannot show, so the claim holds on any machine. FP32_RECIPE is the same run in float32.
-DDP_RECIPE = """
-name: ddp
-seeds: [3]
-base:
-  model: {name: resnet18d, small_input: true, kwargs: {channels: [8, 16, 32, 64], stem_width: 8}}
-  data: {dataset: digits, global_batch_size: 64, max_train_batches: 3, max_val_batches: 1}
-  optim: {lr_per_256: 0.4}
-  schedule: {kind: cosine, epochs: 2, warmup_epochs: 1}
-  efficient: {zero_gamma: false, no_bias_decay: true, precision: fp64, bn_batch_size: 32}
-  runtime: {device: cpu}
-  label_smoothing: {eps: 0.1}
-steps:
-  - name: cosine
-"""
-FP32_RECIPE = DDP_RECIPE.replace("precision: fp64", "precision: fp32")
+DDP_BASE = {"schedule": {"kind": "cosine", "epochs": 2, "milestones": None}, "runtime": {"device": "cpu"},
+            "efficient": {"zero_gamma": False, "precision": "fp64", "bn_batch_size": 32}, "label_smoothing": {"eps": 0.1}}
+DDP_RECIPE = tiny_recipe("ddp", DDP_BASE, steps=[{"name": "cosine"}], seeds=[3])
+FP32_RECIPE = tiny_recipe("ddp", {**DDP_BASE, "efficient": {**DDP_BASE["efficient"], "precision": "fp32"}},
+                          steps=[{"name": "cosine"}], seeds=[3])
 
 
 def test_read_env_from_torchrun_variables():

@@ -22,32 +22,16 @@ from test_slurm import NODES, ROOT, cli, finished_status, force_requeue, job_fie
 from bench.ablation import plan, run_ablation
 from bench.config import load_recipe
 
+from conftest import tiny_recipe
+
 pytestmark = pytest.mark.slurm   # python -m pytest -m slurm, with the cluster up
 
-BASE = """
-seeds: [0]
-base:
-  model: {name: resnet18d, small_input: true, kwargs: {channels: [8, 16, 32, 64], stem_width: 8, norm_layer: groupnorm1}}
-  data: {dataset: digits, global_batch_size: 64, max_train_batches: 3, max_val_batches: 1}
-  optim: {lr_per_256: 0.4}
-  schedule: {kind: cosine, epochs: 2, warmup_epochs: 1}
-  efficient: {no_bias_decay: true, precision: fp64}
-  runtime: {device: cpu}
-  label_smoothing: {eps: 0.1}
-"""
-SMOKE = "name: two-node-smoke" + BASE + """
-steps:
-  - name: base
-"""
+BASE = {"model": {"kwargs": {"norm_layer": "groupnorm1"}}, "schedule": {"kind": "cosine", "epochs": 2, "milestones": None},
+        "efficient": {"zero_gamma": None, "precision": "fp64"}, "runtime": {"device": "cpu"}, "label_smoothing": {"eps": 0.1}}
+SMOKE = tiny_recipe("two-node-smoke", BASE, steps=[{"name": "base"}])
 # the teacher runs long enough to be caught running and requeued; the student distils from it
-DISTILL = "name: two-node-distill" + BASE + """
-teachers:
-  - name: teacher
-    set: {schedule: {epochs: 30}}
-steps:
-  - name: student
-    set: {distill: {teacher: teacher, temperature: 20}}
-"""
+DISTILL = tiny_recipe("two-node-distill", BASE, teachers=[{"name": "teacher", "set": {"schedule": {"epochs": 30}}}],
+                      steps=[{"name": "student", "set": {"distill": {"teacher": "teacher", "temperature": 20}}}])
 RUN = Path("resnet18d/01-base/seed0")
 WORKERS_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -21,34 +21,22 @@ from bench.ablation import plan, run_ablation
 from bench.ablation.status import query_job
 from bench.config import load_recipe
 
+from conftest import tiny_recipe
+
 pytestmark = pytest.mark.slurm   # python -m pytest -m slurm, with the cluster up
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RECIPE = """
-name: slurm-smoke
-seeds: [0]
-base:
-  model: {name: resnet18d, small_input: true, kwargs: {channels: [8, 16, 32, 64], stem_width: 8}}
-  data: {dataset: digits, global_batch_size: 64, max_train_batches: 3, max_val_batches: 1}
-  optim: {lr_per_256: 0.4}
-  schedule: {kind: cosine, epochs: 2, warmup_epochs: 1}
-  efficient: {zero_gamma: true, no_bias_decay: true, precision: fp32}
-  # a check after every batch, a checkpoint at each (a tiny interval): a signal is acted on within a batch
-  runtime: {device: cpu, nan_check_steps: 1, checkpoint_every_min: 1.0e-9}
-teachers:
-  - name: teacher
-    set: {label_smoothing: {eps: 0.1}}
-steps:
-  - name: long                  # caught running, then requeued: SIGTERM, KillWait (2 s), SIGKILL
-    set: {schedule: {epochs: 20}}
-  - name: distill
-    parent: long
-    set: {schedule: {epochs: 2}, distill: {teacher: teacher, temperature: 20}}
-  - name: signalled             # caught running, then sent submitit's requeue signal
-    parent: long
-    set: {schedule: {epochs: 21}}
-"""
+# a check after every batch, a checkpoint at each (a tiny interval): a signal is acted on within a batch.
+# "long" is caught running, then requeued (SIGTERM, KillWait of 2 s, SIGKILL); "signalled" is caught
+# running, then sent submitit's requeue signal.
+RECIPE = tiny_recipe("slurm-smoke", {
+    "schedule": {"kind": "cosine", "epochs": 2, "milestones": None},
+    "runtime": {"device": "cpu", "nan_check_steps": 1, "checkpoint_every_min": 1.0e-9}},
+    teachers=[{"name": "teacher", "set": {"label_smoothing": {"eps": 0.1}}}],
+    steps=[{"name": "long", "set": {"schedule": {"epochs": 20}}},
+           {"name": "distill", "parent": "long", "set": {"schedule": {"epochs": 2}, "distill": {"teacher": "teacher", "temperature": 20}}},
+           {"name": "signalled", "parent": "long", "set": {"schedule": {"epochs": 21}}}])
 
 
 # the cluster of .ci/slurm-up.sh: its own config, nodes and namespaces (named as the nodes)

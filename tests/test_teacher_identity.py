@@ -16,46 +16,34 @@ from bench.errors import BenchError, ConfigError
 from bench.report import load_runs
 from bench.runs import RunDir
 
-BASE = """
-seeds: [0]
-base:
-  model: {{name: resnet18d, small_input: true, kwargs: {{channels: [8, 16, 32, 64], stem_width: 8}}}}
-  data: {{dataset: digits, global_batch_size: 64, max_train_batches: 2, max_val_batches: 1}}
-  schedule: {{kind: cosine, epochs: 1}}
-  efficient: {{precision: fp32}}
-"""
-TRAINED = BASE + """
-name: trained
-teachers:
-  - name: teacher
-    set: {{label_smoothing: {{eps: {eps}}}}}
-steps:
-  - name: distill
-    set: {{distill: {{teacher: teacher, temperature: 4}}}}
-"""
-GIVEN = BASE + """
-name: given
-teachers:
-  - name: given
-    train: false
-    set: {{model: {{checkpoint: {path}}}}}
-steps:
-  - name: distill
-    set: {{distill: {{teacher: given, temperature: 4}}}}
-"""
+from conftest import tiny_recipe
+
+BASE = {"data": {"max_train_batches": 2}, "schedule": {"kind": "cosine", "epochs": 1, "warmup_epochs": 0, "milestones": None}}
+
+
+def trained_recipe(eps: float) -> str:
+    """A student of a teacher trained with label smoothing `eps`."""
+    return tiny_recipe("trained", BASE, [{"name": "distill", "set": {"distill": {"teacher": "teacher", "temperature": 4}}}],
+                       teachers=[{"name": "teacher", "set": {"label_smoothing": {"eps": eps}}}])
+
+
+def given_recipe(path) -> str:
+    """A student of a teacher given as the weights at `path`."""
+    return tiny_recipe("given", BASE, [{"name": "distill", "set": {"distill": {"teacher": "given", "temperature": 4}}}],
+                       teachers=[{"name": "given", "train": False, "set": {"model": {"checkpoint": str(path)}}}])
 STUDENT = "resnet18d/01-distill/seed0"
 
 
 @pytest.fixture
 def trained(write_recipe, tmp_path):
     """A finished teacher and its student in tmp_path/out; returns (out, specs)."""
-    specs = plan(load_recipe(write_recipe(TRAINED.format(eps=0.1))))
+    specs = plan(load_recipe(write_recipe(trained_recipe(0.1))))
     run_ablation(specs, tmp_path / "out", progress=False)
     return tmp_path / "out", specs
 
 
 def replan(write_recipe, eps: float):
-    return plan(load_recipe(write_recipe(TRAINED.format(eps=eps))))
+    return plan(load_recipe(write_recipe(trained_recipe(eps))))
 
 
 def test_the_teacher_identity_is_recorded_in_final_json_and_runs_csv(trained):
@@ -98,7 +86,7 @@ def test_a_changed_weights_file_makes_its_students_another_config(write_recipe, 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet18d", small_input=True, kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 10, 1)
     torch.save(model.state_dict(), weights)
-    recipe = write_recipe(GIVEN.format(path=weights))
+    recipe = write_recipe(given_recipe(weights))
     (student,) = plan(load_recipe(recipe))
     out = tmp_path / "out"
     run_ablation([student], out, progress=False)
@@ -106,7 +94,7 @@ def test_a_changed_weights_file_makes_its_students_another_config(write_recipe, 
 
     moved = tmp_path / "elsewhere.pt"   # the same bytes under another name: the same teacher
     shutil.copy(weights, moved)
-    (same,) = plan(load_recipe(write_recipe(GIVEN.format(path=moved), "moved.yaml")))
+    (same,) = plan(load_recipe(write_recipe(given_recipe(moved), "moved.yaml")))
     assert same.teacher_hash == student.teacher_hash
 
     with torch.no_grad():
@@ -122,7 +110,7 @@ def test_a_changed_weights_file_makes_its_students_another_config(write_recipe, 
 
 def test_a_given_teacher_file_that_is_missing_stops_the_plan(write_recipe, tmp_path):
     with pytest.raises(ConfigError, match=r"teacher 'given': model.checkpoint = .*nope.pt: no such file$"):
-        plan(load_recipe(write_recipe(GIVEN.format(path=tmp_path / "nope.pt"))))
+        plan(load_recipe(write_recipe(given_recipe(tmp_path / "nope.pt"))))
 
 
 def test_a_student_whose_final_json_names_no_teacher_is_not_current(trained):
