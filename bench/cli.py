@@ -214,7 +214,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not (args.from_wandb and args.group):
             raise BenchError("report: --from-wandb ENTITY/PROJECT and --group NAME go together")
         out = Path(args.results_dir or Path("runs") / f"{args.group}-wandb")
-        print(write_wandb_report(args.from_wandb, args.group, out))
+        print(write_wandb_report(args.from_wandb, args.group, out, figures=not args.no_figures))
         print(f"wrote {out / 'runs.csv'} and {out / 'table.md'}")
         return 0
     if args.results_dir is None:

@@ -35,8 +35,7 @@ def check_writable(out: Path) -> None:
 class RunsFailed(BenchError):
     """Runs stopped by a NaN/inf loss, and the runs skipped because they needed one of them."""
 
-    def __init__(self, failed: dict[Path, str], finals: list[dict]):
-        self.failed, self.finals = failed, finals
+    def __init__(self, failed: dict[Path, str]):
         listed = "; ".join(f"{path}: {why}" for path, why in failed.items())
         super().__init__(f"{len(failed)} run{'s' if len(failed) > 1 else ''} did not finish: {listed}")
 
@@ -79,9 +78,9 @@ def run_ablation(specs: list[RunSpec], out: Path, *, progress: bool = True,
         if final is not None:
             finals.append(final)
         elif on_failure == "stop":
-            raise RunsFailed(failed, finals)
+            raise RunsFailed(failed)
     if failed:
-        raise RunsFailed(failed, finals)
+        raise RunsFailed(failed)
     return finals
 
 

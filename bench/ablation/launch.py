@@ -15,15 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from bench.ablation.execute import run_ablation, run_dir
 from bench.ablation.plan import RunSpec
 from bench.ablation.status import MANIFEST, query_job
-from bench.config import format_validation
+from bench.config import validate
+from bench.config.recipe import read_yaml
 from bench.engine.interrupt import Preempted, StopRequest
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError
 from bench.runs import RunDir, read_json, write_json
 from bench.strict import Strict
 
@@ -55,22 +55,9 @@ class ClusterConfig(Strict):
 
 def load_cluster(path: Optional[str], overrides: dict[str, Any]) -> ClusterConfig:
     """The cluster YAML (if any) with the command line's values on top; errors name the key."""
-    raw: dict[str, Any] = {}
-    where = str(path) if path else "cluster settings"
-    if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: cluster file not found")
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: malformed YAML: {getattr(err, 'problem', None) or err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: cluster settings are a mapping, got {type(raw).__name__}")
+    raw = read_yaml(Path(path), "cluster file", "a mapping of cluster settings") if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ClusterConfig.model_validate(raw)
-    except ValidationError as err:
-        raise format_validation(err, ClusterConfig, where) from None
+    return validate(ClusterConfig, raw, str(path) if path else "cluster settings")
 
 
 class RunJob:

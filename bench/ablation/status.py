@@ -3,13 +3,13 @@ SLURM's reason and the log line that says why), interrupted or not started. Runs
 the directory's manifest (written by `run` and `launch`), else the run directories found in it."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.runs import RunDir, RunLock, read_json, read_yaml
+from bench.runs.environment import command_output
 from bench.runs.rundir import TEACHERS, run_paths, teacher_path
 
 MANIFEST = "launch.json"  # in the results directory: every run of a launched ablation
@@ -20,30 +20,22 @@ _ACTIVE = {"PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending
            "RESIZING": "running", "STAGE_OUT": "running", "SIGNALING": "running"}
 
 
-def _slurm(cmd: list[str]) -> Optional[str]:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
 def query_job(job_id: str) -> tuple[str, str]:
     """("pending" | "running" | "ended" | "unknown", SLURM's state and reason) of a job."""
-    line = _slurm(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"])
+    line = command_output(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"], timeout=30)
     if line:
         state, _, reason = line.splitlines()[0].partition("|")
         if reason == "DependencyNeverSatisfied":
             return "ended", "its teacher's job failed (DependencyNeverSatisfied)"
         return _ACTIVE.get(state, "ended"), f"{state}" + (f" ({reason})" if reason and reason != "None" else "")
-    info = _slurm(["scontrol", "-o", "show", "job", str(job_id)])
+    info = command_output(["scontrol", "-o", "show", "job", str(job_id)], timeout=30)
     if info:
         fields = dict(part.split("=", 1) for part in info.split() if "=" in part)
         state = fields.get("JobState", "UNKNOWN")
         if state in _ACTIVE:
             return _ACTIVE[state], state
         return "ended", f"{state}, exit code {fields.get('ExitCode', '?')}, reason {fields.get('Reason', '?')}"
-    acct = _slurm(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State,ExitCode"])
+    acct = command_output(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State,ExitCode"], timeout=30)
     if acct:
         state, _, code = acct.splitlines()[0].partition("|")
         return ("pending" if state.startswith("PENDING") else "running" if state.startswith("RUNNING") else "ended",

@@ -1,15 +1,7 @@
-"""Weights & Biases mirror of an ablation (wandb is imported only when it is switched on).
-
-One W&B run per training run: group = the ablation, job_type = its role (teacher / student),
-name = model/step/seed, tags = the tricks switched on (`bench.config.tricks_on`), config =
-nested sections: `run` (the identifying columns of its runs.csv row: model, role, step, seed,
-path, ...) and the resolved run config as in config.yaml, so that the W&B filter
-`config.schedule.kind` is the runs.csv column `config.schedule.kind`. History: per-iteration
-`batch/lr` and `batch/train_loss` against `global_step`, and the rows of metrics.jsonl against
-`epoch`. Summary: the run's final.json record, also whole under `final` so that it can be read
-back. Lineage: a finished run logs its final weights (model.pt) as a `model` artifact, and a
-student declares its teacher's as its input. A W&B failure prints one line and stops logging;
-it never stops training.
+"""Weights & Biases mirror of an ablation (wandb is imported only when it is switched on): one W&B
+run per training run, grouped, tagged with its tricks, its config under the keys of runs.csv,
+its history, summary and weights as docs/wandb.md lays out. A W&B failure prints one line and
+stops logging; it never stops training.
 """
 from __future__ import annotations
 
@@ -22,8 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from bench.ablation.wandb_connect import first_line, init_run, rank, sweep_run_id, warn
+from bench.ablation.wandb_connect import first_line, init_run, sweep_run_id, warn
 from bench.config import WandbConfig, tricks_on
+from bench.engine import distributed as dist
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
 from bench.runs import RunDir, read_json, write_text
@@ -150,7 +143,7 @@ def start_run(settings: Optional[WandbConfig], spec, run_dir: Path, out: Path) -
     process logs: W&B gives every `wandb.init` of the process the agent's run id, so teachers
     train untracked here (their weights still appear as the student's input artifact).
     """
-    if settings is None or rank() != 0:
+    if settings is None or dist.read_env().rank != 0:
         return Tracker()
     sweep_id = sweep_run_id()
     if sweep_id is not None and spec.role != "student":

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-import torch.distributed as dist
-
 from bench.config import WandbConfig
 from bench.errors import ConfigError
 
@@ -98,12 +96,6 @@ def sweep_run_id() -> Optional[str]:
 def wandb_dir(out: Path) -> Path:
     """Where wandb writes its `wandb/` folder: $WANDB_DIR, else the results directory."""
     return Path(os.environ.get("WANDB_DIR") or out)
-
-
-def rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def init_run(settings: WandbConfig, out: Path, run_id: Optional[str], group: str, **kwargs):

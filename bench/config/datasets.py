@@ -43,7 +43,3 @@ DATASETS = {d.name: d for d in (
     DataSet("imagenet", "ImageNet (ILSVRC-2012)", 224, 3, 1000, 1_281_167, 50_000, "the validation split", FOLDER_KEYS),
     DataSet("imagefolder", "an image folder", 224, 3, None, None, None, "the val/ folder", FOLDER_KEYS),
 )}
-
-
-def dataset(name: str) -> DataSet:
-    return DATASETS[name]

@@ -52,12 +52,13 @@ class Recipe(Strict):
 MAX_RECIPE_BYTES = 64 << 10
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with base and steps") -> dict:
+    """The mapping of a recipe (or another settings) file; any problem as a one-line `ConfigError`."""
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     size = path.stat().st_size
     if size > MAX_RECIPE_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
+        raise ConfigError(f"{path}: {size:,} bytes; a {what} is at most {MAX_RECIPE_BYTES:,}")
     try:
         raw = yaml.safe_load(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
     except yaml.YAMLError as err:
@@ -71,14 +72,14 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: malformed YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     check_size(raw, str(path))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping with base and steps, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: a {what} is {shape}, got {type(raw).__name__}")
     return raw
 
 
 def _read_with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The recipe's mapping on top of the one it `extends:` (a path relative to it): mappings
     merge key by key, lists (steps, models, teachers, seeds) are replaced whole."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw

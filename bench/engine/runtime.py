@@ -1,15 +1,10 @@
 """A process's CPU thread budget and kernel determinism, resolved from the run's `runtime` settings.
 
-Threads: intra-op threads beyond the cores a process may use do not add speed, they collapse
-it: two processes with 2 threads each on 2 cores collapse (`bench-threads`, results/bench/cpu-threads.json).
-`runtime.threads: auto` gives each process its share of the cores: the cores it may run on
-(its CPU affinity, and SLURM_CPUS_PER_TASK under SLURM, which is already per task), divided
-among the ranks on the node under torchrun (LOCAL_WORLD_SIZE), less one core per loader worker
-process, at least 1. OMP_NUM_THREADS, when set, is taken as the user's choice.
-
-Low precision on a CPU: bf16 and fp16 autocast are fast only where the CPU has the instructions
-for them (AVX-512 or AMX on x86); on an AVX2-only CPU they are emulated, several times slower
-(results/bench/cpu-avx2-fashion-mnist-bf16-fp32.json). A run says so at start (`precision_warning`), and its env.json records the CPU and those flags.
+`runtime.threads: auto` gives each process its share of the cores it may run on (its CPU
+affinity; SLURM_CPUS_PER_TASK under SLURM), divided among the node's ranks under torchrun
+(LOCAL_WORLD_SIZE), less one per loader worker, at least 1; OMP_NUM_THREADS, when set, is the
+user's choice. Low-precision autocast on a CPU without AVX-512/AMX is emulated: a run says so
+at start (`precision_warning`). docs/performance.md has the measurements behind both.
 """
 from __future__ import annotations
 

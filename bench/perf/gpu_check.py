@@ -1,5 +1,5 @@
-"""`gpu-check`: the GPU measurements of the harness in one command, sized to finish in under
-8 minutes on one current GPU, each part writing results/bench/gpu-<device>-<part>.json (and a
+"""`gpu-check`: the GPU measurements of the harness in one command, sized for a short lease of
+one GPU (docs/performance.md), each part writing results/bench/gpu-<device>-<part>.json (and a
 figure), then a summary of the numbers that matter:
 
 - ResNet-50-D at 224 px, batch 128, per trick against the plain PyTorch loop (`bench`), in
@@ -142,7 +142,7 @@ def gpu_check_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="run_ablation.py gpu-check", description=(
         "Every GPU measurement of the harness (training per trick and precision, compile, distillation, memory, "
         "MFU, the loader at this machine's cores, a recipe smoke run), each part's JSON and figure under "
-        "--out-dir, then a summary. About 6-8 minutes on one current GPU."))
+        "--out-dir, then a summary."))
     p.add_argument("--out-dir", default=str(ROOT / "results" / "bench"), help="default: %(default)s")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--tiny", action="store_true", help="toy sizes: that every part works, not how fast (CI)")

@@ -27,6 +27,7 @@ from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
 from bench.engine.data.images import LoaderBatches, read_image, scan_split
 from bench.errors import ConfigError
+from bench.perf.throughput import sync
 from bench.report.frames import load_paper
 
 
@@ -70,13 +71,6 @@ def _endless(batches) -> Iterator:
         yield from batches.epoch(epoch)
 
 
-def _synced(result: object, device: torch.device) -> object:
-    """`result` once the device has finished it (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result
-
-
 def _loader_rates(dataset, batch_size: int, workers: Sequence[int], seconds: float, progress, label: str,
                   collate_fn=None) -> dict:
     rates = {}
@@ -96,11 +90,11 @@ def _device_rates(samples, cfg: DataConfig, crop: CropFlip, decoded: Iterator, b
     progress(f"the device path's batched augmentation, on {device}")
     batch = torch.stack([crop.from_tensor(next(decoded), seed) for seed in range(batch_size)]).to(device)
     augment = DeviceAugment(cfg, device)
-    augment_rate = _rate(lambda: _synced(augment(batch, seed=0), device), seconds, per_call=batch_size)
+    augment_rate = _rate(lambda: (augment(batch, seed=0), sync(device)), seconds, per_call=batch_size)
     progress(f"the decode-on-device path's batched decode, crop and flip, on {device}")
     files = collate_bytes([FolderBytes(samples)[(i, i)] for i in range(batch_size)])
     decode = DeviceDecode(samples, crop, device)
-    return augment_rate, _rate(lambda: _synced(decode(*files), device), seconds, per_call=batch_size)
+    return augment_rate, _rate(lambda: (decode(*files), sync(device)), seconds, per_call=batch_size)
 
 
 def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image_size: int, seconds: float,

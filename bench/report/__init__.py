@@ -1,20 +1,21 @@
 """The report: run directories (or W&B) → DataFrames → statistics → tables and figures."""
 import sys
 from pathlib import Path
+from typing import Optional
 
 from bench.errors import BenchError
-from bench.report.figures import make_figures, write_figures
+from bench.report.figures import write_figures
 from bench.report.frames import RUNS_CSV, Results, load_results, load_runs
-from bench.report.stats import ablation_table, paired_deltas, step_stats
-from bench.report.tables import table_markdown, write_tables
+from bench.report.tables import write_tables
 from bench.runs import RunDir
 
 
-def write_report(results_dir: Path, figures: bool = True, require_runs: bool = False) -> str:
-    """Rebuild the tables (and figures/) of `results_dir` from its run directories alone, without
-    retraining; returns the Markdown table. A file that cannot be read is skipped with one line on
-    stderr; with `require_runs`, a directory without a run to report is a one-line error."""
-    results = load_results(results_dir)
+def write_report(results_dir: Path, figures: bool = True, require_runs: bool = False, results: Optional[Results] = None) -> str:
+    """Rebuild the tables (and figures/) of `results_dir` from its run directories alone (or from
+    `results`, read from W&B), without retraining; returns the Markdown table. A file that cannot
+    be read is skipped with one line on stderr; with `require_runs`, a directory without a run to
+    report is a one-line error."""
+    results = load_results(results_dir) if results is None else results
     for line in results.skipped:
         print(line, file=sys.stderr)
     if require_runs and results.runs.empty:
@@ -26,5 +27,4 @@ def write_report(results_dir: Path, figures: bool = True, require_runs: bool = F
     return markdown
 
 
-__all__ = ["Results", "ablation_table", "load_results", "load_runs", "make_figures", "paired_deltas", "step_stats",
-           "table_markdown", "write_figures", "write_report", "write_tables"]
+__all__ = ["load_results", "load_runs", "write_figures", "write_report", "write_tables"]

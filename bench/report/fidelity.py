@@ -181,14 +181,3 @@ def table6_specs(root: Path) -> list[RunSpec]:
     path = root / RECIPES[0]
     return plan(load_recipe(path), where=str(path))
 
-
-def check_plan_agrees(specs: Sequence[RunSpec]) -> list[str]:
-    """Rows whose `plan` column shows a value the page does not: empty when they agree."""
-    table = plan_table(specs)
-    wrong = []
-    for s in SETTINGS:
-        shown = sorted({f"{v:g}" if isinstance(v, float) else str(v) for v in table[s.plan_column]}) if s.plan_column else []
-        missing = [v for v in shown if v not in s.ours(specs)]
-        if missing:
-            wrong.append(f"{s.name}: plan shows {missing}, the page {s.ours(specs)!r}")
-    return wrong

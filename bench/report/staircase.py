@@ -68,8 +68,7 @@ def plot_staircase(runs: pd.DataFrame, stats: Optional[pd.DataFrame] = None) -> 
     `SE_PER_AXIS` binomial standard errors of one top-1 on the validation set (so a difference
     of one standard error fills at most an eighth of the axis) and at least `IMAGES_PER_AXIS`
     validation images; the top-1 of one image and the standard error are printed under the
-    title. On 359 digits images (s.e. ≈ 0.6 pp) one image is 0.28 pp: autoscaling would zoom
-    onto one- and two-image differences and draw them as steps. The standard error is a floor
+    title: autoscaling would zoom onto one- and two-image differences. The standard error is a floor
     for the seed-to-seed spread (which adds initialisation and data order); the dots show that
     spread where there are several seeds. The legend sits below the axes, never on a point.
     """

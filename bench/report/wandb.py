@@ -16,9 +16,8 @@ import pandas as pd
 from bench.ablation.tracking import RUN_SECTION
 from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError
-from bench.report.figures import write_figures
+from bench.report import write_report
 from bench.report.frames import Results, runs_frame
-from bench.report.tables import write_tables
 from bench.runs import RunDir
 from bench.runs.rundir import flat_config
 
@@ -102,9 +101,4 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
 
 def write_wandb_report(path: str, group: str, out_dir: Path, api=None, figures: bool = True) -> str:
     """The tables (and figures/) of W&B group `group` written to `out_dir`; returns the Markdown."""
-    found = load_wandb_results(path, group, api)
-    out_dir = Path(out_dir)
-    markdown = write_tables(found, out_dir)
-    if figures:
-        write_figures(found, out_dir / "figures")
-    return markdown
+    return write_report(Path(out_dir), figures, results=load_wandb_results(path, group, api))

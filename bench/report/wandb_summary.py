@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from bench.ablation.tracking import ablation_group
-from bench.ablation.wandb_connect import first_line, init_run, rank, resolve_mode, sweep_run_id, wandb_dir, warn
+from bench.ablation.wandb_connect import first_line, init_run, resolve_mode, sweep_run_id, wandb_dir, warn
 from bench.config import WandbConfig
+from bench.engine import distributed as dist
 from bench.report.frames import load_results
 from bench.report.stats import ablation_table, paired_deltas
 from bench.report.tables import format_table
@@ -70,7 +71,7 @@ def summary_data(out: Path) -> dict[str, Any]:
 def log_report(settings: Optional[WandbConfig], out: Path) -> None:
     """Log `out`'s report to its group's summary run (the same run each time), and say how to
     upload offline runs. Never raises. Not in a sweep: there the sweep's run is the record."""
-    if settings is None or rank() != 0:
+    if settings is None or dist.read_env().rank != 0:
         return
     out = Path(out)
     if sweep_run_id() is not None:

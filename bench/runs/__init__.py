@@ -6,15 +6,12 @@ from bench.runs.files import (
                               read_yaml,
                               refuse_existing,
                               remove_stale_temporaries,
-                              save_torch,
                               sha256_file,
                               write_json,
-                              write_npy,
                               write_text,
-                              write_yaml,
 )
 from bench.runs.locks import RunLock
 from bench.runs.rundir import RunDir
 
 __all__ = ["RunDir", "RunLock", "atomic_write", "load_torch", "read_json", "read_yaml", "refuse_existing",
-           "remove_stale_temporaries", "save_torch", "sha256_file", "write_json", "write_npy", "write_text", "write_yaml"]
+           "remove_stale_temporaries", "sha256_file", "write_json", "write_text"]

@@ -13,29 +13,30 @@ import timm
 import torch
 
 
-def git_commit() -> str | None:
+def command_output(cmd: list[str], timeout: float = 10, cwd: Path | None = None) -> str | None:
+    """A command's stripped stdout; None when it cannot run, times out or fails."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    return command_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent) or None
 
 
 def git_dirty() -> bool | None:
     """Whether the source tree differs from its commit (`git status --porcelain`: changed,
     staged or untracked files, results/ left out); None without git or outside a repository."""
-    try:
-        done = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], capture_output=True,
-                              text=True, timeout=10, cwd=Path(__file__).resolve().parent.parent.parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
+    out = command_output(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], cwd=Path(__file__).resolve().parents[2])
+    return None if out is None else bool(out)
 
 
 def installed_packages() -> dict[str, str]:
     """Every installed distribution's version, by name (importlib.metadata; the first of a name
-    found on sys.path wins, as for imports): read once a process (about 0.14 s for 190
-    packages), since the modules a process has imported stay those it started with."""
+    found on sys.path wins, as for imports): read once a process, since the modules a process
+    has imported stay those it started with."""
     return dict(_installed_packages())
 
 

@@ -95,26 +95,21 @@ class RunDir(RunFiles):
             raise files.Unreadable(self / self.CONFIG, f"not the config of final.json's config_hash {final['config_hash']}: cut short or changed")
         return final, config
 
-    def _read_record(self, name: str, what_to_do: str) -> Optional[dict]:
-        """A JSON object file of the run, None when absent; `what_to_do` ends the error about a damaged one."""
+    def _read_record(self, name: str, what_to_do: str, read=files.read_json, kind: str = "JSON", shape: str = "an object") -> Optional[dict]:
+        """A JSON object (or YAML mapping) file of the run, None when absent; `what_to_do` ends the
+        error about a damaged one."""
         try:
-            record = files.read_json(self / name)
+            record = read(self / name)
         except files.Unreadable as err:
             raise BenchError(f"{err}; {what_to_do}") from None
         if record is not None and not isinstance(record, dict):
-            raise BenchError(f"{self / name}: unreadable (a JSON {type(record).__name__}, not an object); {what_to_do}")
+            raise BenchError(f"{self / name}: unreadable (a {kind} {type(record).__name__}, not {shape}); {what_to_do}")
         return record
 
     def read_config(self) -> Optional[dict]:
         """config.yaml as a mapping, None when absent; a damaged one is a one-line error."""
-        what_to_do = f"it tells which config {self.CHECKPOINT} belongs to: restore it, or move {self.path} away to train the run again"
-        try:
-            saved = files.read_yaml(self / self.CONFIG)
-        except files.Unreadable as err:
-            raise BenchError(f"{err}; {what_to_do}") from None
-        if saved is not None and not isinstance(saved, dict):
-            raise BenchError(f"{self / self.CONFIG}: unreadable (a YAML {type(saved).__name__}, not a mapping); {what_to_do}")
-        return saved
+        return self._read_record(self.CONFIG, f"it tells which config {self.CHECKPOINT} belongs to: restore it, or move "
+                                 f"{self.path} away to train the run again", files.read_yaml, "YAML", "a mapping")
 
     def state(self, expected: RunConfig | str, teacher_hash: Optional[str] = None) -> RunState:
         """What the directory holds for the run of `expected` (its config, or only its config
