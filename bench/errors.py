@@ -7,3 +7,9 @@ class BenchError(Exception):
 
 class ConfigError(BenchError, ValueError):
     """A recipe, `--set` or CLI value that is malformed, unknown or out of range."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, at most `limit` characters; its type's name when it has none."""
+    lines = str(err).splitlines()
+    return lines[0][:limit] if lines else type(err).__name__

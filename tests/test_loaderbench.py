@@ -105,7 +105,8 @@ def test_pipeline_trains_through_the_real_loader_on_every_path(tmp_path, monkeyp
     assert len(read) == 2 * 2 * 2 * 2 and all(p.startswith(str(tmp_path)) for p in read)
     table = format_pipeline(r)
     assert f"| device/0w/{t}t (workers: auto) |" in table and "| synthetic |" in table
-    fig = plot_pipeline({**r, "environment": {"device": "cpu", "device_name": "x86_64", "cpu_threads": t}})
+    fig = plot_pipeline({**r, "source": "generated", "environment": {"device": "cpu", "device_name": "x86_64", "cpu_threads": t,
+                                                                    "torch": torch.__version__}})
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[0] == f"worker/0w/{t}t (auto)" and len(labels) == 2 and "synthetic" not in labels
     assert all(v["ratio_min"] <= v["ratio_to_synthetic"] <= v["ratio_max"] for v in r["variants"].values())

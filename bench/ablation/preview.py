@@ -59,11 +59,6 @@ def read_bench_json(path: str | Path) -> Throughput:
         raise BenchError(f"--bench {path}: not a JSON written by 'run_ablation.py bench' ({type(err).__name__}: {err})") from None
 
 
-def _changes(cfg: RunConfig, base: Optional[RunConfig]) -> str:
-    """The experiment keys in which `cfg` differs from `base`: "key: base's → cfg's"."""
-    return "(base)" if base is None else "; ".join(cfg.differences(base)) or "(none)"
-
-
 def _settings(cfg: RunConfig, teacher_model: Optional[str]) -> dict[str, Any]:
     s, ls, mix, kd = cfg.schedule, cfg.label_smoothing, cfg.mixing(), cfg.distill
     return {
@@ -106,7 +101,7 @@ def plan_table(specs: Sequence[RunSpec], rates: Sequence[Throughput] = ()) -> pd
         images = per_epoch * cfg.schedule.epochs if per_epoch is not None else None
         rate = next((r for r in (t.rate_for(cfg, teacher) for t in rates) if r is not None), None)
         rows.append({"order": i, "run": spec.label, "role": spec.role, "builds_on": spec.parent_step or "–",
-                     "changes": _changes(cfg, base.config if base is not None else None),
+                     "changes": "(base)" if base is None else "; ".join(cfg.differences(base.config)) or "(none)",
                      **_settings(cfg, teacher.name if teacher else None), "train_images": images,
                      "images_per_s": round(rate, 1) if rate else None,
                      "device_hours": images / rate / 3600 if images is not None and rate else None})

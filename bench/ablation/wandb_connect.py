@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from bench import errors
 from bench.config import WandbConfig
 from bench.errors import ConfigError
 
@@ -37,8 +38,7 @@ def warn(message: str) -> None:
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).splitlines()
-    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+    return f"{type(err).__name__}: {errors.first_line(err)}"
 
 
 def _has_api_key(host: str) -> bool:

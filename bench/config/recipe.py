@@ -14,7 +14,7 @@ from pydantic import Field
 from bench.config.overrides import apply_overrides, deep_merge
 from bench.config.schema import ModelConfig, RunConfig, WandbConfig
 from bench.config.validation import check_size, validate
-from bench.errors import ConfigError
+from bench.errors import ConfigError, first_line
 from bench.strict import Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -64,12 +64,12 @@ def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with bas
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}: line {mark.line + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         raise ConfigError(f"{where}: malformed YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as err:   # a tag the value does not fit: !!int x, !!timestamp 2001-13-45
-        raise ConfigError(f"{path}: malformed YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConfigError(f"{path}: malformed YAML: {first_line(err)}") from None
     check_size(raw, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} is {shape}, got {type(raw).__name__}")
@@ -101,7 +101,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: {first_line(err)}") from None
     recipe = validate(Recipe, raw, str(path))
     check_recipe(recipe, str(path))
     return recipe
@@ -129,7 +129,7 @@ def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], .
             for s in recipe.steps if not steps or s.name in steps]
     teachers = [t.name for t in recipe.teachers]
     used = teachers if steps is None and models is None else [
-        t for t in teachers if t in {_teacher_of(resolve_step(recipe, m, s, where)) for m, s in runs}]
+        t for t in teachers if t in {getattr(resolve_step(recipe, m, s, where).distill, 'teacher', None) for m, s in runs}]
     for teacher in used:   # teachers train first, so their errors come first
         _check_teacher(recipe, teacher, where, overrides)
     for model, step in runs:
@@ -139,10 +139,6 @@ def check_recipe(recipe: Recipe, where: str, overrides: tuple[tuple[str, Any], .
                               f"of this recipe (teachers: {', '.join(teachers) or 'none'})")
         if cfg.distill is not None and cfg.distill.teacher not in used:   # an override chose another teacher
             _check_teacher(recipe, cfg.distill.teacher, where, overrides)
-
-
-def _teacher_of(cfg: RunConfig) -> Optional[str]:
-    return cfg.distill.teacher if cfg.distill is not None else None
 
 
 def _check_teacher(recipe: Recipe, teacher: str, where: str, overrides: tuple[tuple[str, Any], ...]) -> None:

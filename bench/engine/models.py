@@ -10,7 +10,7 @@ from timm.models import clean_state_dict
 from torch import nn
 
 from bench.config import ModelConfig
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.runs import load_torch
 from bench.tricks import zero_gamma as apply_zero_gamma
 
@@ -53,7 +53,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
                 raise BenchError(f"model {cfg.name!r} with kwargs {cfg.kwargs}: {err}") from None
             model = timm.create_model(timm_name, **kwargs)   # a family without residual zero-init
     except (RuntimeError, OSError, ValueError) as err:   # unknown tag, offline hub
-        raise BenchError(f"model {timm_name!r} (pretrained={cfg.pretrained!r}): {str(err).splitlines()[0]}") from None
+        raise BenchError(f"model {timm_name!r} (pretrained={cfg.pretrained!r}): {first_line(err)}") from None
     if change is not None:
         change(model)
     if cfg.small_input:

@@ -56,9 +56,7 @@ def resolve_workers(setting: Union[str, int], device: torch.device, env: Optiona
 def _cores_and_local_ranks(env: Mapping[str, str]) -> tuple[int, int]:
     """The cores this process may run on and the ranks that share them (1 for a SLURM task,
     whose SLURM_CPUS_PER_TASK is already its own)."""
-    in_slurm_task = "SLURM_CPUS_PER_TASK" in env and "LOCAL_WORLD_SIZE" not in env
-    local_ranks = 1 if in_slurm_task else _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
-    return available_cores(env), local_ranks
+    return available_cores(env), _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
 
 
 def auto_threads(cores: int, local_ranks: int, workers: int) -> int:

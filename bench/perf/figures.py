@@ -12,9 +12,7 @@ from bench.report.style import COLORS
 
 
 def _machine(env: dict) -> str:
-    name = env.get("device_name") or env.get("device", "?")
-    threads = env.get("cpu_threads", env.get("threads"))
-    return f"{env.get('device', '?')} {name}" + (f", {threads} threads" if threads else "") + f", torch {env.get('torch', '?')}"
+    return f"{env['device']} {env['device_name']}, {env['cpu_threads']} threads, torch {env['torch']}"
 
 
 def _spread_bars(ax, labels: list[str], med: np.ndarray, low: np.ndarray, high: np.ndarray, colors: list,
@@ -69,7 +67,7 @@ def plot_loader(result: dict) -> Figure:
     if max(every) > 20 * min(every):   # workers that only read files outpace decoding ones many times
         ax.set_yscale("log")
     ax.set_title(f"ImageFolder loader: {result['images']} JPEGs, {result['image_size']} px crops, batch "
-                 f"{result['batch_size']}\n{_machine(result.get('environment', {}))}; {result.get('source', '')}", fontsize=10)
+                 f"{result['batch_size']}\n{_machine(result['environment'])}; {result['source']}", fontsize=10)
     ax.legend(loc="upper left")
     return fig
 
@@ -90,7 +88,7 @@ def plot_recipe_bench(result: dict) -> Figure:
     ax.set_xlabel(f"training images/s (median of {result['rounds']} rounds of about {result['images_per_round']} images; "
                   f"bar: slowest–fastest; ×: against '{first}')")
     ax.set_title(f"bench-recipe {result['recipe']}" + (f" ({', '.join(result['command_overrides'])})" if result.get("command_overrides") else "")
-                 + f"\n{_machine(result.get('environment', {}))}", fontsize=10)
+                 + f"\n{_machine(result['environment'])}", fontsize=10)
     return fig
 
 
@@ -103,10 +101,9 @@ def plot_pipeline(result: dict) -> Figure:
     fig = Figure(figsize=(8, 0.45 * len(names) + 1.9))
     ax = fig.subplots()
     ratio = np.array([variants[n]["ratio_to_synthetic"] for n in names])
-    default = result.get("default_variants", ())
+    default = result["default_variants"]
     _spread_bars(ax, [f"{n} (auto)" if n in default else n for n in names], ratio,
-                 np.array([variants[n].get("ratio_min", variants[n]["ratio_to_synthetic"]) for n in names]),
-                 np.array([variants[n].get("ratio_max", variants[n]["ratio_to_synthetic"]) for n in names]),
+                 np.array([variants[n]["ratio_min"] for n in names]), np.array([variants[n]["ratio_max"] for n in names]),
                  colors=[COLORS[("worker", "device").index(n.split("/")[0])] for n in names],
                  notes=[f"×{variants[n]['ratio_to_synthetic']:.2f}  ({variants[n]['images_per_s']:.0f} images/s)" for n in names],
                  room=1.35)
@@ -116,8 +113,8 @@ def plot_pipeline(result: dict) -> Figure:
                   f"batches; bar: lowest–highest round; dashed: 0.9)\nsynthetic tensors: "
                   f"{variants['synthetic']['images_per_s']:.1f} images/s (median of all its epochs)")
     ax.set_title(f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {s['precision']}: data path / loader workers / "
-                 f"threads; (auto): data.workers and runtime.threads at auto\n{_machine(result.get('environment', {}))}; "
-                 f"{result.get('source', '')}", fontsize=10)
+                 f"threads; (auto): data.workers and runtime.threads at auto\n{_machine(result['environment'])}; "
+                 f"{result['source']}", fontsize=10)
     return fig
 
 

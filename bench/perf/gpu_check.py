@@ -62,13 +62,6 @@ def parts(tiny: bool, cores: int) -> list[Part]:
             Part("smoke", (), "smoke")]
 
 
-def device_slug(device: str) -> str:
-    """"nvidia-h200" from the device's name; "cpu" for the CPU."""
-    if device == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
-
-
 def run_smoke(out: Path) -> dict:
     """The GPU-sized Fashion-MNIST recipe, --smoke, in a fresh process on IDX files written here."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +104,8 @@ def run_gpu_check(out_dir: Path, device: str, tiny: bool, dry_run: bool,
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not on_gpu:
         raise BenchError("gpu-check --device cuda: no CUDA device here (use --device cpu --tiny for a check of the parts)")
-    slug, cores = device_slug(device), available_cores()
+    slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-") if on_gpu else "cpu"   # nvidia-h200
+    cores = available_cores()
     chosen = [p for p in parts(tiny, cores) if on_gpu or not p.gpu_only]
     files = {p.name: Path(out_dir, f"gpu-{slug}-{p.name}{'-tiny' if tiny else ''}.json") for p in chosen}
     summary_path = Path(out_dir, f"gpu-{slug}-summary{'-tiny' if tiny else ''}.json")

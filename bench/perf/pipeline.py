@@ -94,7 +94,7 @@ def format_pipeline(r: dict) -> str:
              f"median of {s['rounds']} rounds of {s['steps']} batches; ratio: against the synthetic epoch before each",
              "", "| variant (path / workers / threads) | images/s (min-max) | ratio to synthetic (min-max) |", "|---|---|---|"]
     for name, v in r["variants"].items():
-        mark = " (workers: auto)" if name in r.get("default_variants", ()) else ""
+        mark = " (workers: auto)" if name in r["default_variants"] else ""
         lines.append(f"| {name}{mark} | {v['images_per_s']:.1f} ({v['images_per_s_min']:.1f}-{v['images_per_s_max']:.1f}) "
-                     f"| {v['ratio_to_synthetic']:.3f} ({v.get('ratio_min', 1):.3f}-{v.get('ratio_max', 1):.3f}) |")
+                     f"| {v['ratio_to_synthetic']:.3f} ({v['ratio_min']:.3f}-{v['ratio_max']:.3f}) |")
     return "\n".join(lines)

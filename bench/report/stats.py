@@ -13,11 +13,6 @@ from bench.report.frames import PAPER_DATASET, paper_values
 from bench.runs.rundir import CONFIG_PREFIX
 
 
-def t_quantile(p: float, dof: int) -> float:
-    """The p-quantile of Student's t with `dof` degrees of freedom."""
-    return float(scipy_stats.t.ppf(p, dof))
-
-
 def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Each student step's top-1 change against the step it builds on, paired by seed: over the
     `n_pairs` seeds both steps have, the mean difference, its two-sided `confidence` t-interval
@@ -32,7 +27,7 @@ def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         row = {"model": model, "step": step, "parent_step": parent, "n_pairs": len(d),
                "delta_top1": d.mean() if len(d) else np.nan, "ci_low": np.nan, "ci_high": np.nan, "excludes_zero": False}
         if len(d) >= 2:
-            half = t_quantile(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+            half = scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
             row.update(ci_low=d.mean() - half, ci_high=d.mean() + half,
                        excludes_zero=bool(d.mean() - half > 0 or d.mean() + half < 0))
         rows.append(row)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.ablation.tracking import RUN_SECTION
 from bench.config import RunConfig
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, first_line
 from bench.report import write_report
 from bench.report.frames import Results, runs_frame
 from bench.runs import RunDir
@@ -74,7 +74,7 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
             api = wandb.Api()
         found = list(api.runs(path, filters={"group": group}))
     except Exception as err:
-        raise BenchError(f"--from-wandb {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+        raise BenchError(f"--from-wandb {path}: {type(err).__name__}: {first_line(err)}") from None
     rows: dict[str, dict] = {}
     curves: dict[str, pd.DataFrame] = {}
     gaps: dict[str, np.ndarray] = {}

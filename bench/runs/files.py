@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 import yaml
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, first_line
 
 FULL_DISK_BYTES = 1 << 20   # less free space than this after a failed write: the disk is full
 
@@ -64,7 +64,7 @@ def write_failure(err: BaseException, folder: Path) -> str:
             return os.strerror(errno.ENOSPC)
     except OSError:
         pass
-    return f"{type(err).__name__}: {_first_line(err)}" if isinstance(err, Exception) else type(err).__name__
+    return f"{type(err).__name__}: {first_line(err)}" if isinstance(err, Exception) else type(err).__name__
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -106,18 +106,18 @@ def load_torch(path: Path) -> Any:
         try:
             return safetensors.torch.load_file(path, device="cpu")
         except Exception as err:  # a header that lies, a truncated file
-            raise BenchError(f"{path}: not a readable safetensors file ({type(err).__name__}: {_first_line(err)})") from None
+            raise BenchError(f"{path}: not a readable safetensors file ({type(err).__name__}: {first_line(err)})") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = _pickled_globals(path)
         if not unsafe:
-            raise BenchError(f"{path}: not a readable checkpoint (UnpicklingError: {_first_line(err)})") from None
+            raise BenchError(f"{path}: not a readable checkpoint (UnpicklingError: {first_line(err)})") from None
         raise BenchError(f"{path}: not a readable checkpoint (it pickles objects other than weights: "
                          f"{', '.join(unsafe)}; refused unread)") from None
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise BenchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise BenchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
 
 
 def is_safetensors(path: Path) -> bool:
@@ -147,11 +147,6 @@ def _pickled_globals(path: Path) -> list[str]:
         return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a legacy (non-zip) file: torch names none
         return []
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).splitlines()
-    return lines[0][:120] if lines else ""
 
 
 class Unreadable(BenchError):
@@ -198,7 +193,7 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise Unreadable(path, f"not valid YAML: {getattr(err, 'problem', None) or _first_line(err)}{where}") from None
+        raise Unreadable(path, f"not valid YAML: {getattr(err, 'problem', None) or first_line(err)}{where}") from None
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

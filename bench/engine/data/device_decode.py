@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from bench.engine.data.crops import CropFlip
 from bench.engine.data.images import DataError, is_jpeg, read_image
+from bench.errors import first_line
 
 
 class FolderBytes(Dataset):
@@ -40,7 +41,7 @@ class FolderBytes(Dataset):
         try:
             return read_file(path), index, seed, label
         except RuntimeError as err:
-            raise DataError(f"{path}: unreadable image ({str(err).splitlines()[0]})") from None
+            raise DataError(f"{path}: unreadable image ({first_line(err)})") from None
 
 
 def collate_bytes(items: list[tuple[torch.Tensor, int, int, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int], torch.Tensor]:
@@ -50,12 +51,6 @@ def collate_bytes(items: list[tuple[torch.Tensor, int, int, int]]) -> tuple[torc
     data, indices, seeds, labels = zip(*items)
     offsets = torch.tensor([0] + [d.numel() for d in data]).cumsum(0)
     return torch.cat(data), offsets, list(indices), list(seeds), torch.tensor(labels)
-
-
-def split_bytes(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
-    """`collate_bytes`' block back into one 1-D tensor per file (views)."""
-    bounds = offsets.tolist()
-    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def decode_images(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
@@ -100,5 +95,6 @@ class DeviceDecode:
 
     def __call__(self, flat: torch.Tensor, offsets: torch.Tensor, indices: list[int], seeds: list[int],
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = decode_images(split_bytes(flat, offsets), [self.samples[i][0] for i in indices], self.device)
+        bounds = offsets.tolist()   # collate_bytes' block back into one tensor per file (views)
+        images = decode_images([flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], [self.samples[i][0] for i in indices], self.device)
         return torch.stack([self.cut(image, seed) for image, seed in zip(images, seeds)]), labels

@@ -19,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns at every call
 # (docs/performance.md notes the move); one filter, set once: `warnings.catch_warnings` around
@@ -210,7 +210,7 @@ def _samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, i
     try:
         return make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as err:
-        raise DataError(f"{split_dir}: {str(err).splitlines()[0]}") from None
+        raise DataError(f"{split_dir}: {first_line(err)}") from None
 
 
 def scan_split(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
