@@ -219,8 +219,6 @@ def cmd_report(argv: Sequence[str]) -> int:
         return 0
     if args.results_dir is None:
         p.error("the following arguments are required: results_dir")
-    if not Path(args.results_dir).is_dir():
-        raise BenchError(f"{args.results_dir}: no such results directory")
     print(write_report(Path(args.results_dir), figures=not args.no_figures, require_runs=True))
     print(f"wrote runs.csv, table.md/.csv/.tex, deltas.csv{'' if args.no_figures else ' and figures/'} in {args.results_dir}")
     log_report(WandbConfig() if args.wandb else None, Path(args.results_dir))

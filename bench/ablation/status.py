@@ -3,6 +3,7 @@ SLURM's reason and the log line that says why), interrupted or not started. Runs
 the directory's manifest (written by `run` and `launch`), else the run directories found in it."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -130,8 +131,6 @@ def format_status(rows: list[dict]) -> str:
     width = max(len(r["run"]) for r in rows)
     lines = [f"{'run':<{width}}  {'state':<13}  {'job':<8}  detail"]
     lines += [f"{r['run']:<{width}}  {r['state']:<13}  {r['job']:<8}  {r['detail']}" for r in rows]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    counts = Counter(r["state"] for r in rows)
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({runs(len(rows))})")
     return "\n".join(lines)

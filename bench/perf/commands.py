@@ -126,10 +126,7 @@ def cmd_bench_loader(argv: Sequence[str]) -> int:
         raise ConfigError(f"bench-loader --workers {args.workers}: must be 0 or more")
     refuse_existing(args.out)
     with tempfile.TemporaryDirectory() as tmp:
-        root: Optional[Path] = Path(args.root) if args.root else None
-        if root is None:
-            print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
-            root = write_photo_tree(Path(tmp), args.images)
+        root = Path(args.root) if args.root else write_photo_tree(Path(tmp), args.images)
         result = measure_loader(root, workers=args.workers, batch_size=args.batch_size, image_size=args.image_size,
                                 seconds=args.seconds, progress=lambda msg: print(msg, flush=True))
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
@@ -161,13 +158,10 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
     settings = BenchSettings(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
                              precision=args.precision, device=args.device, steps=args.steps, rounds=args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.root) if args.root else None
-        if root is None:
-            print(f"writing {args.images} JPEGs of 500x375 px", flush=True)
-            root = write_photo_tree(Path(tmp), args.images)
+        root = Path(args.root) if args.root else write_photo_tree(Path(tmp), args.images)
         result = measure_pipeline(root, settings, args.workers, args.paths, progress=lambda msg: print(msg, flush=True))
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
-    result["environment"] = env_info(torch.device("cpu") if args.device == "cpu" else dist.local_device(args.device))
+    result["environment"] = env_info(dist.local_device(args.device))
     return _show_and_record(format_pipeline(result), result, args.out, plot_pipeline)
 
 

@@ -47,6 +47,7 @@ def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int
     fields plus mild noise, so that they compress and decode like photographs, not like noise."""
     rng = np.random.default_rng(seed)
     w, h = size
+    print(f"writing {images} JPEGs of {w}x{h} px", flush=True)
     for i in range(images):
         folder = Path(root, "train", f"n{i % classes:08d}")
         folder.mkdir(parents=True, exist_ok=True)

@@ -166,8 +166,7 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
     y = torch.from_numpy(labels)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    if len(train_idx) < cfg.global_batch_size:
-        raise BenchError(f"data.global_batch_size = {cfg.global_batch_size} exceeds the {len(train_idx)} training images")
+    _check_batch(cfg, len(train_idx))
     common = dict(seed=seed, rank=rank, world_size=world_size)
     train = TensorBatches(x[train_idx], y[train_idx], cfg.global_batch_size, shuffle=True, shift_px=1,
                           max_batches=cfg.max_train_batches, **common)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from bench.config import DataConfig
 from bench.engine.data.device_aug import DeviceAugment
-from bench.engine.data.images import read_image
+from bench.engine.data.images import FolderSamples, read_image
 
 
 @dataclass(frozen=True)
@@ -85,17 +84,13 @@ class CropFlip:
         return out.flip(-1) if crop.flip else out
 
 
-class FolderCrops(Dataset):
-    """(path, label) samples cut by `CropFlip`: key (index, seed) → (uint8 (3, S, S), label); with
-    `augment` (the worker path), the rest of the augmentation too → normalised float32."""
+@dataclass
+class FolderCrops(FolderSamples):
+    """Samples cut by `CropFlip`: key (index, seed) → (uint8 (3, S, S), label); with `augment`
+    (the worker path), the rest of the augmentation too → normalised float32."""
 
-    threadsafe = True
-
-    def __init__(self, samples: list[tuple[str, int]], crop: CropFlip, augment: Optional[DeviceAugment] = None) -> None:
-        self.samples, self.crop, self.augment = samples, crop, augment
-
-    def __len__(self) -> int:
-        return len(self.samples)
+    crop: CropFlip
+    augment: Optional[DeviceAugment] = None
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key

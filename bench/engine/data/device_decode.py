@@ -13,27 +13,23 @@ torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from bench.engine.data.crops import CropFlip
-from bench.engine.data.images import DataError, is_jpeg, read_image
+from bench.engine.data.images import DataError, FolderSamples, is_jpeg, read_image
 from bench.errors import first_line
 
 
-class FolderBytes(Dataset):
-    """(path, label) samples read as undecoded bytes: key (index, seed) →
-    (uint8 (n_bytes,), index, seed, label)."""
+@dataclass
+class FolderBytes(FolderSamples):
+    """Samples read as undecoded bytes: key (index, seed) → (uint8 (n_bytes,), index, seed, label)."""
 
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
+    threadsafe: ClassVar[bool] = False
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
         index, seed = key

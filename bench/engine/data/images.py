@@ -7,8 +7,9 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -84,18 +85,23 @@ def read_image(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise DataError(f"{path}: unreadable image ({err})") from None
 
 
-class FolderImages(Dataset):
-    """(path, label) samples read and put through a transform without randomness (evaluation);
-    key (index, seed) → (image, label), the seed unused. Items are thread-safe, so in-process
-    loading (`data.workers: 0`) decodes a batch on several threads."""
+@dataclass
+class FolderSamples(Dataset):
+    """(path, label) samples of an image folder, an item's key (index, seed). Items that are
+    thread-safe let in-process loading (`data.workers: 0`) read a batch on several threads."""
 
-    threadsafe = True
-
-    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
-        self.samples, self.transform = samples, transform
+    samples: list[tuple[str, int]]
+    threadsafe: ClassVar[bool] = True
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+@dataclass
+class FolderImages(FolderSamples):
+    """Samples put through a transform without randomness (evaluation): key → (image, label), the seed unused."""
+
+    transform: Callable[[torch.Tensor], torch.Tensor]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         path, label = self.samples[key[0]]
