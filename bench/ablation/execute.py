@@ -106,13 +106,16 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     if state == "finished":
         echo(f"{tag}: finished, skipped")
         return rd.read_final()
-    before = _failed_before(rd)
+    try:   # failed.json of an earlier attempt, for the log
+        before = read_json(rd / RunDir.FAILED)
+    except BenchError:
+        before = {"error": "its failed.json is unreadable"}
     created = not rd.path.exists()
     notes = rd.recover() if main else []   # a damaged checkpoint or metrics log is moved aside
     if notes and not (rd / RunDir.CHECKPOINT).exists():
         state = "new"
     echo(f"{tag}: {'resuming' if state == 'partial' else 'training'}"
-         + (f" (failed before: {before.get('error')})" if before else ""))
+         + (f" (failed before: {before.get('error')})" if isinstance(before, dict) else ""))
     for note in notes:
         echo(f"    {note}")
     if main:
@@ -143,15 +146,6 @@ def _run_one(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec], tag: str, e
     dist.barrier()   # the next run may read this one's final.json (a teacher's)
     echo(f"    top-1 {final['top1']:.2f}  top-5 {final['top5']:.2f}  ({final['train_time_s']:.1f} s)")
     return final
-
-
-def _failed_before(rd: RunDir) -> Optional[dict]:
-    """failed.json of an earlier attempt (what it said, for the log; a damaged one says so)."""
-    try:
-        before = read_json(rd / RunDir.FAILED)
-    except BenchError:
-        return {"error": "its failed.json is unreadable"}
-    return before if isinstance(before, dict) else None
 
 
 def _teacher_run(spec: RunSpec, out: Path, by_path: dict[Path, RunSpec]):

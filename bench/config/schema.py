@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
-from pydantic_core import to_jsonable_python
 
 from bench.config.datasets import DATASETS, EVAL_CROP
-from bench.strict import Strict, execution, experiment, flat, is_execution
+from bench.strict import Strict, execution, experiment, flat
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
 from bench.tricks.cutmix import CutMixConfig
 
@@ -74,9 +73,8 @@ class DataConfig(Strict):
             raise ValueError(f"decode_on=device needs augment_on=device (not {self.augment_on}): "
                              "images decoded on the device are augmented there")
         spec = DATASETS[self.dataset]
-        ignored = [f"{key}={json.dumps(to_jsonable_python(getattr(self, key)))}" for key in sorted(self.model_fields_set - self.applied())
-                   if not is_execution(DataConfig, key)
-                   and to_jsonable_python(getattr(self, key)) != to_jsonable_python(type(self).model_fields[key].default)]
+        ignored = [f"{key}={json.dumps(value)}" for key, value in sorted(experiment(self).items())
+                   if key in self.model_fields_set - self.applied()]
         if ignored:
             raise ValueError(f"{', '.join(ignored)}: not read for {self.dataset}, whose pipeline reads "
                              f"{', '.join(sorted(spec.keys))} (bench/config/datasets.py)")

@@ -35,12 +35,6 @@ def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
     return DATASETS["imagenet"].train_images / (minutes * 60) / gpus
 
 
-def paper_minutes_per_epoch() -> dict[str, float]:
-    """Table 3's efficient rows (batch 1024, FP16, 8 V100s), from results/paper/table3.csv."""
-    t3 = load_paper("table3")
-    return dict(zip(*t3[t3["step"] == "efficient"][["model", "time_per_epoch_min"]].to_dict("list").values()))
-
-
 def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375),
                      quality: int = 90, seed: int = 0) -> Path:
     """root/train/<class>/*.JPEG of ILSVRC's typical size (500×375): smooth random colour
@@ -136,7 +130,8 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     loader = {path: _loader_rates(dataset, batch_size, workers, seconds, progress, path, collate)
               for path, (dataset, collate) in sets.items()}
     per_worker = {path: {w: ips / max(int(w), 1) for w, ips in rates.items()} for path, rates in loader.items()}
-    paper = {m: paper_images_per_s_per_gpu(t) for m, t in paper_minutes_per_epoch().items()}
+    t3 = load_paper("table3")   # minutes per epoch of the efficient rows (batch 1024, FP16, 8 V100s)
+    paper = {m: paper_images_per_s_per_gpu(t) for m, t in t3[t3["step"] == "efficient"][["model", "time_per_epoch_min"]].values}
     cores = {}
     for path, rates in per_worker.items():
         # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads

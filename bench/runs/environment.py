@@ -72,12 +72,6 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
     return model, flags
 
 
-def cpu_record(model: str, flags: set[str]) -> dict:
-    """What env.json records of the CPU: its model and the low-precision flags it has."""
-    wanted = set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"}
-    return {"cpu_model": model, "cpu_flags": sorted(flags & wanted)}
-
-
 def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
     """Versions, commit (and whether the tree had uncommitted changes), device, intra-op threads,
     world size, host and time (UTC), the settings resolved at start-up (`resolved`: threads and
@@ -94,7 +88,8 @@ def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
         "world_size": world_size,
         "hostname": platform.node(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **cpu_record(*cpu_info()),
+        "cpu_model": cpu_info()[0],   # and the low-precision flags it has
+        "cpu_flags": sorted(cpu_info()[1] & (set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"})),
         **resolved,
         "packages": installed_packages(),
     }
