@@ -76,10 +76,7 @@ def format_validation(err: ValidationError, cls: type[BaseModel], where: str) ->
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
     if first["type"] == "extra_forbidden":
-        owner = cls
-        for part in loc[:-1]:
-            field = owner.model_fields.get(part) if owner else None
-            owner = section_class(field.annotation) if field else None
+        owner = _section_at(cls, loc[:-1]) if len(loc) > 1 else cls
         if owner is not None:
             prefix = ".".join(loc[:-1])
             return unknown_key(loc[-1], owner, f"{where}: {prefix}" if prefix else where)

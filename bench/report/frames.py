@@ -23,6 +23,11 @@ from bench.runs.rundir import CONFIG_PREFIX, flat_config
 PAPER_DIR = Path(__file__).resolve().parent.parent.parent / "results" / "paper"
 PAPER_DATASET = "imagenet"   # every published table of the paper is on ImageNet
 RUNS_CSV = "runs.csv"
+CURVE_COLUMNS, GAP_COLUMNS = ["path", "epoch", "val_top1"], ["path", "logit_gap"]   # of an empty frame of each
+
+
+def concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 RUN_COLUMNS = ["model", "role", "step", "step_index", "parent_step", "seed", "top1", "top5", "val_images", "epochs",
                "train_time_s", "images_per_s", "config_hash", "teacher", "teacher_hash", "paper_table", "paper_model",
                "num_classes", "steps_per_epoch", "path"]
@@ -109,7 +114,7 @@ def load_curves(results_dir: Path, run_paths, skipped: Optional[list[str]] = Non
             continue
         frames.append(pd.DataFrame(rows).assign(path=p))
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "epoch", "val_top1"])
+    return concat(frames, CURVE_COLUMNS)
 
 
 def load_logit_gaps(results_dir: Path, run_paths, skipped: Optional[list[str]] = None) -> pd.DataFrame:
@@ -127,7 +132,7 @@ def load_logit_gaps(results_dir: Path, run_paths, skipped: Optional[list[str]] =
                            "the run's logit gaps are left out")
             continue
         frames.append(pd.DataFrame({"path": p, "logit_gap": gaps}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "logit_gap"])
+    return concat(frames, GAP_COLUMNS)
 
 
 def load_results(results_dir: Path) -> Results:
@@ -144,8 +149,7 @@ def load_results(results_dir: Path) -> Results:
     damaged: dict[str, str] = {}
     df = load_runs(results_dir, damaged)
     if df.empty and not damaged and (results_dir / RUNS_CSV).is_file():
-        return Results(read_runs_csv(results_dir / RUNS_CSV), pd.DataFrame(columns=["path", "epoch", "val_top1"]),
-                       pd.DataFrame(columns=["path", "logit_gap"]), from_runs_csv=True)
+        return Results(read_runs_csv(results_dir / RUNS_CSV), concat([], CURVE_COLUMNS), concat([], GAP_COLUMNS), from_runs_csv=True)
     df, skipped = _keep_previous_rows(df, damaged, results_dir / RUNS_CSV)
     curves = load_curves(results_dir, df["path"], skipped, [_int_or_none(e) for e in df["epochs"]])
     gaps = load_logit_gaps(results_dir, df["path"], skipped)

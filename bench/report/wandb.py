@@ -17,7 +17,7 @@ from bench.ablation.tracking import RUN_SECTION
 from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError, first_line
 from bench.report import write_report
-from bench.report.frames import Results, runs_frame
+from bench.report.frames import CURVE_COLUMNS, GAP_COLUMNS, Results, concat, runs_frame
 from bench.runs import RunDir
 from bench.runs.rundir import flat_config
 
@@ -91,12 +91,8 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
     if not rows:
         raise BenchError(f"--from-wandb {path} --group {group}: no finished runs in this group")
     df = runs_frame([rows[p] for p in sorted(rows, key=lambda p: Path(p).parts)])
-    curve_frames = [curves[p] for p in df["path"] if not curves[p].empty]
-    gap_frames = [pd.DataFrame({"path": p, "logit_gap": gaps[p]}) for p in df["path"] if p in gaps]
-    return Results(
-        df,
-        pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=["path", "epoch", "val_top1"]),
-        pd.concat(gap_frames, ignore_index=True) if gap_frames else pd.DataFrame(columns=["path", "logit_gap"]))
+    return Results(df, concat([curves[p] for p in df["path"] if not curves[p].empty], CURVE_COLUMNS),
+                   concat([pd.DataFrame({"path": p, "logit_gap": gaps[p]}) for p in df["path"] if p in gaps], GAP_COLUMNS))
 
 
 def write_wandb_report(path: str, group: str, out_dir: Path, api=None, figures: bool = True) -> str:
