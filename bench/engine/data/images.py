@@ -1,5 +1,5 @@
 """ImageFolder trees (ImageNet's ILSVRC layout or any user set): the paper's transforms and a
-DataLoader with the batch interface of `bench.data.TensorBatches`."""
+DataLoader with the batch interface of `bench.engine.data.Batches`."""
 from __future__ import annotations
 
 import os
