@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from bench.ablation.wandb_connect import first_line, init_run, sweep_run_id, warn
+from bench.ablation.wandb_connect import error_line, init_run, sweep_run_id, warn
 from bench.config import WandbConfig, tricks_on
 from bench.engine import distributed as dist
 from bench.engine.tracker import Tracker
@@ -97,7 +97,7 @@ class WandbTracker(Tracker):
         try:
             fn()
         except Exception as err:  # a tracking failure must never stop training
-            warn(f"{what} failed ({first_line(err)}); " + ("logging stops, training goes on" if stop else "logging goes on"))
+            warn(f"{what} failed ({error_line(err)}); " + ("logging stops, training goes on" if stop else "logging goes on"))
             if stop:
                 self.run, self.pending = None, []
 
@@ -164,7 +164,7 @@ def start_run(settings: Optional[WandbConfig], spec, run_dir: Path, out: Path) -
         for key in EPOCH_METRICS:
             run.define_metric(key, step_metric="epoch")
     except Exception as err:
-        warn(f"could not start a run for {spec.path} ({first_line(err)}); training goes on without it")
+        warn(f"could not start a run for {spec.path} ({error_line(err)}); training goes on without it")
         return Tracker()
     tracker = WandbTracker(run, settings.log_every_steps, run_dir,
                            artifact_name(group, spec.path) if settings.log_model else None)

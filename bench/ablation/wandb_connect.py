@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from bench import errors
 from bench.config import WandbConfig
-from bench.errors import ConfigError
+from bench.errors import ConfigError, first_line
 
 MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 REACHABLE_TIMEOUT_S = 3.0
@@ -37,8 +36,8 @@ def warn(message: str) -> None:
     print(f"wandb: {message}", file=sys.stderr, flush=True)
 
 
-def first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {errors.first_line(err)}"
+def error_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def _has_api_key(host: str) -> bool:
@@ -117,5 +116,5 @@ def init_run(settings: WandbConfig, out: Path, run_id: Optional[str], group: str
     except Exception as err:
         if mode != "online":
             raise
-        warn(f"online start failed ({first_line(err)}); logging offline instead")
+        warn(f"online start failed ({error_line(err)}); logging offline instead")
         return wandb.init(mode="offline", **common)

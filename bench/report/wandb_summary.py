@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.ablation.tracking import ablation_group
-from bench.ablation.wandb_connect import first_line, init_run, resolve_mode, sweep_run_id, wandb_dir, warn
+from bench.ablation.wandb_connect import error_line, init_run, resolve_mode, sweep_run_id, wandb_dir, warn
 from bench.config import WandbConfig
 from bench.engine import distributed as dist
 from bench.report.frames import load_results
@@ -85,7 +85,7 @@ def log_report(settings: Optional[WandbConfig], out: Path) -> None:
             run.log(summary_data(out))
             run.finish()
     except Exception as err:  # the report is on disk already; W&B is a mirror
-        warn(f"logging the report failed ({first_line(err)})")
+        warn(f"logging the report failed ({error_line(err)})")
     if resolve_mode(settings) == "offline":
         where = wandb_dir(out) / "wandb"
         print(f"wandb: offline runs are in {where}; upload them later with: wandb sync {where}/offline-run-*")
