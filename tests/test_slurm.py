@@ -188,6 +188,10 @@ def test_cluster_file_errors_name_the_key(tmp_path):
     path.write_text("launcher: slurm\ngpus_per_nod: 8\n")
     with pytest.raises(ConfigError, match="unknown key 'gpus_per_nod' \\(did you mean 'gpus_per_node'\\?\\)"):
         load_cluster(str(path), {})
+    for text, why in [("time_min: !!int abc\n", "malformed YAML: invalid literal"), ("- 1\n", "a cluster file is a mapping")]:
+        path.write_text(text)   # the recipe's reader: a bad tag or a list is one line, not a traceback
+        with pytest.raises(ConfigError, match=why):
+            load_cluster(str(path), {})
     path.write_text("launcher: slurm\ngpus_per_node: 4\ntime_min: 30\n")
     cluster = load_cluster(str(path), {"time_min": 5, "partition": None})
     assert (cluster.gpus_per_node, cluster.tasks_per_node, cluster.time_min) == (4, 4, 5)

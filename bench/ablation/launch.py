@@ -55,7 +55,7 @@ class ClusterConfig(Strict):
 
 def load_cluster(path: Optional[str], overrides: dict[str, Any]) -> ClusterConfig:
     """The cluster YAML (if any) with the command line's values on top; errors name the key."""
-    raw = read_yaml(Path(path), "cluster file", "a mapping of cluster settings") if path else {}
+    raw = read_yaml(Path(path), "cluster", "a mapping of settings") if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate(ClusterConfig, raw, str(path) if path else "cluster settings")
 

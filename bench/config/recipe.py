@@ -58,7 +58,7 @@ def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with bas
         raise ConfigError(f"{path}: {what} file not found")
     size = path.stat().st_size
     if size > MAX_RECIPE_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes; a {what} is at most {MAX_RECIPE_BYTES:,}")
+        raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most {MAX_RECIPE_BYTES:,}")
     try:
         raw = yaml.safe_load(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
     except yaml.YAMLError as err:
@@ -72,7 +72,7 @@ def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with bas
         raise ConfigError(f"{path}: malformed YAML: {first_line(err)}") from None
     check_size(raw, str(path))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a {what} is {shape}, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: a {what} file is {shape}, got {type(raw).__name__}")
     return raw
 
 
