@@ -10,6 +10,6 @@ class ConfigError(BenchError, ValueError):
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first line of an error's message, at most `limit` characters; its type's name when it has none."""
+    """The first line of an error's message, at most `limit` characters ("" when it has none)."""
     lines = str(err).splitlines()
-    return lines[0][:limit] if lines else type(err).__name__
+    return lines[0][:limit] if lines else ""

@@ -69,7 +69,7 @@ def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with bas
     except RecursionError:
         raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as err:   # a tag the value does not fit: !!int x, !!timestamp 2001-13-45
-        raise ConfigError(f"{path}: malformed YAML: {first_line(err)}") from None
+        raise ConfigError(f"{path}: malformed YAML: {first_line(err) or type(err).__name__}") from None
     check_size(raw, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} file is {shape}, got {type(raw).__name__}")

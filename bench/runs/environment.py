@@ -76,6 +76,7 @@ def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
     """Versions, commit (and whether the tree had uncommitted changes), device, intra-op threads,
     world size, host and time (UTC), the settings resolved at start-up (`resolved`: threads and
     where they come from, determinism) and every installed package's version."""
+    model, flags = cpu_info()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -88,8 +89,8 @@ def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
         "world_size": world_size,
         "hostname": platform.node(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu_model": cpu_info()[0],   # and the low-precision flags it has
-        "cpu_flags": sorted(cpu_info()[1] & (set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"})),
+        "cpu_model": model,   # and the low-precision flags it has
+        "cpu_flags": sorted(flags & (set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"})),
         **resolved,
         "packages": installed_packages(),
     }
