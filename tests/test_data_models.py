@@ -1,6 +1,7 @@
 """Data sets in their real on-disk formats, the paper's models, and every recipe."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.fake import write_cifar, write_fake_data, write_fashion_mnist, write_idx, write_imagefolder
 from bench.engine.data.images import read_image
 from bench.engine.data.small import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
+from bench.engine.models import build_model
 from bench.errors import BenchError
 
 RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").glob("*.yaml"))
@@ -174,7 +176,6 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
 
 
 def test_resnet50_v1_strides_in_the_first_1x1():
-    from bench.engine.models import build_model
     model = build_model(ModelConfig(name="resnet50_v1", kwargs={"channels": [8, 16, 32, 64]}), 10)
     block = model.layer2[0]
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
@@ -241,3 +242,40 @@ def test_recipe_smoke_on_generated_data(recipe, tmp_path, monkeypatch):
     assert sorted(runs["path"]) == sorted(str(s.path) for s in planned)
     assert all((out / s.path / "final.json").is_file() for s in planned)
     assert (out / "table.md").is_file() and (out / "figures" / "staircase.png").is_file()
+
+
+@pytest.mark.parametrize("scheme, gain", [("xavier", 1.0), ("msra_prelu", math.sqrt(2 / (1 + 0.25**2)))])
+def test_model_init_draws_every_layer_at_its_formulas_std(scheme, gain):
+    """The paper's Xavier: U[−a, a], a = √(6 / (fan_in + fan_out)), so std = √(2 / (fan_in + fan_out));
+    GluonCV's MSRA-PReLU: a normal with that std times √(2 / (1 + 0.25²)). Fans as MXNet counts them."""
+    model = build_model(ModelConfig(name="resnet18d", kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}, init=scheme),
+                        10, zero_gamma=True)
+    checked = 0
+    for name, w in model.named_parameters():
+        if w.dim() < 2:
+            continue
+        receptive = w[0][0].numel() if w.dim() > 2 else 1
+        std = gain * math.sqrt(2 / (w.shape[1] * receptive + w.shape[0] * receptive))
+        if scheme == "xavier":
+            assert w.abs().max() <= math.sqrt(3) * std * (1 + 1e-6), name   # bounded: uniform on [−a, a]
+        if w.numel() >= 2000:   # enough draws for the std to within a few per cent
+            assert w.std().item() == pytest.approx(std, rel=0.08) and abs(w.mean().item()) < 0.1 * std, name
+            if scheme == "msra_prelu":   # normal, not uniform: about 7 % lie beyond the uniform's bound √3·std
+                assert (w.abs() > 1.8 * std).float().mean() > 0.03, name
+            checked += 1
+    assert checked >= 8
+    last = {id(block.bn2) for block in model.modules() if callable(getattr(block, "zero_init_last", None))}
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):   # γ = 1, β = 0; zero γ (after the init) in each block's last
+            assert (m.bias == 0).all() and (m.weight == (0.0 if id(m) in last else 1.0)).all()
+    assert (model.get_classifier().bias == 0).all()
+
+
+def test_model_init_keeps_timm_by_default_and_refuses_pretrained_weights():
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(name="resnet18d", kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 10)
+    torch.manual_seed(0)
+    timm_init = build_model(ModelConfig(name="resnet18d", kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}, init="timm"), 10)
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), timm_init.state_dict().values()))
+    with pytest.raises(ValueError, match="model.init=xavier would overwrite the weights of model.pretrained"):
+        ModelConfig(name="resnet18d", pretrained="a1_in1k", init="xavier")

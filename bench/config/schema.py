@@ -23,11 +23,14 @@ class ModelConfig(Strict):
     #                                    checkpoint, a .safetensors file), for teachers
     checkpoint_key: Optional[str] = None   # the checkpoint's entry to load (e.g. state_dict_ema); None: "model",
     #                                        else "state_dict", else the file's own dict
+    init: Literal["timm", "xavier", "msra_prelu"] = "timm"   # the paper's Xavier, GluonCV's MSRA-PReLU (models.initialise)
 
     @model_validator(mode="after")
     def _key_needs_a_file(self) -> ModelConfig:
         if self.checkpoint_key is not None and self.checkpoint is None:
             raise ValueError(f"model.checkpoint_key={self.checkpoint_key!r} needs model.checkpoint (the file it is an entry of)")
+        if self.init != "timm" and self.pretrained:
+            raise ValueError(f"model.init={self.init} would overwrite the weights of model.pretrained={self.pretrained!r}")
         return self
 
 

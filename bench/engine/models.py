@@ -1,6 +1,7 @@
 """Models by timm name, with the small-input stem and the zero-γ switch the recipe asks for."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,11 +59,35 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
         change(model)
     if cfg.small_input:
         make_small_input(model)
+    initialise(model, cfg.init)
     if zero_gamma:
         apply_zero_gamma(model)
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint, f"model {cfg.name} for {num_classes} classes", "model.checkpoint",
                      cfg.checkpoint_key)
+    return model
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    """Every convolution's and linear layer's weights drawn anew, biases 0, normalisation γ = 1 and
+    β = 0; "timm" keeps timm's own initialisation. With fan_in and fan_out as PyTorch and MXNet
+    count them (channels × kernel area):
+    - "xavier", the paper (Section 2.1): U[−a, a], a = √(6 / (fan_in + fan_out));
+    - "msra_prelu", GluonCV's `mx.init.MSRAPrelu()`: N(0, σ²), σ² = 2 / (1 + 0.25²) / ((fan_in + fan_out) / 2).
+    """
+    if scheme == "timm":
+        return model
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            else:   # Xavier's normal form with the PReLU gain (slope 0.25)
+                nn.init.xavier_normal_(m.weight, gain=math.sqrt(2 / (1 + 0.25**2)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
     return model
 
 

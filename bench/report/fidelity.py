@@ -14,6 +14,7 @@ from bench.config import RunConfig, load_recipe
 TRAIN = "train_imagenet.py"     # GluonCV's scripts/classification/imagenet/train_imagenet.py
 ZOO = "model zoo command"       # GluonCV's published training command for ResNet50_v1d (mixup row)
 RECIPES = ("recipes/table6.yaml",)
+WHO = {"paper": "the paper", "gluoncv": "GluonCV", "neither": "neither"}   # whom a `Setting` follows
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Setting:
     paper: str
     gluoncv: str
     ours: Callable[[Sequence[RunSpec]], str]
-    follows: str = "both"           # "both": paper and GluonCV agree; else which one the recipes follow
+    follows: str = "both"           # "both": paper and GluonCV agree; else a key of WHO
     why: str = ""                   # where they disagree: why this one, and the key that switches
     plan_column: Optional[str] = None
 
@@ -71,10 +72,17 @@ SETTINGS = [
     Setting("cosine decay", "½(1 + cos(tπ/T))·η per iteration after warmup, to 0 (Section 5.1)",
             f"{ZOO}: --lr-mode cosine; {TRAIN}: target_lr=0",
             _of(_runs("cosine"), lambda c: f"schedule.kind = {c.schedule.kind}")),
-    Setting("optimizer", "Nesterov accelerated gradient (Section 2.1)",
-            f"{TRAIN}: optimizer 'nag', --momentum 0.9, --wd 0.0001",
-            _of(ALL, lambda c: f"sgd, nesterov = {str(c.optim.nesterov).lower()}, momentum {c.optim.momentum:g}, "
-                               f"weight decay {c.optim.weight_decay:g}")),
+    Setting("optimizer", "Nesterov accelerated gradient (Section 2.1)", f"{TRAIN}: optimizer 'nag'",
+            _of(ALL, lambda c: f"sgd, nesterov = {str(c.optim.nesterov).lower()}")),
+    Setting("momentum, weight decay", "(not stated)", f"{TRAIN}: --momentum 0.9, --wd 0.0001",
+            _of(ALL, lambda c: f"momentum {c.optim.momentum:g}, weight decay {c.optim.weight_decay:g}"), follows="gluoncv",
+            why="the paper does not state them, and GluonCV's values produced its numbers; `optim.momentum` and "
+                "`optim.weight_decay` set others"),
+    Setting("weight initialisation", "Xavier: U[−a, a], a = √(6 / (fan_in + fan_out)) for convolutions and the "
+            "classifier, biases 0, BatchNorm γ = 1, β = 0 (Section 2.1)", f"{TRAIN}: net.initialize(mx.init.MSRAPrelu())",
+            _of(ALL, lambda c: f"model.init = {c.model.init}"), follows="neither",
+            why="the models are timm's and keep timm's initialisation (Kaiming-normal convolutions for the ResNets); "
+                "`model.init: xavier` gives the paper's, `model.init: msra_prelu` GluonCV's"),
     Setting("zero γ", "γ = 0 in the last BN of every residual block (Section 3.1)", f"{ZOO}: --last-gamma",
             _of(ALL, lambda c: f"efficient.zero_gamma = {str(c.efficient.zero_gamma).lower()}")),
     Setting("no bias decay", "no weight decay on biases, BN γ and β (Section 3.1)",
@@ -127,6 +135,13 @@ SETTINGS = [
             "last row (Section 5.4)", f"{TRAIN}: --teacher (a pretrained model-zoo model)",
             _of(TEACHERS, lambda c: f"{c.model.name}: {c.schedule.kind}, ε = {c.label_smoothing.eps:g}"
                                     + (f", mixup α = {c.mixup.alpha:g}, {c.schedule.epochs} epochs" if c.mixup else ""))),
+    Setting("teacher training", "(not stated: ResNet-152-D's batch, learning rate, precision and epochs)",
+            f"{TRAIN}: --teacher loads a model-zoo resnet152_v1d, trained by its own command",
+            _of(TEACHERS, lambda c: f"batch {c.data.global_batch_size}, peak lr {c.peak_lr():g}, {c.efficient.precision}, "
+                                    f"{c.schedule.epochs} epochs"), follows="neither",
+            why="the teachers train here with the students' batch, learning rate and precision, and the schedule "
+                "and tricks the paper gives them, so that a teacher differs from its students only where the paper "
+                "says; `teachers:` in the recipe sets them"),
     Setting("teacher's input", "the student's images (mixed, with mixup)",
             f"{TRAIN}: teacher(X) on the student's batch, 299 px for Inception-V3",
             lambda s: f"teachers trained at {_values(TEACHERS(s), lambda c: c.data.image_size)} px; "
@@ -153,9 +168,8 @@ def fidelity_markdown(specs: Sequence[RunSpec]) -> str:
              "| setting | paper | GluonCV | recipes | follows |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(_cell(x) for x in (s.name, s.paper, s.gluoncv, s.ours(specs), s.follows)) + " |"
               for s in SETTINGS]
-    lines += ["", "## Where the paper and GluonCV disagree", ""]
-    lines += [f"- **{s.name}** — the recipes follow {'the paper' if s.follows == 'paper' else 'GluonCV'}: {s.why}."
-              for s in SETTINGS if s.follows != "both"]
+    lines += ["", "## Where the recipes part from the paper or GluonCV", ""]
+    lines += [f"- **{s.name}** — the recipes follow {WHO[s.follows]}: {s.why}." for s in SETTINGS if s.follows != "both"]
     lines += ["- **mixup pairs** — the paper pairs random examples, GluonCV a shuffled batch with its own reverse "
               "(also a random pairing, each pair mixed both ways); the recipes draw a random permutation.", ""]
     return "\n".join(lines + _plan_section(specs))
