@@ -22,7 +22,7 @@ from typing import Optional
 from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
 from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
-from bench.ablation.preview import Throughput, format_plan, plan_table, read_bench_json
+from bench.ablation.preview import format_plan, plan_table, read_bench_json, table3_rates
 from bench.ablation.status import MANIFEST, ablation_status, discovered_runs, format_status, runs
 from bench.ablation.tracking import for_sweep
 from bench.ablation.wandb_connect import choose_settings, sweep_run_id
@@ -35,6 +35,7 @@ from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.fidelity import fidelity_markdown, table6_specs
+from bench.report.frames import load_paper
 from bench.report.wandb import write_wandb_report
 from bench.report.wandb_summary import log_report
 from bench.runs import atomic_write, write_text
@@ -130,20 +131,17 @@ def cmd_plan(argv: Sequence[str]) -> int:
     """Every run the command would train, its settings and its cost; nothing is trained or written."""
     p = add_selection(argparse.ArgumentParser(prog="run_ablation.py plan", description=(
         "Show every run of a recipe in launch order: the step it builds on, what it changes, its effective "
-        "settings, the training images it processes and its device-hours at a given or measured throughput. "
+        "settings, the training images it processes and its device-hours at a measured rate or the paper's. "
         "Nothing is trained or written.")))
     p.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown table (default) or CSV")
-    p.add_argument("--images-per-s", type=float, metavar="N",
-                   help="training images/s of one device, for every run without a --bench measurement")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
-                   help="a 'bench' command's JSON: its rates for the runs of its model, crop and precision (repeatable)")
+                   help="a 'bench' command's JSON: its rate for its model, crop and precision, scaled by FLOPs to "
+                        "other models of the family (repeatable; before --paper-times)")
+    p.add_argument("--paper-times", action="store_true",
+                   help="rates from the paper's Table 3 times per epoch on 8 V100s (fp16 and fp32), scaled by FLOPs")
     args = parse(p, argv)
-    if args.images_per_s is not None and args.images_per_s <= 0:
-        raise BenchError(f"--images-per-s {args.images_per_s:g}: must be > 0")
     recipe, specs, _ = planned(args)
-    rates = [read_bench_json(path) for path in args.bench]
-    if args.images_per_s:
-        rates.append(Throughput(args.images_per_s))
+    rates = [read_bench_json(path) for path in args.bench] + (table3_rates(load_paper("table3")) if args.paper_times else [])
     print(format_plan(plan_table(specs, rates), args.format), end="")
     return 0
 

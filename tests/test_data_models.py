@@ -184,7 +184,7 @@ def test_resnet50_v1_strides_in_the_first_1x1():
 
 @pytest.mark.parametrize("name,gflops", [("resnet50_v1", 3.8), ("resnet50", 4.1), ("resnet50c", 4.3), ("resnet50d", 4.3)])
 def test_table5_parameters_and_flops(name, gflops):
-    from bench.perf.model_info import measure_model
+    from bench.engine.models import measure_model
     m = measure_model(ModelConfig(name=name), 224)
     assert 25.5 < m["params_m"] < 25.7 and abs(m["gflops"] - gflops) < 0.1
 

@@ -1,14 +1,18 @@
 """docs/fidelity.md is generated from the recipes and agrees with `plan`; the switches it names exist."""
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from bench.ablation import plan
-from bench.ablation.preview import plan_table
+from bench.ablation.preview import plan_table, plan_totals, table3_rates
 from bench.cli import ROOT, main
 from bench.config import DataConfig, load_recipe, parse_override
 from bench.engine.data.device_aug import DeviceAugment
 from bench.report.fidelity import SETTINGS, fidelity_markdown, table6_specs
+from bench.report.frames import load_paper
 
 
 def test_the_committed_page_is_the_generated_one():
@@ -62,3 +66,27 @@ def test_the_command_writes_the_page(tmp_path, capsys):
     out = tmp_path / "fidelity.md"
     assert main(["fidelity", "--out", str(out)]) == 0
     assert out.read_text() == (ROOT / "docs" / "fidelity.md").read_text()
+
+
+def test_the_pages_cost_arithmetic_adds_up_to_the_plans_total():
+    """Each row of the Table 6 cost: epochs × 1,281,024 images / its rate / 3,600, the rate as its
+    formula reads (student, or 1 / (1/student + 1/(3 × teacher))); the rows add to the total."""
+    page = fidelity_markdown(table6_specs(ROOT))
+    section = page[page.index("## plan: what Table 6 costs"):]
+    rows = [line.split(" | ") for line in section.splitlines() if re.match(r"\| \d+ \(", line)]
+    assert len(rows) == 7   # the teachers, and per model: without and with a teacher
+    hours = []
+    for cells in rows:
+        epochs, formula, shown = int(cells[4]), cells[5], float(cells[6].rstrip(" |").replace(",", ""))
+        left, rate = formula.rsplit(" = ", 1)
+        numbers = [float(x) for x in re.findall(r"\d+\.\d+|\d+", left)]
+        if left.startswith("1 / ("):   # 1 / (1 / student + 1 / (3 × teacher))
+            expected = 1 / (1 / numbers[2] + 1 / (numbers[4] * numbers[5]))
+        else:                          # reference rate × its GFLOPs / the model's
+            expected = numbers[0] * numbers[1] / numbers[2]
+        assert float(rate) == pytest.approx(expected, rel=2e-3)   # the GFLOPs shown to 2 decimals
+        assert shown == pytest.approx(epochs * 1_281_024 / float(rate) / 3600, rel=1e-3)
+        hours.append(shown)
+    total = float(re.search(r"\*\*([\d,]+) V100-hours\*\*", section).group(1).replace(",", ""))
+    assert sum(hours) == pytest.approx(total, abs=1)
+    assert total == pytest.approx(plan_totals(plan_table(table6_specs(ROOT), table3_rates(load_paper("table3"))))["device_hours"], abs=0.5)

@@ -17,11 +17,6 @@ from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.throughput import BenchSettings
 
 
-def test_paper_rate_per_gpu_is_imagenet_over_epoch_time_over_eight():
-    assert lb.paper_images_per_s_per_gpu(4.4) == pytest.approx(1_281_167 / 264 / 8)   # ≈ 606.6 images/s
-    assert lb.paper_images_per_s_per_gpu(8.0, gpus=1) == pytest.approx(1_281_167 / 480)
-
-
 def test_generated_jpegs_are_photo_sized_and_compress_like_photos(tmp_path):
     lb.write_photo_tree(tmp_path, images=3, classes=2)
     files = sorted(tmp_path.glob("train/*/*.JPEG"))
@@ -55,7 +50,7 @@ def test_loader_rates_come_from_the_real_pipeline(tmp_path, monkeypatch):
     for path in ("worker", "device", "device_decode"):
         assert r["loader_images_per_s_per_worker"][path]["0"] == r["loader_images_per_s"][path]["0"]
         best = r["loader_images_per_s"][path]["0"]
-        assert r["cores_per_gpu"][path]["resnet50_v1"] == pytest.approx(lb.paper_images_per_s_per_gpu(4.4) / best)
+        assert r["cores_per_gpu"][path]["resnet50_v1"] == pytest.approx(1_281_167 / (4.4 * 60 * 8) / best)   # Table 3: 4.4 min on 8 V100s
 
 
 def test_the_device_paths_workers_send_uint8_or_the_files_bytes(tmp_path, monkeypatch):

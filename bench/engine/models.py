@@ -9,6 +9,7 @@ import timm
 import torch
 from timm.models import clean_state_dict
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.config import ModelConfig
 from bench.errors import BenchError, first_line
@@ -157,3 +158,26 @@ def make_small_input(model: nn.Module) -> nn.Module:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def measure_model(cfg: ModelConfig, image_size: int, num_classes: int = 1000, in_chans: int = 3) -> dict:
+    """Parameters (M) and GFLOPs of one forward pass of one image.
+
+    GFLOPs here are billions of multiply-adds, the paper's convention (Table 5: ResNet-50 3.8);
+    PyTorch's counter counts a multiply-add as 2 FLOPs, hence the halving.
+    """
+    with torch.device("meta"):
+        model = build_model(cfg.model_copy(update={"checkpoint": None, "pretrained": None}), num_classes, in_chans)
+        x = torch.zeros(1, in_chans, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return {"params_m": count_params(model) / 1e6, "gflops": counter.get_total_flops() / 2e9}
+
+
+def family(name: str) -> Optional[str]:
+    """The timm module a model comes from ("resnet" for resnet50, resnet50d and resnet152d), or None
+    for a name timm does not know: models of one family run at a rate their FLOPs predict."""
+    timm_name = LOCAL_MODELS.get(name, (name, None))[0]
+    if not timm.is_model(timm_name):
+        return None
+    return timm.models.model_entrypoint(timm_name).__module__.rsplit(".", 1)[-1]

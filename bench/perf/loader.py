@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.ablation.preview import table3_rates
 from bench.config import DataConfig
-from bench.config.datasets import DATASETS
 from bench.engine.data.crops import CropFlip, FolderCrops
 from bench.engine.data.device_aug import DeviceAugment
 from bench.engine.data.device_decode import DeviceDecode, FolderBytes, collate_bytes
@@ -29,10 +29,6 @@ from bench.engine.data.images import LoaderBatches, read_image, scan_split
 from bench.errors import ConfigError
 from bench.perf.throughput import sync
 from bench.report.frames import load_paper
-
-
-def paper_images_per_s_per_gpu(minutes: float, gpus: int = 8) -> float:
-    return DATASETS["imagenet"].train_images / (minutes * 60) / gpus
 
 
 def write_photo_tree(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375),
@@ -130,8 +126,7 @@ def measure_loader(root: Path, *, workers: Sequence[int], batch_size: int, image
     loader = {path: _loader_rates(dataset, batch_size, workers, seconds, progress, path, collate)
               for path, (dataset, collate) in sets.items()}
     per_worker = {path: {w: ips / max(int(w), 1) for w, ips in rates.items()} for path, rates in loader.items()}
-    t3 = load_paper("table3")   # minutes per epoch of the efficient rows (batch 1024, FP16, 8 V100s)
-    paper = {m: paper_images_per_s_per_gpu(t) for m, t in t3[t3["step"] == "efficient"][["model", "time_per_epoch_min"]].values}
+    paper = {r.model: r.images_per_s for r in table3_rates(load_paper("table3")) if r.precision == "fp16"}   # the efficient rows
     cores = {}
     for path, rates in per_worker.items():
         # cores per GPU from worker processes (one thread each); 0 workers runs in this process's threads

@@ -1,11 +1,8 @@
 """The paper's models with their parameter counts and multiply-adds, counted on the meta device."""
 from __future__ import annotations
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from bench.config import ModelConfig
-from bench.engine.models import build_model, count_params
+from bench.engine.models import measure_model
 
 # (name in recipes, the paper's name, input size in px, the paper's GFLOPs where Table 5 gives one)
 PAPER_MODELS = [
@@ -17,20 +14,6 @@ PAPER_MODELS = [
     ("mobilenetv1_100", "MobileNet", 224, None),
     ("resnet152d", "ResNet-152-D (teacher)", 224, None),
 ]
-
-
-def measure_model(cfg: ModelConfig, image_size: int, num_classes: int = 1000, in_chans: int = 3) -> dict:
-    """Parameters (M) and GFLOPs of one forward pass of one image.
-
-    GFLOPs here are billions of multiply-adds, the paper's convention (Table 5: ResNet-50 3.8);
-    PyTorch's counter counts a multiply-add as 2 FLOPs, hence the halving.
-    """
-    with torch.device("meta"):
-        model = build_model(cfg.model_copy(update={"checkpoint": None, "pretrained": None}), num_classes, in_chans)
-        x = torch.zeros(1, in_chans, image_size, image_size)
-    with FlopCounterMode(display=False) as counter:
-        model.eval()(x)
-    return {"params_m": count_params(model) / 1e6, "gflops": counter.get_total_flops() / 2e9}
 
 
 def models_table(names: list[str] | None = None, image_size: int | None = None) -> str:

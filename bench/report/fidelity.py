@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from bench.ablation import RunSpec, plan
-from bench.ablation.preview import Throughput, plan_table, plan_totals
-from bench.config import RunConfig, load_recipe
+from bench.ablation.preview import CostModel, plan_table, plan_totals, table3_rates
+from bench.config import ModelConfig, RunConfig, load_recipe
+from bench.config.datasets import DATASETS
+from bench.engine.models import family
+from bench.report.frames import load_paper
 
 TRAIN = "train_imagenet.py"     # GluonCV's scripts/classification/imagenet/train_imagenet.py
 ZOO = "model zoo command"       # GluonCV's published training command for ResNet50_v1d (mixup row)
@@ -175,20 +178,68 @@ def fidelity_markdown(specs: Sequence[RunSpec]) -> str:
     return "\n".join(lines + _plan_section(specs))
 
 
-def _plan_section(specs: Sequence[RunSpec], images_per_s: float = 2500.0) -> list[str]:
-    totals = plan_totals(plan_table(specs, [Throughput(images_per_s)]))
-    return ["## plan", "",
-            "`plan` prints every run of a recipe in launch order, before anything is trained or written: the step "
-            "it builds on, what it changes, its model, crop, global and BatchNorm batch, peak lr, warmup, epochs, "
-            "schedule, precision, smoothing, mixing and teacher, the training images it processes and its "
-            "device-hours at a throughput per device that you give (`--images-per-s`) or that `bench` measured "
-            "(`--bench JSON`, used for the runs of the model, crop and precision it measured). `--format csv` "
-            "gives the same rows for pandas; `--set`, `--only`, `--models` and `--seeds` choose runs as for a "
-            "training command.", "",
-            "```bash", f"python run_ablation.py plan recipes/table6.yaml --images-per-s {images_per_s:g}", "```", "",
-            f"For Table 6 that is {totals['runs']} runs and {totals['train_images']:,} training images: "
-            f"{totals['device_hours']:,.0f} device-hours at {images_per_s:,.0f} images/s per device "
-            "(an example rate, not a measurement; measure yours with `python run_ablation.py bench`).", ""]
+def _plan_section(specs: Sequence[RunSpec]) -> list[str]:
+    """What Table 6 costs, with the arithmetic: the paper's Table 3 rates per V100, scaled by FLOPs."""
+    rates = table3_rates(load_paper("table3"))
+    table, costs = plan_table(specs, rates), CostModel(rates)
+    totals = plan_totals(table)
+    if totals["runs_without_estimate"]:
+        return ["## plan: what Table 6 costs", "", f"The paper's Table 3 gives no rate for {totals['runs_without_estimate']} "
+                "of these runs (it times FP16 and FP32 on V100s); `python run_ablation.py plan recipes/table6.yaml "
+                "--bench JSON` prices them from a rate measured by `bench`.", ""]
+    fp16 = {family(r.model): r for r in rates if r.precision == "fp16"}
+    flops = lambda model, size: costs.gflops(model, size)
+
+    def rate(model: ModelConfig, size: int) -> tuple[float, str]:
+        ref = fp16[family(model.name)]
+        g, g_ref = flops(model, size), flops(ModelConfig(name=ref.model), ref.image_size)
+        return ref.images_per_s * g_ref / g, f"{ref.images_per_s:.1f} × {g_ref:.2f} / {g:.2f}"
+
+    lines = ["## plan: what Table 6 costs", "",
+             "`plan` prints every run of a recipe in launch order, before anything is trained or written: the step "
+             "it builds on, what it changes, its model, crop, global and BatchNorm batch, peak lr, warmup, epochs, "
+             "schedule, precision, smoothing, mixing and teacher, the training images it processes, and its "
+             "images/s and device-hours from a rate: one `bench` measured (`--bench JSON`) or the paper's own "
+             "(`--paper-times`), each scaled by FLOPs to the other models of its family, with the teacher's "
+             "forward pass added to every distillation run; a list under the table says which rate each run used. "
+             "`--format csv` gives the same rows for pandas; `--set`, `--only`, `--models` and `--seeds` choose "
+             "runs as for a training command.", "",
+             "```bash", "python run_ablation.py plan recipes/table6.yaml --paper-times", "```", "",
+             "The rates: Table 3's minutes per epoch of 1,281,167 images on 8 V100s (FP16, batch 1024), as images/s "
+             "per V100, and each model's forward GFLOPs (multiply-adds, counted here) at its crop:", ""]
+    for ref in fp16.values():
+        minutes = DATASETS["imagenet"].train_images / ref.images_per_s / 60 / 8
+        lines.append(f"- {ref.model} at {ref.image_size} px: 1,281,167 / ({minutes:.3g} × 60 × 8) = {ref.images_per_s:.1f} "
+                     f"images/s, {flops(ModelConfig(name=ref.model), ref.image_size):.2f} GFLOPs")
+    lines += ["", "A model of the same family runs at that rate × the reference's GFLOPs / its own. A distillation "
+              "run also passes its images through the teacher, forward only: a third of the teacher's training "
+              "time per image (a backward pass costs about two forwards), so its rate is 1 / (1 / student + "
+              "1 / (3 × teacher)). Device-hours = epochs × 1,281,024 images (whole batches of 1,024) / images/s "
+              "/ 3,600. Validation is not counted (about 1 % more).", "",
+              "| runs | model | px | teacher | epochs | images/s per V100 | V100-hours |", "|---|---|---|---|---|---|---|"]
+    by_label = {spec.label: spec for spec in specs}
+    teachers = {s.step: s.config.model for s in specs if s.role == "teacher"}
+    groups: dict[tuple, list] = {}
+    for row in table.to_dict("records"):
+        groups.setdefault((row["model"], row["image_px"], row["teacher"] != "–", row["images_per_s"]), []).append(row)
+    for (model, px, distilled, _), rows in groups.items():
+        cfg = by_label[rows[0]["run"]].config
+        ips, how = rate(cfg.model, px)
+        teacher = "–"
+        if distilled:
+            t_ips, t_how = rate(teachers[cfg.distill.teacher], px)
+            ips_d = 1 / (1 / ips + 1 / (3 * t_ips))
+            how = f"1 / (1 / {ips:.1f} + 1 / (3 × {t_ips:.1f}))"
+            ips, teacher = ips_d, f"{teachers[cfg.distill.teacher].name} ({t_how} = {t_ips:.1f})"
+        epochs = sum(r["epochs"] for r in rows)
+        hours = sum(r["device_hours"] for r in rows)
+        lines.append(f"| {len(rows)} ({' + '.join(str(r['epochs']) for r in rows)} epochs) | {model} | {px} | {teacher} | "
+                     f"{epochs} | {how} = {ips:.1f} | {hours:,.1f} |")
+    lines += ["", f"Total: {totals['runs']} runs, {totals['train_images']:,} training images, "
+              f"**{totals['device_hours']:,.0f} V100-hours**, {totals['device_hours'] / 8 / 24:.1f} days on 8 V100s "
+              "(one seed). With `bench` JSONs of your own device (`python run_ablation.py bench --model M`, one per "
+              "family) the same command gives your cost.", ""]
+    return lines
 
 
 def table6_specs(root: Path) -> list[RunSpec]:
