@@ -11,7 +11,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from bench.config import DataConfig
 from bench.engine.data import build_data
-from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment, adjust_hue
+from bench.engine.data.images import eval_transform
+from bench.engine.data.device_aug import NORMALIZE, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment, adjust_hue
 from bench.engine.data.fake import write_fake_data
 
 CPU = torch.device("cpu")
@@ -32,7 +33,7 @@ def _torchvision_photometric(cfg: DataConfig) -> v2.Compose:
     lighting = lambda x: x + (basis @ (torch.randn(3) * cfg.lighting_std))[:, None, None]
     jitter = dict(hue=j / 2) if cfg.color_jitter_hue else dict(contrast=j)
     return v2.Compose([v2.ColorJitter(brightness=j, saturation=j, **jitter), v2.ToDtype(torch.float32, scale=True),
-                       lighting, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                       lighting, v2.Normalize(*NORMALIZE["imagenet"])])
 
 
 def _stats(x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +61,26 @@ def test_the_distributions_of_torchvisions_per_image_transforms(hue):
 
 def test_edge_values_normalise_only():
     images = _photos(8)
-    expected = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    expected = (images.float() / 255 - mean) / std
     none = DeviceAugment(DataConfig(dataset="imagenet", color_jitter=0.0, lighting_std=0.0), CPU)
     assert torch.allclose(none(images, seed=3), expected, atol=1e-6)
     evaluation = DeviceAugment(DataConfig(dataset="imagenet"), CPU, train=False)
     assert torch.allclose(evaluation(images, seed=3), expected, atol=1e-6)
+
+
+def test_the_papers_normalisation_is_its_constants_on_0_to_255_pixels():
+    """Section 2.1: subtract 123.68, 116.779, 103.939 and divide by 58.393, 57.12, 57.375, on pixels
+    in [0, 255]; the same on the device and in the evaluation transform of the worker path."""
+    images = _photos(8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ((123.68, 116.779, 103.939), (58.393, 57.12, 57.375)))
+    expected = (images.float() - mean) / std
+    cfg = DataConfig(dataset="imagenet", normalize="paper")
+    assert torch.allclose(DeviceAugment(cfg, CPU, train=False)(images, seed=3), expected, atol=1e-5)
+    worker = eval_transform(images.shape[-1], images.shape[-1], normalize="paper")
+    assert torch.allclose(worker(images[0]), expected[0], atol=1e-5)
+    imagenet = DeviceAugment(DataConfig(dataset="imagenet"), CPU, train=False)(images, seed=3)
+    assert 0 < (imagenet - expected).abs().max() < 0.05     # 0.002 on the G and B means: a small change
 
 
 def test_hue_rotation_matches_torchvision():

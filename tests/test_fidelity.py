@@ -36,8 +36,7 @@ def test_a_recipe_change_changes_the_page():
                                                                  parse_override("distill.hard_weight=0.5")))
     page, before = fidelity_markdown(changed), fidelity_markdown(table6_specs(ROOT))
     assert page != before
-    assert "| precision | FP16 with an FP32 master copy (Section 3.1, Table 3) | model zoo command: --dtype float16 " \
-           "(multi_precision) | bf16 |" in page
+    assert "(FP32 master weights) | bf16 | neither |" in page
     assert "| hard_weight 0.5 |" in page and "| Eq. 6 |" in before
 
 

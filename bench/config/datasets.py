@@ -10,7 +10,8 @@ from typing import Optional
 COMMON_KEYS = frozenset({"dataset", "root", "global_batch_size", "eval_batch_size", "max_train_batches", "max_val_batches"})
 SMALL_KEYS = frozenset({"download", "holdout", "pad_px", "hflip"})          # pad, random crop, flip
 FOLDER_KEYS = frozenset({"image_size", "eval_resize", "workers", "pin_memory", "augment_on", "decode_on",
-                         "crop_scale", "crop_ratio", "color_jitter", "color_jitter_hue", "lighting_std", "hflip"})
+                         "crop_scale", "crop_ratio", "color_jitter", "color_jitter_hue", "lighting_std", "normalize",
+                         "hflip"})
 EVAL_CROP = 0.875   # photographs: the shorter side resized to size / 0.875, then the center crop
 
 

@@ -64,6 +64,9 @@ class DataConfig(Strict):
     # saturation and hue, the paper's words (Section 2.1), hue rotated by U[−jπ, jπ] as MXNet's HueJitterAug
     color_jitter_hue: bool = False
     lighting_std: float = Field(0.1, ge=0.0)          # PCA lighting noise (AlexNet), std of the coefficients
+    # mean/std: torchvision's and GluonCV's 0.485/0.456/0.406, 0.229/0.224/0.225, or the paper's
+    # 123.68/116.779/103.939, 58.393/57.12/57.375 of 255 (Section 2.1; its G and B means are 0.002 higher)
+    normalize: Literal["imagenet", "paper"] = "imagenet"
     pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
     hflip: bool = True                          # random horizontal flip (not for digits)
     # cifar10/100, fashion_mnist: validate on this many training images, held out (stratified, the

@@ -91,9 +91,17 @@ SETTINGS = [
     Setting("no bias decay", "no weight decay on biases, BN γ and β (Section 3.1)",
             f"{ZOO}: --no-wd ('.*beta|.*gamma|.*bias' get wd_mult 0)",
             _of(ALL, lambda c: f"efficient.no_bias_decay = {str(c.efficient.no_bias_decay).lower()}")),
-    Setting("precision", "FP16 with an FP32 master copy (Section 3.1, Table 3)",
-            f"{ZOO}: --dtype float16 (multi_precision)", _of(ALL, lambda c: c.efficient.precision),
-            plan_column="precision"),
+    Setting("precision", "FP16 parameters, activations and gradients, an FP32 copy of the parameters for the "
+            "update, and a scalar on the loss (Section 3.1, Table 3)",
+            f"{ZOO}: --dtype float16: net.cast('float16'), SGD multi_precision (FP32 master weights)",
+            _of(ALL, lambda c: f"{c.efficient.precision} autocast, FP32 weights, dynamic loss scale"
+                if c.efficient.precision == "fp16" else f"{c.efficient.precision}"), follows="neither",
+            plan_column="precision",
+            why="PyTorch's automatic mixed precision, not a network cast to FP16: the weights stay FP32 (the "
+                "master copy), convolutions and matrix products run in FP16, and the ops autocast keeps in FP32 "
+                "(BatchNorm, softmax, the losses) stay there; the gradient scaler is the paper's scalar on the loss, "
+                "adjusted as training runs. A whole-network cast is not offered (autocast is PyTorch's supported "
+                "path to it); `efficient.precision` chooses fp16, bf16 or fp32"),
     Setting("train crop", "random area 8–100 %, aspect 3/4–4/3, resized to 224 (Section 2.1)",
             f"{TRAIN}: RandomResizedCrop(input_size)",
             _of(ALL, lambda c: f"area {c.data.crop_scale[0]:g}–{c.data.crop_scale[1]:g}, aspect "
@@ -110,6 +118,11 @@ SETTINGS = [
                 "U[−jπ, jπ], as MXNet's HueJitterAug)"),
     Setting("PCA lighting", "coefficients from N(0, 0.1) (Section 2.1)", f"{TRAIN}: RandomLighting(0.1)",
             _of(ALL, lambda c: f"data.lighting_std = {c.data.lighting_std:g}")),
+    Setting("normalisation", "subtract 123.68, 116.779, 103.939, divide by 58.393, 57.12, 57.375 (Section 2.1): "
+            "0.485, 0.458, 0.408 and 0.229, 0.224, 0.225 of 255", f"{TRAIN}: Normalize([0.485, 0.456, 0.406], "
+            "[0.229, 0.224, 0.225])", _of(ALL, lambda c: f"data.normalize = {c.data.normalize}"), follows="gluoncv",
+            why="GluonCV's constants (torchvision's too) produced the published numbers; the paper's G and B means are "
+                "0.0016–0.002 higher, under 1 % of a channel's std; `data.normalize: paper` gives the paper's"),
     Setting("evaluation", "shorter side 256, center crop 224; Inception-V3 342 / 299 (Section 2.1)",
             f"{TRAIN}: Resize(ceil(input_size / 0.875)), CenterCrop(input_size); --input-size 299 for Inception-V3",
             lambda s: "; ".join(f"{m}: {_values(_runs('efficient', m)(s), lambda c: f'{c.data.eval_resize} / {c.data.image_size}')}"

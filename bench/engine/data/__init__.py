@@ -236,7 +236,7 @@ def build_imagefolder(cfg: DataConfig, seed: int, rank: int, world_size: int,
     on_device = cfg.augment_on == "device"
     train = LoaderBatches(**train_set(cfg, train_samples, size, device), batch_size=cfg.global_batch_size, shuffle=True,
                           max_batches=cfg.max_train_batches, **loader)
-    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device), device),
+    val = LoaderBatches(**_folder_set(cfg, val_samples, eval_transform(size, resize, to_float=not on_device, normalize=cfg.normalize), device),
                         batch_size=cfg.eval_batch_size, max_batches=cfg.max_val_batches,
                         augment=DeviceAugment(cfg, device, train=False) if on_device else None, **loader)
     return Data(train=train, val=val, num_classes=len(classes), in_chans=3, image_size=size)

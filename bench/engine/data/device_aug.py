@@ -1,5 +1,5 @@
 """The paper's photometric augmentation on whole uint8 batches on the device: colour jitter,
-PCA lighting and ImageNet normalisation, with per-image random factors (Section 2.1).
+PCA lighting and normalisation, with per-image random factors (Section 2.1).
 
 Workers then only decode, crop and flip, and send uint8 (a quarter of float32's bytes); the
 per-image random draws come from one generator per batch, seeded by the run's seed, the epoch
@@ -11,8 +11,9 @@ import torch
 
 from bench.config import DataConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# `data.normalize`: mean and std per RGB channel, of pixels in [0, 1]
+NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+             "paper": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (58.393 / 255, 57.12 / 255, 57.375 / 255))}
 # Principal components of ImageNet's RGB pixels (Krizhevsky et al. 2012), for lighting noise.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
@@ -65,15 +66,16 @@ class DeviceAugment:
 
     Per image, as torchvision's ColorJitter: each operation's factor is drawn uniformly from
     [1 − j, 1 + j] (hue: a shift in [−j/2, j/2]) and the operations run in a random order; then
-    PCA lighting (α ~ N(0, lighting_std)) and the ImageNet mean/std.
+    PCA lighting (α ~ N(0, lighting_std)) and the mean/std of `data.normalize`.
     """
 
     def __init__(self, cfg: DataConfig, device: torch.device, train: bool = True) -> None:
         self.device, self.train = device, train
         self.ops = jitter_ops(cfg) if train else []
         self.jitter, self.lighting_std = cfg.color_jitter, (cfg.lighting_std if train else 0.0)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        mean, std = NORMALIZE[cfg.normalize]
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.rgb_basis = torch.tensor(PCA_EIGVEC, device=device) * torch.tensor(PCA_EIGVAL, device=device)
 
     def __call__(self, images: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from bench.engine.data.device_aug import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment
+from bench.engine.data.device_aug import NORMALIZE, DeviceAugment
 from bench.errors import BenchError, first_line
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns at every call
@@ -40,12 +40,12 @@ class DataError(BenchError):
         super().__init__(message)
 
 
-def eval_transform(size: int, resize: int, to_float: bool = True) -> v2.Compose:
+def eval_transform(size: int, resize: int, to_float: bool = True, normalize: str = "imagenet") -> v2.Compose:
     """A `read_image` tensor's shorter side to `resize`, center crop `size` (224 ← 256; Inception-V3: 299 ← 342), then
-    ImageNet mean/std (or uint8 out, `to_float=False`, for `DeviceAugment`)."""
+    the mean/std of `normalize` (or uint8 out, `to_float=False`, for `DeviceAugment`)."""
     steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
     if to_float:
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(*NORMALIZE[normalize])]
     return v2.Compose(steps)
 
 
