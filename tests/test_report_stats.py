@@ -49,6 +49,17 @@ def test_paired_interval_uses_t_quantiles_over_seed_differences():
     assert "+10.00 [+10.00, +10.00]*" in tables.table_markdown(stats.ablation_table(df))
 
 
+def test_a_step_whose_interval_contains_zero_reads_not_detected_with_its_half_width():
+    df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [53.0, 64.0, 72.5]})
+    half = 4.302653 * np.array([1.0, 2.0, 0.0]).std(ddof=1) / math.sqrt(3)     # b: +1 [-1.48, +3.48]
+    half_c = 4.302653 * np.array([2.0, 2.0, 2.5]).std(ddof=1) / math.sqrt(3)   # c: +2.17, every seed up
+    (line,) = tables.findings(stats.ablation_table(df))
+    assert line == f"m, Δ top-1 at 95%: detected: c +2.17 (±{half_c:.2f}); not detected: b (±{half:.2f})."
+    assert line in tables.table_markdown(stats.ablation_table(df))
+    one = _synthetic({"a": [50.0], "b": [51.0]})
+    assert tables.findings(stats.ablation_table(one)) == ["m, Δ top-1 at 95%: one seed, no interval: b."]
+
+
 def test_paper_tables_2_to_6_load_in_long_form():
     for table in ("table2", "table3", "table4", "table5", "table6"):
         paper = frames.load_paper(table)

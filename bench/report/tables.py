@@ -34,6 +34,31 @@ def _delta(d: float, n_pairs: float, n: int, lo: float, hi: float, excludes: boo
     return text + (f" (n={int(n_pairs)})" if n_pairs != n else "")
 
 
+def findings(table: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """Per model, what the paired intervals support: a Δ whose interval excludes 0 with its
+    half-width, and "not detected (±x)" for one whose interval contains 0 (not "no effect": an
+    effect within ±x may be there). Steps with one paired seed have no interval and are listed so."""
+    lines = []
+    for m in dict.fromkeys(table.columns.get_level_values(0)):
+        t = table[m]
+        shown, missed, single = [], [], []
+        for step, d, lo, hi, pairs in zip(t.index, t["delta_top1"], t["ci_low"], t["ci_high"], t["n_pairs"]):
+            if pd.isna(d) or pd.isna(pairs) or pairs == 0:
+                continue
+            if pd.isna(lo):
+                single.append(str(step))
+            elif lo > 0 or hi < 0:
+                shown.append(f"{step} {d:+.2f} (±{(hi - lo) / 2:.2f})")
+            else:
+                missed.append(f"{step} (±{(hi - lo) / 2:.2f})")
+        parts = ([f"detected: {', '.join(shown)}"] if shown else []) + \
+                ([f"not detected: {', '.join(missed)}"] if missed else []) + \
+                ([f"one seed, no interval: {', '.join(single)}"] if single else [])
+        if parts:
+            lines.append(f"{m}, Δ top-1 at {confidence:.0%}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """`ablation_table` as display strings: per model n, top-1, Δ top-1 over the seeds the step
     and its parent share (with its paired interval when there are several; * when it excludes 0)
@@ -118,7 +143,9 @@ def table_markdown(table: pd.DataFrame, confidence: float = 0.95, split: str = "
     lines += ["| " + " | ".join([str(step), *row]) + " |" for step, row in zip(shown.index, shown.to_numpy())]
     if models == 1:
         lines.insert(0, f"**{shown.columns[0][0]}**\n")
-    return "\n".join(lines) + "\n\n" + _note(table, confidence, split) + "\n"
+    found = findings(table, confidence)
+    return "\n".join(lines) + "\n\n" + _note(table, confidence, split) + "\n" + \
+        ("\n" + "\n\n".join(found) + "\n" if found else "")
 
 
 _LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$",
