@@ -161,6 +161,14 @@ def test_the_committed_report_regenerates_byte_for_byte(tmp_path, folder):
             assert (copy / "figures" / pdf.name).read_bytes() == pdf.read_bytes(), pdf.name
 
 
+@pytest.mark.parametrize("folder", ["fashion_mnist_table6_converged", "default"])
+def test_the_committed_manifest_lists_every_run_of_its_folder(folder):
+    committed = ROOT / "results" / folder
+    listed = {r["path"] for r in json.loads((committed / "launch.json").read_text())["runs"]}
+    finished = {str(p.parent.relative_to(committed)) for p in committed.glob("**/final.json")}
+    assert listed == finished
+
+
 def test_a_folder_with_only_runs_csv_rebuilds_its_tables_and_staircase(tmp_path):
     """A folder holding only a runs.csv (results/default's, copied alone): its tables and
     staircase come from runs.csv, which stays as it was, byte for byte."""
