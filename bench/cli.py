@@ -33,7 +33,8 @@ from bench.errors import BenchError
 from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
 from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
-from bench.report import write_report
+from bench.report import load_results, write_report
+from bench.report.compare import compare_markdown, compare_runs
 from bench.report.fidelity import fidelity_markdown, table6_specs
 from bench.report.frames import load_paper
 from bench.report.wandb import write_wandb_report
@@ -223,6 +224,31 @@ def cmd_report(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py compare", description=(
+        "Two results folders (budgets, recipes, data sets) step by step: each one's top-1 and Δ, and B − A "
+        "with Welch's t-interval over each folder's seeds (never paired across folders). Nothing is written."))
+    p.add_argument("a", metavar="A", help="results folder")
+    p.add_argument("b", metavar="B", help="results folder")
+    p.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default: %(default)s)")
+    p.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown (default) or CSV")
+    args = p.parse_args(argv)
+    if not 0 < args.confidence < 1:
+        raise BenchError(f"--confidence {args.confidence:g}: must be between 0 and 1")
+    folders = []
+    for folder in (args.a, args.b):
+        if not Path(folder).is_dir():
+            raise BenchError(f"{folder}: no such results folder")
+        results = load_results(Path(folder))
+        if results.runs.empty:
+            raise BenchError(f"{folder}: no finished run (no final.json below it, no runs.csv)")
+        folders.append(results.runs)
+    table = compare_runs(*folders, confidence=args.confidence)
+    print(table.to_csv(index=False) if args.format == "csv" else compare_markdown(table, args.a, args.b, args.confidence),
+          end="")
+    return 0
+
+
 def cmd_models(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="run_ablation.py models",
                                 description="The paper's models (or NAMEs): parameters and GFLOPs (multiply-adds).")
@@ -254,7 +280,8 @@ def cmd_fidelity(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "models": cmd_models,
+COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "compare": cmd_compare,
+            "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader, "bench-pipeline": cmd_bench_pipeline,
             "bench-recipe": cmd_bench_recipe, "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity, "gpu-check": gpu_check_main}
 

@@ -13,7 +13,7 @@ import torch
 from bench.engine import logit_gaps
 from bench.errors import BenchError
 from bench.report import figures as plots
-from bench.report import frames, staircase, stats, tables
+from bench.report import compare, frames, staircase, stats, tables
 
 
 def test_logit_gap_is_max_minus_mean_of_the_others():
@@ -178,3 +178,62 @@ def test_the_caption_names_what_the_students_were_evaluated_on():
     assert tables.evaluated_on(held) == "5,000 held-out training images"
     held.loc[0, "config.data.holdout"] = None   # one run on the test split: not one caption
     assert tables.evaluated_on(held) == tables.evaluated_on(_runs(DEFAULT_STEPS)) == "the validation split"
+
+
+# ---- compare: two folders, Welch over each one's seeds ---------------------------------------
+
+def _folder(rng: np.random.Generator, seeds: int, delta: float, std: float, base: float = 90.0) -> pd.DataFrame:
+    """Runs of steps a → b: b gains `delta` on a, with independent seed noise of `std` on each run."""
+    return _synthetic({"a": list(base + rng.normal(0, std, seeds)), "b": list(base + delta + rng.normal(0, std, seeds))})
+
+
+def test_welch_matches_scipy():
+    from scipy import stats as scipy_stats
+    a, b = np.array([1.0, 2.5, 0.7, 1.9]), np.array([2.2, 3.1, 2.9, 4.0, 2.6, 3.3])
+    diff, low, high, p = compare.welch(a, b)
+    ref = scipy_stats.ttest_ind(b, a, equal_var=False)
+    assert diff == pytest.approx(b.mean() - a.mean())
+    assert p == pytest.approx(ref.pvalue)
+    assert (low, high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+    assert math.isnan(compare.welch(a[:1], b)[1])            # one seed: no interval
+    assert compare.welch(np.ones(3), np.ones(3) * 2)[1:] == (1.0, 1.0, 0.0)
+
+
+def test_compare_finds_a_known_change_of_delta_and_not_a_null_one_at_the_stated_rate():
+    rng = np.random.default_rng(0)
+    # 20 seeds each, std 0.2: a Δ that grows by 0.3 between the folders is found
+    row = compare.compare_runs(_folder(rng, 20, 0.2, 0.2), _folder(rng, 20, 0.5, 0.2)).set_index("step").loc["b"]
+    assert row["delta_low"] > 0 and row["delta_p"] < 0.05 and row["delta_diff"] == pytest.approx(0.3, abs=0.15)
+    # with no change, the 95 % interval excludes 0 in about 5 % of repeats; with +0.3, nearly always
+    def rate(change: float, repeats: int = 400) -> float:
+        hits = 0
+        for _ in range(repeats):
+            d_a = rng.normal(0.2, 0.2 * math.sqrt(2), 20)       # a paired Δ's noise: two runs' noise
+            d_b = rng.normal(0.2 + change, 0.2 * math.sqrt(2), 20)
+            _, low, high, _ = compare.welch(d_a, d_b)
+            hits += low > 0 or high < 0
+        return hits / repeats
+    assert 0.02 < rate(0.0) < 0.09
+    assert rate(0.3) > 0.8
+
+
+def test_compare_never_pairs_seeds_across_folders():
+    """Seed 0 of A and seed 0 of B share a number only: shuffling B's seed numbers changes nothing."""
+    rng = np.random.default_rng(1)
+    a, b = _folder(rng, 5, 0.2, 0.3), _folder(rng, 5, 0.6, 0.3)
+    relabelled = b.assign(seed=b["seed"].map({0: 3, 1: 4, 2: 0, 3: 1, 4: 2}))
+    pd.testing.assert_frame_equal(compare.compare_runs(a, b), compare.compare_runs(a, relabelled))
+
+
+def test_compare_command_on_the_committed_budgets(capsys, tmp_path):
+    from bench.cli import ROOT, main
+    a, b = ROOT / "results" / "fashion_mnist_table6", ROOT / "results" / "fashion_mnist_table6_converged"
+    before = sorted(str(p) for p in b.rglob("*"))
+    assert main(["compare", str(a), str(b), "--format", "csv"]) == 0
+    table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out)).set_index("step")
+    assert table.loc["distill_mixup", "delta_p"] == pytest.approx(0.013, abs=0.001)
+    assert (table.drop(index=["efficient", "distill_mixup"])["delta_p"] > 0.05).all()
+    assert sorted(str(p) for p in b.rglob("*")) == before
+    assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nope'}: no such results folder"

@@ -1,0 +1,102 @@
+"""Two results folders side by side (two budgets, recipes or data sets): per step, each folder's
+top-1 and Δ, and how they differ, with a Welch t-interval over each folder's seeds. Seeds are never
+paired across folders: seed 0 here and seed 0 there share a number, not an initialisation or a data
+order that the two runs both saw."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+COLUMNS = ["model", "step", "parent_step", "n_a", "n_b", "top1_a", "top1_b", "top1_diff", "top1_low", "top1_high",
+           "top1_p", "delta_a", "delta_b", "delta_diff", "delta_low", "delta_high", "delta_p"]
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """mean(b) − mean(a), its two-sided Welch t-interval and p-value (NaN with fewer than 2 values
+    on a side). With no spread on either side the interval is the difference itself."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = b.mean() - a.mean() if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff, 1.0 if diff == 0 else 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, dof) * se
+    return diff, diff - half, diff + half, float(2 * scipy_stats.t.sf(abs(diff) / se, dof))
+
+
+def seed_values(runs: pd.DataFrame) -> dict[tuple[str, str], dict[str, object]]:
+    """Per (model, student step): its parent, its seeds' top-1, and its Δ per seed against the parent
+    (the seeds both have)."""
+    students = runs[runs["role"] == "student"].sort_values("step_index", kind="stable")
+    out = {}
+    for (model, step), group in students.groupby(["model", "step"], sort=False):
+        parent = group["parent_step"].iloc[0]
+        base = students[(students["model"] == model) & (students["step"] == parent)]
+        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
+        out[(model, step)] = {"parent": parent if isinstance(parent, str) else None,
+                              "top1": group["top1"].to_numpy(float),
+                              "delta": (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)}
+    return out
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per step both folders ran, for the models both have (or, where each folder has one
+    model of another name, those two): n seeds, mean top-1 and mean Δ in each, and b − a of each
+    with its Welch interval and p-value."""
+    va, vb = seed_values(a), seed_values(b)
+    models_a, models_b = (list(dict.fromkeys(m for m, _ in v)) for v in (va, vb))
+    pairs = [(m, m) for m in models_a if m in models_b]
+    if not pairs and len(models_a) == 1 and len(models_b) == 1:
+        pairs = [(models_a[0], models_b[0])]
+    rows = []
+    for ma, mb in pairs:
+        for (model, step), x in va.items():
+            y = vb.get((mb, step))
+            if model != ma or y is None:
+                continue
+            top1 = welch(x["top1"], y["top1"], confidence)
+            delta = welch(x["delta"], y["delta"], confidence) if x["parent"] else (math.nan,) * 4
+            rows.append({"model": ma if ma == mb else f"{ma} / {mb}", "step": step, "parent_step": x["parent"],
+                         "n_a": len(x["top1"]), "n_b": len(y["top1"]), "top1_a": x["top1"].mean(),
+                         "top1_b": y["top1"].mean(), **dict(zip(COLUMNS[7:11], top1)),
+                         "delta_a": x["delta"].mean() if len(x["delta"]) else math.nan,
+                         "delta_b": y["delta"].mean() if len(y["delta"]) else math.nan,
+                         **dict(zip(COLUMNS[13:], delta))})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _signed(x: float) -> str:
+    return "" if pd.isna(x) else f"{x:+.2f}"
+
+
+def _interval(diff: float, low: float, high: float, p: float) -> str:
+    if pd.isna(diff):
+        return ""
+    if pd.isna(low):
+        return f"{_signed(diff)} (no interval: < 2 seeds)"
+    star = "*" if low > 0 or high < 0 else ""
+    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]{star} p = {p:.2g}"
+
+
+def compare_markdown(table: pd.DataFrame, a: str, b: str, confidence: float = 0.95) -> str:
+    """The comparison as Markdown, and a note on how it was computed."""
+    if table.empty:
+        return f"_no step that both {a} and {b} ran_\n"
+    lines = ["| model | step | n (A, B) | top-1 A | top-1 B | B − A | Δ A | Δ B | Δ B − Δ A |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        lines.append(f"| {r['model']} | {r['step']} | {r['n_a']}, {r['n_b']} | {r['top1_a']:.2f} | {r['top1_b']:.2f} | "
+                     f"{_interval(r['top1_diff'], r['top1_low'], r['top1_high'], r['top1_p'])} | "
+                     f"{_signed(r['delta_a'])} | {_signed(r['delta_b'])} | "
+                     f"{_interval(r['delta_diff'], r['delta_low'], r['delta_high'], r['delta_p'])} |")
+    note = (f"A: {a}; B: {b}. Top-1 (%) means over each folder's seeds; Δ is a step's change against the step it "
+            f"builds on, paired by seed within a folder. B − A and Δ B − Δ A: Welch's {confidence:.0%} t-interval "
+            "and two-sided p over the two folders' seeds (never paired across folders; * where the interval "
+            "excludes 0), one test per row, not corrected for the number of rows.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
