@@ -35,6 +35,7 @@ from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import load_results, write_report
 from bench.report.compare import compare_markdown, compare_runs
+from bench.report.stats import detectable_delta, seed_noise, seeds_to_detect
 from bench.report.fidelity import fidelity_markdown, table6_specs
 from bench.report.frames import load_paper
 from bench.report.wandb import write_wandb_report
@@ -140,10 +141,34 @@ def cmd_plan(argv: Sequence[str]) -> int:
                         "other models of the family (repeatable; before --paper-times)")
     p.add_argument("--paper-times", action="store_true",
                    help="rates from the paper's Table 3 times per epoch on 8 V100s (fp16 and fp32), scaled by FLOPs")
+    p.add_argument("--detect", type=float, metavar="DELTA",
+                   help="also say how many seeds per step find a Δ top-1 of DELTA points at 80%% power (needs --noise)")
+    p.add_argument("--noise", metavar="RESULTS_DIR", help="a results folder or pilot whose seeds measure the noise of a Δ")
     args = parse(p, argv)
+    noise = None
+    if args.detect is not None:
+        if not args.detect > 0:
+            raise BenchError(f"--detect {args.detect:g}: must be > 0 (points of top-1)")
+        if args.noise is None:
+            raise BenchError(f"--detect {args.detect:g}: no seed noise to go on; give --noise RESULTS_DIR, a results "
+                             "folder or pilot with 2 or more seeds of a step and of the step it builds on")
+        if not Path(args.noise).is_dir():
+            raise BenchError(f"--noise {args.noise}: no such results folder")
+        noise = seed_noise(load_results(Path(args.noise)).runs)
+        if noise[1] == 0:
+            raise BenchError(f"--noise {args.noise}: no step has 2 seeds paired with the step it builds on, so it "
+                             "measures no seed noise")
     recipe, specs, _ = planned(args)
     rates = [read_bench_json(path) for path in args.bench] + (table3_rates(load_paper("table3")) if args.paper_times else [])
     print(format_plan(plan_table(specs, rates), args.format), end="")
+    if noise is not None:
+        sd, dof = noise
+        seeds = len({s.seed for s in specs if s.role == "student"})
+        have = (f"the {seeds} seeds planned detect {detectable_delta(seeds, sd):.2f}" if seeds >= 2
+                else "the 1 seed planned has no interval")
+        print(f"\nTo detect Δ top-1 = {args.detect:g} at 80 % power (two-sided paired t at 95 %): "
+              f"{seeds_to_detect(args.detect, sd)} seeds per step; {have}. Seed noise from {args.noise}: a step's Δ "
+              f"varies between seeds with std {sd:.2f} points (pooled over its steps, {dof} degrees of freedom).")
     return 0
 
 

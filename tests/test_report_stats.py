@@ -237,3 +237,47 @@ def test_compare_command_on_the_committed_budgets(capsys, tmp_path):
     assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'nope'}: no such results folder"
+
+
+# ---- seeds enough to tell: power of the paired test ------------------------------------------
+
+def test_seeds_to_detect_matches_the_published_one_sample_t_power():
+    """G*Power's one-sample (paired) t-test, two-sided α = 0.05, power 0.8: d = 1 needs 10, d = 0.5 34."""
+    assert stats.seeds_to_detect(1.0, 1.0) == 10 and stats.paired_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert stats.seeds_to_detect(0.5, 1.0) == 34 and stats.seeds_to_detect(0.25, 0.5) == 34
+    mde = stats.detectable_delta(3, 0.22)
+    assert stats.paired_power(mde, 0.22, 3) == pytest.approx(0.8, abs=1e-6) and stats.detectable_delta(12, 0.22) < mde
+
+
+def test_the_planned_seeds_find_the_effect_at_the_stated_power_by_simulation():
+    rng = np.random.default_rng(2)
+    n = stats.seeds_to_detect(0.3, 0.2)
+
+    def rejects(true_delta: float) -> float:
+        d = rng.normal(true_delta, 0.2, size=(4000, n))
+        t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+        from scipy import stats as scipy_stats
+        return float((np.abs(t) > scipy_stats.t.ppf(0.975, n - 1)).mean())
+    assert 0.78 < rejects(0.3) < 0.92            # at least the 80 % asked for, and not far above
+    assert 0.035 < rejects(0.0) < 0.065          # the test's own 5 %
+
+
+def test_seed_noise_pools_each_steps_paired_variance():
+    df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [53.0, 64.0, 72.5]})
+    d_b, d_c = np.array([1.0, 2.0, 0.0]), np.array([2.0, 2.0, 2.5])
+    sd, dof = stats.seed_noise(df)
+    assert dof == 4 and sd == pytest.approx(math.sqrt((d_b.var(ddof=1) * 2 + d_c.var(ddof=1) * 2) / 4))
+    assert stats.seed_noise(_synthetic({"a": [50.0], "b": [51.0]}))[1] == 0
+
+
+def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
+    from bench.cli import ROOT, main
+    recipe, folder = ROOT / "recipes" / "fashion-mnist-table6-converged.yaml", ROOT / "results" / "fashion_mnist_table6_converged"
+    assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(folder)]) == 0
+    sd, _ = stats.seed_noise(frames.load_results(folder).runs)
+    out = capsys.readouterr().out
+    assert f"{stats.seeds_to_detect(0.3, sd)} seeds per step; the 3 seeds planned detect {stats.detectable_delta(3, sd):.2f}" in out
+    assert main(["plan", str(recipe), "--detect", "0.3"]) == 2
+    assert "no seed noise to go on; give --noise RESULTS_DIR" in capsys.readouterr().err
+    assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(ROOT / "results" / "default")]) == 2
+    assert "measures no seed noise" in capsys.readouterr().err

@@ -89,3 +89,44 @@ def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confi
     wide = stats.pivot(index="step", columns="model", values=values).reindex(order)
     wide = wide.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
     return wide[[(m, v) for m in dict.fromkeys(stats["model"]) for v in values]]
+
+
+def seed_noise(df: pd.DataFrame) -> tuple[float, int]:
+    """The std of one step's Δ between seeds, pooled over the steps of a results folder (each
+    step's paired differences against its parent, variances weighted by their degrees of freedom),
+    and those degrees of freedom; (nan, 0) where no step has 2 paired seeds."""
+    students = df[df["role"] == "student"]
+    ss, dof = 0.0, 0
+    for (model, step), group in students.groupby(["model", "step"], sort=False):
+        base = students[(students["model"] == model) & (students["step"] == group["parent_step"].iloc[0])]
+        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
+        d = (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)
+        if len(d) >= 2:
+            ss, dof = ss + d.var(ddof=1) * (len(d) - 1), dof + len(d) - 1
+    return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
+
+
+def paired_power(delta: float, sd: float, n: int, confidence: float = 0.95) -> float:
+    """P(a two-sided paired t-test over n seeds rejects Δ = 0) when the true Δ is `delta` and a
+    per-seed Δ has std `sd`: the non-central t with n − 1 degrees of freedom and non-centrality
+    delta·√n / sd beyond the critical value."""
+    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
+    nc = abs(delta) * math.sqrt(n) / sd
+    power = float(scipy_stats.nct.sf(crit, n - 1, nc) + scipy_stats.nct.cdf(-crit, n - 1, nc))
+    return 1.0 if math.isnan(power) and nc > crit else power   # far in the tail, where scipy gives NaN
+
+
+def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: float = 0.95, most: int = 10_000) -> int:
+    """The fewest seeds per step (paired with its parent's) for `paired_power` ≥ `power`."""
+    n = 2
+    while paired_power(delta, sd, n, confidence) < power:
+        n += 1
+        if n > most:
+            raise ValueError(f"more than {most} seeds")
+    return n
+
+
+def detectable_delta(n: int, sd: float, power: float = 0.8, confidence: float = 0.95) -> float:
+    """The minimum detectable effect: the Δ that n paired seeds find with probability `power`."""
+    from scipy.optimize import brentq
+    return float(brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd, 100 * sd))
