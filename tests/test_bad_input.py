@@ -106,6 +106,8 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
         return [r, "--set", "optim.lr_per_256.x=1"]
     if case == "--set with a bad value":
         return [r, "--set", "schedule.milestones=[1,"]
+    if case == "--set of the seed":
+        return [r, "--set", "seed=7"]
     if case == "results directory not writable":
         (tmp / "file").write_text("")
         return [r, "--out", str(tmp / "file" / "sub")]

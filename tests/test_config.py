@@ -190,6 +190,20 @@ def test_smoke_shrinks_epochs_and_batches(tiny_cfg):
     RunConfig.model_validate(cfg.model_dump())  # still a valid config
 
 
+def test_what_set_says_takes_effect_under_smoke_and_seed_belongs_to_the_command_line(write_recipe):
+    """--smoke shrinks what the user did not set: --set schedule.epochs=3 trains 3 epochs (of 3
+    batches), where it used to train 2 and say nothing."""
+    recipe = load_recipe(write_recipe())
+    overrides = (parse_override("schedule.epochs=3"), parse_override("data.global_batch_size=32"))
+    for spec in plan(recipe, smoke=True, overrides=overrides):
+        assert spec.config.schedule.epochs == 3 and spec.config.data.global_batch_size == 32
+        assert spec.config.data.max_train_batches == 3           # the rest still shrinks
+    plain = plan(recipe, smoke=True)
+    assert {s.config.schedule.epochs for s in plain} == {2}
+    with pytest.raises(ConfigError, match=r"^--set seed: a run's seed comes from --seeds"):
+        parse_override("seed=7")
+
+
 def test_a_recipe_extends_another_and_changes_only_its_keys(write_recipe):
     write_recipe("""
         name: parent

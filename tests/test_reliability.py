@@ -183,3 +183,21 @@ def test_a_secret_never_reaches_a_config(write_recipe, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "holds the value of $WANDB_API_KEY" in err and "s3cret" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_result_files_get_the_mode_the_umask_gives_and_keep_an_existing_files(tmp_path):
+    """A teammate can read what the user's umask lets them read: a new file is rw-rw-rw- less the
+    umask (not mkstemp's rw-------), and a rewritten one keeps its own mode."""
+    from bench.runs import write_text
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "new.md", "x")
+        assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        write_text(tmp_path / "group.md", "x")
+        assert (tmp_path / "group.md").stat().st_mode & 0o777 == 0o660
+        (tmp_path / "new.md").chmod(0o640)
+        write_text(tmp_path / "new.md", "y")
+        assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o640 and (tmp_path / "new.md").read_text() == "y"
+    finally:
+        os.umask(old)

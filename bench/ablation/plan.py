@@ -84,7 +84,8 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 raise ConfigError(f"{flag} {name}: no such {kind} in {where} ({kind}s: {', '.join(known)})")
     if overrides:   # only the runs planned: an error names none that would not train
         check_recipe(recipe, where, overrides, steps=only, models=models)
-    shrink: Callable[[RunConfig], RunConfig] = smoke_config if smoke else (lambda c: c)
+    kept = [key for key, _ in overrides]   # what --set says takes effect under --smoke too
+    shrink: Callable[[RunConfig], RunConfig] = (lambda c: smoke_config(c, kept)) if smoke else (lambda c: c)
     students, teachers_needed = [], {}
     trained = {t.name: t.train for t in recipe.teachers}
     digests: dict[str, str] = {}   # of the weights files of given teachers, each read once

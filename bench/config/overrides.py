@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Optional
 
 import yaml
@@ -37,6 +37,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError):   # also a tag it does not fit: !!int x
         raise ConfigError(f"--set {text!r}: value {value!r} is not valid YAML") from None
     check_size(parsed, f"--set {key!r}")
+    if key == "seed":
+        raise ConfigError("--set seed: a run's seed comes from --seeds on the command line (or the recipe's seeds:)")
     cls: Optional[type[BaseModel]] = RunConfig
     parts, shown = key.split("."), key if key.isprintable() else repr(key)   # one line, whatever it holds
     for i, part in enumerate(parts):
@@ -109,22 +111,28 @@ def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) ->
     return sorted({max(1, min(to_epochs, round(m * to_epochs / from_epochs))) for m in milestones})
 
 
-def smoke_config(cfg: RunConfig) -> RunConfig:
-    """The same run shrunk to 2 epochs of 3 batches, for checking a pipeline end to end."""
+def smoke_config(cfg: RunConfig, kept: Iterable[str] = ()) -> RunConfig:
+    """The same run shrunk to 2 epochs of 3 batches, for checking a pipeline end to end. A key
+    in `kept` (the --set keys: "schedule.epochs", or a whole section "data") keeps its value, so
+    that what the user set takes effect."""
+    kept = tuple(kept)
+    keeps = lambda key: any(key == k or key.startswith(k + ".") for k in kept)
     s = cfg.schedule
-    epochs = min(s.epochs, 2)
-    milestones = scale_milestones(s.milestones, s.epochs, epochs)
-    update: dict[str, Any] = {
-        "schedule": s.model_copy(update={"epochs": epochs, "warmup_epochs": min(s.warmup_epochs, 1),
-                                         "milestones": milestones}),
-        "data": cfg.data.smoke(),
-    }
+    update: dict[str, Any] = {}
+    epochs = s.epochs if keeps("schedule.epochs") else min(s.epochs, 2)
+    update["schedule"] = s.model_copy(update={
+        "epochs": epochs, "warmup_epochs": s.warmup_epochs if keeps("schedule.warmup_epochs") else min(s.warmup_epochs, 1),
+        "milestones": s.milestones if keeps("schedule.milestones") else scale_milestones(s.milestones, s.epochs, epochs)})
+    shrunk = cfg.data.smoke()
+    update["data"] = shrunk.model_copy(update={f: getattr(cfg.data, f) for f in type(cfg.data).model_fields
+                                               if keeps(f"data.{f}")})
     ghost, batch = cfg.efficient.bn_batch_size, update["data"].global_batch_size
-    if ghost is not None:   # slices of the smoke batch: two of them where it allows
+    if ghost is not None and not keeps("efficient.bn_batch_size"):   # slices of the smoke batch: two where it allows
         half = min(ghost, batch // 2)
         update["efficient"] = cfg.efficient.model_copy(update={"bn_batch_size": half if half >= 2 and batch % half == 0 else None})
     mixer = cfg.mixing()
     if mixer is not None:   # mix in every epoch of the two
         name = next(n for n in type(cfg).model_fields if getattr(cfg, n) is mixer)
-        update[name] = mixer.model_copy(update={"off_epochs": 0})
+        if not keeps(f"{name}.off_epochs"):
+            update[name] = mixer.model_copy(update={"off_epochs": 0})
     return cfg.model_copy(update=update)

@@ -22,13 +22,26 @@ from bench.errors import BenchError, ConfigError, first_line
 FULL_DISK_BYTES = 1 << 20   # less free space than this after a failed write: the disk is full
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same directory, fsync, then rename over `path`:
-    a reader sees the old file or the whole new one, never a part."""
+    a reader sees the old file or the whole new one, never a part. The file gets the mode any
+    write would give it: an existing file's own, else what the umask leaves of rw-rw-rw-
+    (mkstemp's temporary file is rw------- whatever the umask, which would hide results from a team)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        file_mode = path.stat().st_mode & 0o7777
+    except OSError:
+        file_mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
