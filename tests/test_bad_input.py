@@ -108,6 +108,13 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
         return [r, "--set", "schedule.milestones=[1,"]
     if case == "--set of the seed":
         return [r, "--set", "seed=7"]
+    if case == "a seed no RNG takes":
+        return [r, "--seeds", "-1"]
+    if case == "CUDA asked for, none here":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        return [r, "--set", "runtime.device=cuda"]
+    if case == "an unknown name in model.kwargs":
+        return [r, "--set", "model.kwargs={act_layer: nope}", "--only", "efficient"]
     if case == "results directory not writable":
         (tmp / "file").write_text("")
         return [r, "--out", str(tmp / "file" / "sub")]

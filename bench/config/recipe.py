@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -40,7 +40,7 @@ class Recipe(Strict):
     paper_table: Optional[str] = None           # compare against results/paper/<paper_table>.csv
     paper_models: dict[str, str] = {}           # model column -> the paper's model it stands in for
     description: str = ""
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field([0], min_length=1)
     base: dict[str, Any] = {}
     models: list[Variant] = []                  # one column each; empty: just base.model
     teachers: list[TeacherSpec] = []            # trained first (unless train: false), from base + their `set`

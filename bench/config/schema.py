@@ -164,7 +164,7 @@ class RunConfig(Strict):
     cutmix: Optional[CutMixConfig] = None      # not in the paper: Yun et al. 2019, a batch-mixing trick like mixup
     distill: Optional[DistillConfig] = None
     runtime: RuntimeConfig = RuntimeConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)   # what every RNG here accepts (NumPy's legacy seeding: < 2**32)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -167,6 +167,9 @@ def local_device(name: str) -> torch.device:
     """The device of this process: `cuda:local_rank` when CUDA is asked for (or "auto" finds it)."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise BenchError(f"runtime.device = {name}: no CUDA device here (torch.cuda.is_available() is false); "
+                         "use auto or cpu")
     return torch.device("cuda", _CURRENT.local_rank)
 
 

@@ -54,6 +54,8 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
             if "zero_init_last" not in str(err):
                 raise BenchError(f"model {cfg.name!r} with kwargs {cfg.kwargs}: {err}") from None
             model = timm.create_model(timm_name, **kwargs)   # a family without residual zero-init
+    except KeyError as err:   # a name timm looks up in its registries: act_layer: nope
+        raise BenchError(f"model {cfg.name!r} with kwargs {cfg.kwargs}: unknown name {err}") from None
     except (RuntimeError, OSError, ValueError) as err:   # unknown tag, offline hub
         raise BenchError(f"model {timm_name!r} (pretrained={cfg.pretrained!r}): {first_line(err)}") from None
     if change is not None:
