@@ -63,6 +63,9 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
     if case == "malformed YAML":
         recipe.write_text("name: tiny\nbase: {model: [resnet\nsteps: []\n")
         return [r]
+    if case == "a key twice in one mapping":
+        recipe.write_text("name: first\n" + recipe.read_text().lstrip())
+        return [r]
     if case == "unknown key":
         recipe.write_text(recipe.read_text().replace("{alpha: 0.2}", "{alpah: 0.2}"))
         return [r]

@@ -158,3 +158,25 @@ def test_a_damaged_file_is_named_or_recovered_as_documented(case, kind, trained,
         assert runs.read_json(target.parent / RunDir.FINAL)["epochs"] == 2
     if case == ("`model.pt`", "an unfinished run (killed after it, before `final.json`)"):
         assert "fc.weight" in runs.load_torch(target)   # written again, whole
+
+
+def test_result_files_whose_values_have_the_wrong_type_are_named_not_a_traceback(tmp_path, capsys):
+    """A final.json whose top1 is text: `report` leaves the run out and says why, `status` shows
+    why instead of its top-1; a runs.csv column of text where numbers belong is one line, exit 2."""
+    import json
+    folder = tmp_path / "r"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "default", folder,
+                    ignore=shutil.ignore_patterns("*.png", "*.pdf", "runs.csv"))
+    final = folder / "resnet18d" / "02-cosine" / "seed0" / RunDir.FINAL
+    final.write_text(json.dumps({**json.loads(final.read_text()), "top1": "high"}))
+    assert main(["report", str(folder), "--no-figures"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {final}: unreadable (top1 = \"high\": not a percentage from 0 to 100)" in err
+    assert main(["status", str(folder)]) == 0
+    assert 'top1 = "high": not a percentage' in capsys.readouterr().out
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "runs.csv").write_text((folder / "runs.csv").read_text().replace("99.44289693593315", "high", 1))
+    assert main(["report", str(only), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {only / 'runs.csv'}: column top1 holds 'high', not a number") and "\n" not in err

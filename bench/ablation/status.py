@@ -62,7 +62,8 @@ def run_status(out: Path, record: dict) -> tuple[str, str, str]:
     job = read_json(rd / RunDir.JOB) or {}
     job_id = str(job.get("job_id", ""))
     if state.name == "finished":
-        return "finished", job_id, f"top-1 {state.final['top1']:.2f}"
+        wrong = RunDir.wrong_type(state.final)
+        return "finished", job_id, f"{rd / RunDir.FINAL}: {wrong}" if wrong else f"top-1 {state.final['top1']:.2f}"
     if state.name == "conflict":
         return "failed", job_id, f"holds a run of another experiment ({state.why})"
     epochs = len(rd.read_metrics())

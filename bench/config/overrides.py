@@ -27,13 +27,34 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice (it keeps the last one,
+    silently: `epochs: 120` then `epochs: 2` trains 2)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor`: its keys may be overridden here
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str | bytes) -> Any:
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key.path=value` → ("key.path", value), the value read as YAML; the path checked."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: expected key.path=value")
     try:
-        parsed = yaml.safe_load(value) if value else None
+        parsed = load_yaml(value) if value else None
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError):   # also a tag it does not fit: !!int x
         raise ConfigError(f"--set {text!r}: value {value!r} is not valid YAML") from None
     check_size(parsed, f"--set {key!r}")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
-from bench.config.overrides import apply_overrides, deep_merge
+from bench.config.overrides import apply_overrides, deep_merge, load_yaml
 from bench.config.schema import ModelConfig, RunConfig, WandbConfig
 from bench.config.validation import check_size, validate
 from bench.errors import ConfigError, first_line
@@ -60,7 +60,7 @@ def read_yaml(path: Path, what: str = "recipe", shape: str = "a mapping with bas
     if size > MAX_RECIPE_BYTES:
         raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most {MAX_RECIPE_BYTES:,}")
     try:
-        raw = yaml.safe_load(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
+        raw = load_yaml(path.read_bytes())   # bytes: PyYAML names a file that is not UTF-8/16 text
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}: line {mark.line + 1}" if mark else str(path)

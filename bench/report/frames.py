@@ -90,6 +90,12 @@ def read_runs_csv(path: Path) -> pd.DataFrame:
     """A runs.csv read back as the runs DataFrame: config lists (milestones, crop_scale), which
     the CSV holds as their text, are lists again; writing it again gives the same bytes."""
     df = pd.read_csv(path)
+    for column in ("top1", "top5", "seed", "step_index"):
+        values = pd.to_numeric(df[column], errors="coerce") if column in df else None
+        if values is not None and values.isna().ne(df[column].isna()).any():
+            bad = df.loc[values.isna() & df[column].notna(), column].iloc[0]
+            raise BenchError(f"{path}: column {column} holds {str(bad)[:40]!r}, not a number; remove the file "
+                             "to rebuild it from the run directories")
     rows = df.to_dict("records")
     for row in rows:
         for key, value in row.items():

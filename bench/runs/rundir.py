@@ -19,6 +19,7 @@ finished result is never overwritten or deleted.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -81,6 +82,21 @@ class RunDir(RunFiles):
         return record
 
     RECORD_KEYS = ("model", "role", "step", "step_index", "seed", "top1", "top5", "config_hash")   # the tables need these
+    RECORD_TYPES = {"model": str, "role": str, "step": str, "step_index": int, "seed": int, "top1": float, "top5": float,
+                    "config_hash": str}
+
+    @classmethod
+    def wrong_type(cls, final: dict) -> Optional[str]:
+        """What is wrong with the types of a final.json's record keys, or None."""
+        for key, kind in cls.RECORD_TYPES.items():
+            value = final.get(key)
+            fits = isinstance(value, str) if kind is str else \
+                isinstance(value, int) and not isinstance(value, bool) if kind is int else \
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100
+            if not fits:
+                shape = {str: "a string", int: "an integer", float: "a percentage from 0 to 100"}[kind]
+                return f"{key} = {json.dumps(value)[:40]}: not {shape}"
+        return None
 
     def read_finished(self) -> tuple[dict, dict]:
         """(final.json, config.yaml) of a finished run, for its report row; `files.Unreadable` when
@@ -89,6 +105,9 @@ class RunDir(RunFiles):
         final, config = files.read_json(self / self.FINAL), files.read_yaml(self / self.CONFIG) or {}
         if not isinstance(final, dict) or not all(key in final for key in self.RECORD_KEYS):
             raise files.Unreadable(self / self.FINAL, f"not a run's record: it needs {', '.join(self.RECORD_KEYS)}")
+        wrong = self.wrong_type(final)
+        if wrong:
+            raise files.Unreadable(self / self.FINAL, wrong)
         if not isinstance(config, dict):
             raise files.Unreadable(self / self.CONFIG, f"a YAML {type(config).__name__}, not a mapping")
         if config and _config_hash(config) != final["config_hash"]:
