@@ -116,6 +116,14 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
     if case == "CUDA asked for, none here":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         return [r, "--set", "runtime.device=cuda"]
+    if case == "pretrained weights on an offline node":
+        import socket
+
+        def unreachable(address, timeout=None):
+            raise socket.gaierror(-2, "Name or service not known")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(socket, "create_connection", unreachable)
+        return [r, "--set", "model.pretrained=ra2_in1k", "--only", "efficient"]
     if case == "an unknown name in model.kwargs":
         return [r, "--set", "model.kwargs={act_layer: nope}", "--only", "efficient"]
     if case == "results directory not writable":

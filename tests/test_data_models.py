@@ -279,3 +279,29 @@ def test_model_init_keeps_timm_by_default_and_refuses_pretrained_weights():
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), timm_init.state_dict().values()))
     with pytest.raises(ValueError, match="model.init=xavier would overwrite the weights of model.pretrained"):
         ModelConfig(name="resnet18d", pretrained="a1_in1k", init="xavier")
+
+
+def test_pretrained_weights_on_an_offline_node_fail_in_seconds_naming_the_way_out(monkeypatch):
+    """No network: one line naming HF_HUB_OFFLINE and model.checkpoint, before huggingface_hub's
+    minute of retries; with HF_HUB_OFFLINE set, timm is asked (it reads the local cache)."""
+    import socket
+
+    import timm
+    from bench.engine import models
+
+    def unreachable(address, timeout=None):
+        raise socket.gaierror(-2, "Name or service not known")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    asked = []
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: asked.append(name) or (_ for _ in ()).throw(OSError("no cache")))
+    with pytest.raises(BenchError) as err:
+        models.build_model(ModelConfig(name="resnet18d", pretrained="ra2_in1k"), 10)
+    assert asked == []      # refused before timm (and huggingface_hub's retries) were asked
+    assert str(err.value).startswith("model.pretrained = ra2_in1k (resnet18d.ra2_in1k): the Hugging Face Hub "
+                                     "(huggingface.co:443) cannot be reached")
+    assert "HF_HUB_OFFLINE=1" in str(err.value) and "model.checkpoint" in str(err.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BenchError, match="no cache"):
+        models.build_model(ModelConfig(name="resnet18d", pretrained="ra2_in1k"), 10)
+    assert asked == ["resnet18d.ra2_in1k"]

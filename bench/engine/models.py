@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -46,6 +49,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
         raise BenchError(f"model.name = {cfg.name!r}: unknown timm model{hint}")
     if cfg.pretrained:
         timm_name = f"{timm_name}.{cfg.pretrained}"
+        check_hub_reachable(f"model.pretrained = {cfg.pretrained} ({timm_name})")
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, pretrained=bool(cfg.pretrained), **cfg.kwargs)
     try:
         try:
@@ -69,6 +73,23 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int = 3, zero_gamm
         load_weights(model, cfg.checkpoint, f"model {cfg.name} for {num_classes} classes", "model.checkpoint",
                      cfg.checkpoint_key)
     return model
+
+
+def check_hub_reachable(what: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds where the Hugging Face Hub cannot be reached (an offline node), instead of
+    after huggingface_hub's minute of retries; with HF_HUB_OFFLINE set, timm reads the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise BenchError(f"{what}: the Hugging Face Hub ({target.hostname}:{port}) cannot be reached "
+                         f"({first_line(err) or type(err).__name__}); set HF_HUB_OFFLINE=1 to load it from the local "
+                         "cache (HF_HOME), or give model.checkpoint = a local weights file") from None
 
 
 def initialise(model: nn.Module, scheme: str) -> nn.Module:
