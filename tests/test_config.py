@@ -266,3 +266,20 @@ def test_models_filter_runs_the_named_columns_and_their_teachers():
     assert [s.step for s in specs if s.role == "teacher"] == [t.name for t in recipe.teachers]
     with pytest.raises(ConfigError, match="--models resnet50: no such model"):
         plan(recipe, models=["resnet50"])
+
+
+def test_resolving_a_recipe_merges_each_step_once_linear_in_its_steps(write_recipe, monkeypatch):
+    """Each step's settings merge onto its parent's once (walking each step's chain anew made
+    planning quadratic: 8 s for 1,000 steps). Counted, not timed."""
+    import bench.config.recipe as recipe_mod
+    calls = []
+    real = recipe_mod.deep_merge
+    monkeypatch.setattr(recipe_mod, "deep_merge", lambda a, b: calls.append(1) or real(a, b))
+
+    def merges(n: int) -> int:
+        steps = "\n".join(f"  - name: s{i}\n    set: {{optim: {{weight_decay: {1e-4 * (1 + i % 7):.6f}}}}}" for i in range(n))
+        calls.clear()
+        plan(load_recipe(write_recipe(f"name: big\nbase:\n  model: {{name: resnet18d}}\nsteps:\n{steps}\n", f"r{n}.yaml")))
+        return len(calls)
+    small, large = merges(50), merges(200)
+    assert large <= 4.2 * small
