@@ -220,8 +220,12 @@ def cmd_status(argv: Sequence[str]) -> int:
     rows = ablation_status(out)
     print(format_status(rows))
     if all(r["state"] == "finished" for r in rows):
-        print(write_report(out))
-        print(f"all {runs(len(rows))} finished: wrote {out / 'runs.csv'} and {out / 'table.md'}")
+        try:
+            print(write_report(out))
+            print(f"all {runs(len(rows))} finished: wrote {out / 'runs.csv'} and {out / 'table.md'}")
+        except BenchError as err:   # a folder the user may read, not write: the status stands
+            print(f"all {runs(len(rows))} finished; the tables were not written: {err} "
+                  f"(`report {out} --out DIR` writes them elsewhere)")
     return 1 if any(r["state"] == "failed" for r in rows) else 0
 
 
@@ -231,6 +235,8 @@ def cmd_report(argv: Sequence[str]) -> int:
     p.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="rebuild from a W&B project's runs instead")
     p.add_argument("--group", help="with --from-wandb: the ablation's W&B group")
     p.add_argument("--no-figures", action="store_true", help="tables only (figures/ is left as it is)")
+    p.add_argument("--out", help="write runs.csv, the tables and figures/ here (default: RESULTS_DIR; for a folder "
+                                 "you may read but not write)")
     p.add_argument("--wandb", action="store_true", help="also log RESULTS_DIR's report to its W&B summary run "
                    "(project: $WANDB_PROJECT, else bench; group: the directory's name)")
     args = p.parse_args(argv)
@@ -243,8 +249,15 @@ def cmd_report(argv: Sequence[str]) -> int:
         return 0
     if args.results_dir is None:
         p.error("the following arguments are required: results_dir")
-    print(write_report(Path(args.results_dir), figures=not args.no_figures, require_runs=True))
-    print(f"wrote runs.csv, table.md/.csv/.tex, deltas.csv{'' if args.no_figures else ' and figures/'} in {args.results_dir}")
+    out = Path(args.out or args.results_dir)
+    if not Path(args.results_dir).is_dir():
+        raise BenchError(f"{args.results_dir}: no such results directory")
+    try:
+        check_writable(out)
+    except BenchError as err:
+        raise BenchError(f"{err}{'' if args.out else '; give --out DIR to write the tables elsewhere'}") from None
+    print(write_report(Path(args.results_dir), figures=not args.no_figures, require_runs=True, out=out))
+    print(f"wrote runs.csv, table.md/.csv/.tex, deltas.csv{'' if args.no_figures else ' and figures/'} in {out}")
     log_report(WandbConfig() if args.wandb else None, Path(args.results_dir))
     return 0
 

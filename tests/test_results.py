@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -180,3 +181,32 @@ def test_a_folder_with_only_runs_csv_rebuilds_its_tables_and_staircase(tmp_path)
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
     written = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert written == ["fig3a_lr", "fig4a_gap_theory", "staircase"]     # no curves or gaps in a runs.csv
+
+
+def _read_only_mount_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind -o ro / /mnt 2>/dev/null || true; true"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="needs root and unshare for a read-only bind mount")
+def test_status_and_report_on_a_folder_the_user_cannot_write(tmp_path):
+    """A teammate's results, mounted read-only (root writes through file modes, not through a
+    read-only mount): status reports and says in one line why it wrote no tables, report says
+    where it could not write and writes them to --out when told to. Nothing in the folder changes."""
+    folder, out = tmp_path / "shared", tmp_path / "mine"
+    shutil.copytree(ROOT / "results" / "default", folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    script = (f"mount --bind -o ro {folder} {folder} && "
+              f"{sys.executable} run_ablation.py status {folder}; echo status=$?; "
+              f"{sys.executable} run_ablation.py report {folder} --no-figures; echo report=$?; "
+              f"{sys.executable} run_ablation.py report {folder} --no-figures --out {out}; echo out=$?")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "status=0" in proc.stdout and "report=2" in proc.stdout and "out=0" in proc.stdout, proc.stdout + proc.stderr
+    assert "all 8 runs finished; the tables were not written:" in proc.stdout and "(Read-only file system)" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [f"error: results directory {folder}: not writable (Read-only file "
+                                                "system); give --out DIR to write the tables elsewhere"]
+    assert (out / "table.md").read_text() == (ROOT / "results" / "default" / "table.md").read_text()
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

@@ -1,5 +1,6 @@
 """The report: run directories (or W&B) → DataFrames → statistics → tables and figures."""
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -10,20 +11,24 @@ from bench.report.tables import write_tables
 from bench.runs import RunDir
 
 
-def write_report(results_dir: Path, figures: bool = True, require_runs: bool = False, results: Optional[Results] = None) -> str:
+def write_report(results_dir: Path, figures: bool = True, require_runs: bool = False, results: Optional[Results] = None,
+                 out: Optional[Path] = None) -> str:
     """Rebuild the tables (and figures/) of `results_dir` from its run directories alone (or from
     `results`, read from W&B), without retraining; returns the Markdown table. A file that cannot
     be read is skipped with one line on stderr; with `require_runs`, a directory without a run to
-    report is a one-line error."""
+    report is a one-line error. The tables and figures go to `out` (default: `results_dir`)."""
     results = load_results(results_dir) if results is None else results
     for line in results.skipped:
         print(line, file=sys.stderr)
     if require_runs and results.runs.empty:
         raise BenchError(f"{results_dir}: no finished run to report (no readable {RunDir.FINAL} below it, "
                          f"no {RUNS_CSV}); nothing was written")
-    markdown = write_tables(results, results_dir)
+    out = Path(results_dir if out is None else out)
+    if out != Path(results_dir):   # the runs' rows go with the tables: runs.csv is written there too
+        results = replace(results, from_runs_csv=False)
+    markdown = write_tables(results, out)
     if figures:
-        write_figures(results, Path(results_dir) / "figures")
+        write_figures(results, out / "figures")
     return markdown
 
 

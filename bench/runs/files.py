@@ -34,12 +34,16 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     write would give it: an existing file's own, else what the umask leaves of rw-rw-rw-
     (mkstemp's temporary file is rw------- whatever the umask, which would hide results from a team)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         file_mode = path.stat().st_mode & 0o7777
     except OSError:
         file_mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:   # a folder the user cannot write: read-only, another's, a file in the way
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise BenchError(f"{path}: cannot write here ({err.strerror or type(err).__name__}); {kept}") from None
     try:
         os.fchmod(fd, file_mode)
         with os.fdopen(fd, mode) as f:
