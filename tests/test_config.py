@@ -283,3 +283,10 @@ def test_resolving_a_recipe_merges_each_step_once_linear_in_its_steps(write_reci
         return len(calls)
     small, large = merges(50), merges(200)
     assert large <= 4.2 * small
+
+
+def test_a_name_longer_than_a_path_component_should_be_is_refused(write_recipe):
+    long = "s" * 101
+    with pytest.raises(ConfigError, match=r"String should have at most 100 characters"):
+        load_recipe(write_recipe(f"name: tiny\nbase: {{model: {{name: resnet18d}}}}\nsteps:\n  - name: {long}\n"))
+    load_recipe(write_recipe(f"name: tiny\nbase: {{model: {{name: resnet18d}}}}\nsteps:\n  - name: {long[:100]}\n"))

@@ -18,16 +18,17 @@ from bench.errors import ConfigError, first_line
 from bench.strict import Strict
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+NAME_MAX = 100   # a name is a path component (and part of a lock file's and a W&B run's): well under 255 bytes
 
 
 class StepSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     set: dict[str, Any] = {}
     parent: Optional[str] = None   # the step this one builds on; default: the previous step
 
 
 class Variant(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     set: dict[str, Any] = {}
 
 
@@ -36,7 +37,7 @@ class TeacherSpec(Variant):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     paper_table: Optional[str] = None           # compare against results/paper/<paper_table>.csv
     paper_models: dict[str, str] = {}           # model column -> the paper's model it stands in for
     description: str = ""
