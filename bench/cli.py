@@ -103,7 +103,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     before = manifest.read_bytes() if manifest.is_file() else None
     if main:   # `status DIR` lists every run, the ones not started too
         check_writable(out)
-        merge_manifest(specs, out, "local")
+        merge_manifest(specs, out, "local", recipe.name)
     try:
         run_ablation(specs, out, progress=not args.no_progress, wandb=wandb, on_failure=args.on_failure)
         failure = None
@@ -190,7 +190,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
     if cluster.launcher == "slurm" and shutil.which("sbatch") is None:
         raise BenchError("--launcher slurm: sbatch not found; run this on a SLURM login node")
     check_writable(out)
-    merge_manifest(specs, out, cluster.launcher)
+    merge_manifest(specs, out, cluster.launcher, recipe.name)
     run_argv = [str(Path(args.recipe).resolve()), "--out", str(out), *(["--smoke"] if args.smoke else []),
                 *(["--no-progress"] if args.no_progress else []),
                 *(["--seeds", *map(str, args.seeds)] if args.seeds else []),

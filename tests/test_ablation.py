@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.report import load_runs
 from bench.runs import RunDir
 
-from conftest import tiny_recipe
+from conftest import TINY_RECIPE, tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,3 +175,19 @@ def test_the_committed_converged_runs_are_whole_and_what_the_same_command_skips(
         assert RunDir(out / path).state(spec.config, spec.teacher_hash).name == "finished", path
         if spec.role == "teacher":
             assert (out / path / RunDir.WEIGHTS).is_file(), path
+
+
+def test_a_results_folder_holds_one_recipes_runs(write_recipe, tmp_path, capsys):
+    """A second recipe written into the same --out would take a step's Δ against the first
+    recipe's parent run: refused before anything is written."""
+    from bench.ablation.launch import merge_manifest
+    out = tmp_path / "out"
+    first = load_recipe(write_recipe())
+    merge_manifest(plan(first), out, "local", first.name)
+    manifest = (out / "launch.json").read_bytes()
+    other = write_recipe(TINY_RECIPE.replace("name: tiny", "name: other"), "other.yaml")
+    assert main([str(other), "--smoke", "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: results directory {out}: holds the runs of recipe 'tiny', not "
+                                               "'other' (a step's Δ would be taken against another recipe's run); "
+                                               "give another --out")
+    assert (out / "launch.json").read_bytes() == manifest and sorted(p.name for p in out.iterdir()) == ["launch.json"]

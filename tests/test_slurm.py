@@ -206,7 +206,7 @@ def test_status_reads_run_states_from_the_manifest(write_recipe, tmp_path, capsy
     specs = plan(load_recipe(write_recipe()), only=["efficient", "cosine"])
     out = tmp_path / "out"
     run_ablation(specs[:1], out, progress=False)
-    merge_manifest(specs, out, "local")
+    merge_manifest(specs, out, "local", "tiny")
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "finished" in text and "not started" in text and not (out / "table.md").exists()

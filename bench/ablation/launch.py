@@ -161,10 +161,14 @@ def torchrun_command(nproc_per_node: int, run_argv: Sequence[str]) -> list[str]:
             str(ROOT / "run_ablation.py"), *run_argv]
 
 
-def merge_manifest(specs: list[RunSpec], out: Path, launcher: str) -> None:
+def merge_manifest(specs: list[RunSpec], out: Path, launcher: str, recipe: str) -> None:
     """Add this launch's runs to the results directory's manifest (a later launch of the
-    same run replaces its entry)."""
+    same run replaces its entry). A folder holds one recipe's runs: the Δ of a step is taken
+    against its parent in the same folder, which must be the same recipe's."""
     old = read_json(Path(out) / MANIFEST) or {"runs": []}
+    if old.get("recipe", recipe) != recipe:
+        raise BenchError(f"results directory {out}: holds the runs of recipe '{old['recipe']}', not '{recipe}' "
+                         "(a step's Δ would be taken against another recipe's run); give another --out")
     new = {str(spec.path): {**spec.record(), "path": str(spec.path)} for spec in specs}
     merged = [r for r in old["runs"] if r["path"] not in new] + list(new.values())
-    write_json(Path(out) / MANIFEST, {"launcher": launcher, "runs": merged})
+    write_json(Path(out) / MANIFEST, {"launcher": launcher, "recipe": recipe, "runs": merged})
