@@ -175,3 +175,30 @@ def test_report_reads_run_directories_in_any_state(choices, seed, results, tmp_p
     if code == 2:
         assert lines[-1].startswith("error: "), lines
     assert {p: p.read_bytes() for p in out.rglob(RunDir.FINAL)} == finals   # nothing of a run is rewritten
+
+
+JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False),
+                                     st.text(max_size=8)),
+                           lambda children: st.one_of(st.lists(children, max_size=3),
+                                                      st.dictionaries(st.text(max_size=4), children, max_size=3)),
+                           max_leaves=6)
+
+
+@settings(FAST, max_examples=12)
+@given(values=st.dictionaries(st.sampled_from(list(RunDir.RECORD_KEYS)), JSON_VALUES, min_size=1, max_size=4))
+def test_final_json_values_of_any_type_are_skipped_or_reported_never_a_traceback(values, results, tmp_path_factory,
+                                                                                capsys):
+    """A final.json that parses, with any JSON in its record keys: report, status and compare
+    end in success or one line, never a traceback."""
+    import json
+    out = tmp_path_factory.mktemp("types") / "o"
+    shutil.copytree(results, out)
+    final = sorted(out.rglob(RunDir.FINAL))[-1]
+    final.write_text(json.dumps({**json.loads(final.read_text()), **values}))
+    (out / "runs.csv").unlink()
+    for argv in (["report", str(out), "--no-figures"], ["status", str(out)], ["compare", str(results), str(out)]):
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code in (0, 1, 2) and "Traceback" not in captured.err, (argv, captured.err)
+        errors = [line for line in captured.err.strip().splitlines() if not line.startswith("skipped ")]
+        assert len(errors) <= 1, errors
