@@ -33,14 +33,14 @@ from bench.errors import BenchError
 from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
 from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
-from bench.report import load_results, write_report
-from bench.report.compare import compare_markdown, compare_runs
-from bench.report.stats import detectable_delta, seed_noise, seeds_to_detect
-from bench.report.fidelity import fidelity_markdown, table6_specs
+from bench.report import write_report
+from bench.report.compare import compare_main, measured_noise
+from bench.report.fidelity import fidelity_main
 from bench.report.frames import load_paper
+from bench.report.stats import seeds_sentence
 from bench.report.wandb import write_wandb_report
 from bench.report.wandb_summary import log_report
-from bench.runs import atomic_write, write_text
+from bench.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "default.yaml"
@@ -145,30 +145,12 @@ def cmd_plan(argv: Sequence[str]) -> int:
                    help="also say how many seeds per step find a Δ top-1 of DELTA points at 80%% power (needs --noise)")
     p.add_argument("--noise", metavar="RESULTS_DIR", help="a results folder or pilot whose seeds measure the noise of a Δ")
     args = parse(p, argv)
-    noise = None
-    if args.detect is not None:
-        if not args.detect > 0:
-            raise BenchError(f"--detect {args.detect:g}: must be > 0 (points of top-1)")
-        if args.noise is None:
-            raise BenchError(f"--detect {args.detect:g}: no seed noise to go on; give --noise RESULTS_DIR, a results "
-                             "folder or pilot with 2 or more seeds of a step and of the step it builds on")
-        if not Path(args.noise).is_dir():
-            raise BenchError(f"--noise {args.noise}: no such results folder")
-        noise = seed_noise(load_results(Path(args.noise)).runs)
-        if noise[1] == 0:
-            raise BenchError(f"--noise {args.noise}: no step has 2 seeds paired with the step it builds on, so it "
-                             "measures no seed noise")
+    noise = measured_noise(args.detect, args.noise) if args.detect is not None else None
     recipe, specs, _ = planned(args)
     rates = [read_bench_json(path) for path in args.bench] + (table3_rates(load_paper("table3")) if args.paper_times else [])
     print(format_plan(plan_table(specs, rates), args.format), end="")
     if noise is not None:
-        sd, dof = noise
-        seeds = len({s.seed for s in specs if s.role == "student"})
-        have = (f"the {seeds} seeds planned detect {detectable_delta(seeds, sd):.2f}" if seeds >= 2
-                else "the 1 seed planned has no interval")
-        print(f"\nTo detect Δ top-1 = {args.detect:g} at 80 % power (two-sided paired t at 95 %): "
-              f"{seeds_to_detect(args.detect, sd)} seeds per step; {have}. Seed noise from {args.noise}: a step's Δ "
-              f"varies between seeds with std {sd:.2f} points (pooled over its steps, {dof} degrees of freedom).")
+        print("\n" + seeds_sentence(args.detect, *noise, len({s.seed for s in specs if s.role == "student"}), args.noise))
     return 0
 
 
@@ -262,31 +244,6 @@ def cmd_report(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_compare(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_ablation.py compare", description=(
-        "Two results folders (budgets, recipes, data sets) step by step: each one's top-1 and Δ, and B − A "
-        "with Welch's t-interval over each folder's seeds (never paired across folders). Nothing is written."))
-    p.add_argument("a", metavar="A", help="results folder")
-    p.add_argument("b", metavar="B", help="results folder")
-    p.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default: %(default)s)")
-    p.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown (default) or CSV")
-    args = p.parse_args(argv)
-    if not 0 < args.confidence < 1:
-        raise BenchError(f"--confidence {args.confidence:g}: must be between 0 and 1")
-    folders = []
-    for folder in (args.a, args.b):
-        if not Path(folder).is_dir():
-            raise BenchError(f"{folder}: no such results folder")
-        results = load_results(Path(folder))
-        if results.runs.empty:
-            raise BenchError(f"{folder}: no finished run (no final.json below it, no runs.csv)")
-        folders.append(results.runs)
-    table = compare_runs(*folders, confidence=args.confidence)
-    print(table.to_csv(index=False) if args.format == "csv" else compare_markdown(table, args.a, args.b, args.confidence),
-          end="")
-    return 0
-
-
 def cmd_models(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="run_ablation.py models",
                                 description="The paper's models (or NAMEs): parameters and GFLOPs (multiply-adds).")
@@ -308,20 +265,10 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_fidelity(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_ablation.py fidelity", description=(
-        "Regenerate docs/fidelity.md: every Table 6 setting in the paper, in GluonCV and in recipes/table6.yaml."))
-    p.add_argument("--out", default=str(ROOT / "docs" / "fidelity.md"), help="where to write (default: %(default)s)")
-    args = p.parse_args(argv)
-    write_text(Path(args.out), fidelity_markdown(table6_specs(ROOT)))
-    print(f"wrote {args.out}")
-    return 0
-
-
-COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "compare": cmd_compare,
+COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "compare": compare_main,
             "models": cmd_models,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader, "bench-pipeline": cmd_bench_pipeline,
-            "bench-recipe": cmd_bench_recipe, "bench-threads": cmd_bench_threads, "fidelity": cmd_fidelity, "gpu-check": gpu_check_main}
+            "bench-recipe": cmd_bench_recipe, "bench-threads": cmd_bench_threads, "fidelity": fidelity_main, "gpu-check": gpu_check_main}
 
 
 def _looks_like_a_command(word: str) -> bool:

@@ -287,6 +287,7 @@ def test_pretrained_weights_on_an_offline_node_fail_in_seconds_naming_the_way_ou
     import socket
 
     import timm
+
     from bench.engine import models
 
     def unreachable(address, timeout=None):

@@ -11,9 +11,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from bench.config import DataConfig
 from bench.engine.data import build_data
-from bench.engine.data.images import eval_transform
 from bench.engine.data.device_aug import NORMALIZE, PCA_EIGVAL, PCA_EIGVEC, DeviceAugment, adjust_hue
 from bench.engine.data.fake import write_fake_data
+from bench.engine.data.images import eval_transform
 
 CPU = torch.device("cpu")
 

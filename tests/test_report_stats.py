@@ -12,8 +12,8 @@ import torch
 
 from bench.engine import logit_gaps
 from bench.errors import BenchError
-from bench.report import figures as plots
 from bench.report import compare, frames, staircase, stats, tables
+from bench.report import figures as plots
 
 
 def test_logit_gap_is_max_minus_mean_of_the_others():

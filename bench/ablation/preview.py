@@ -18,7 +18,6 @@ from bench.engine.data.sizes import dataset_images, images_per_epoch
 from bench.engine.models import family, measure_model
 from bench.errors import BenchError
 
-
 TABLE3 = "the paper's Table 3 (V100)"
 
 
@@ -89,7 +88,8 @@ class CostModel:
     def train_seconds(self, model: ModelConfig, size: int, precision: str, dataset: str) -> Optional[tuple[float, str]]:
         """Seconds of one training image (forward and backward) on one device, and whence; the
         rates' FLOPs are counted for their classes and 3 channels, the run's for its data set's."""
-        candidates = [r for r in self.rates if r.precision == precision and family(r.model) == family(model.name)]
+        kin = family(model.name)
+        candidates = [r for r in self.rates if r.precision == precision and kin is not None and family(r.model) == kin]
         exact = [r for r in candidates if r.measured(model, size, precision)]
         if exact:
             return 1 / exact[0].images_per_s, exact[0].source

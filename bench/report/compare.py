@@ -4,11 +4,18 @@ paired across folders: seed 0 here and seed 0 there share a number, not an initi
 order that the two runs both saw."""
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+from bench.errors import BenchError
+from bench.report.frames import load_results
+from bench.report.stats import seed_noise
 
 COLUMNS = ["model", "step", "parent_step", "n_a", "n_b", "top1_a", "top1_b", "top1_diff", "top1_low", "top1_high",
            "top1_p", "delta_a", "delta_b", "delta_diff", "delta_low", "delta_high", "delta_p"]
@@ -100,3 +107,44 @@ def compare_markdown(table: pd.DataFrame, a: str, b: str, confidence: float = 0.
             "and two-sided p over the two folders' seeds (never paired across folders; * where the interval "
             "excludes 0), one test per row, not corrected for the number of rows.")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def folder_runs(folder: str, flag: str = "") -> pd.DataFrame:
+    """The finished runs of a results folder, or a one-line error naming it."""
+    if not Path(folder).is_dir():
+        raise BenchError(f"{flag}{folder}: no such results folder")
+    runs = load_results(Path(folder)).runs
+    if runs.empty:
+        raise BenchError(f"{flag}{folder}: no finished run (no final.json below it, no runs.csv)")
+    return runs
+
+
+def measured_noise(delta: float, folder: str | None) -> tuple[float, int]:
+    """`plan --detect DELTA --noise FOLDER`: the seed noise of a step's Δ that FOLDER measured."""
+    if not delta > 0:
+        raise BenchError(f"--detect {delta:g}: must be > 0 (points of top-1)")
+    if folder is None:
+        raise BenchError(f"--detect {delta:g}: no seed noise to go on; give --noise RESULTS_DIR, a results "
+                         "folder or pilot with 2 or more seeds of a step and of the step it builds on")
+    noise = seed_noise(folder_runs(folder, "--noise "))
+    if noise[1] == 0:
+        raise BenchError(f"--noise {folder}: no step has 2 seeds paired with the step it builds on, so it "
+                         "measures no seed noise")
+    return noise
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py compare", description=(
+        "Two results folders (budgets, recipes, data sets) step by step: each one's top-1 and Δ, and B − A "
+        "with Welch's t-interval over each folder's seeds (never paired across folders). Nothing is written."))
+    p.add_argument("a", metavar="A", help="results folder")
+    p.add_argument("b", metavar="B", help="results folder")
+    p.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default: %(default)s)")
+    p.add_argument("--format", choices=["md", "csv"], default="md", help="Markdown (default) or CSV")
+    args = p.parse_args(argv)
+    if not 0 < args.confidence < 1:
+        raise BenchError(f"--confidence {args.confidence:g}: must be between 0 and 1")
+    table = compare_runs(folder_runs(args.a), folder_runs(args.b), confidence=args.confidence)
+    print(table.to_csv(index=False) if args.format == "csv" else compare_markdown(table, args.a, args.b, args.confidence),
+          end="")
+    return 0

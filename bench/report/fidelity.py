@@ -2,6 +2,7 @@
 sets it, and as the recipes resolve it, read from the planned runs so the page cannot drift."""
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,12 @@ from bench.config import ModelConfig, RunConfig, load_recipe
 from bench.config.datasets import DATASETS
 from bench.engine.models import family
 from bench.report.frames import load_paper
+from bench.runs import write_text
 
 TRAIN = "train_imagenet.py"     # GluonCV's scripts/classification/imagenet/train_imagenet.py
 ZOO = "model zoo command"       # GluonCV's published training command for ResNet50_v1d (mixup row)
 RECIPES = ("recipes/table6.yaml",)
+ROOT = Path(__file__).resolve().parents[2]   # the repository: recipes/ and docs/
 WHO = {"paper": "the paper", "gluoncv": "GluonCV", "neither": "neither"}   # whom a `Setting` follows
 
 
@@ -259,3 +262,12 @@ def table6_specs(root: Path) -> list[RunSpec]:
     path = root / RECIPES[0]
     return plan(load_recipe(path), where=str(path))
 
+
+def fidelity_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py fidelity", description=(
+        "Regenerate docs/fidelity.md: every Table 6 setting in the paper, in GluonCV and in recipes/table6.yaml."))
+    p.add_argument("--out", default=str(ROOT / "docs" / "fidelity.md"), help="where to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    write_text(Path(args.out), fidelity_markdown(table6_specs(ROOT)))
+    print(f"wrote {args.out}")
+    return 0

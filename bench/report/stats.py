@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 from bench.report.frames import PAPER_DATASET, paper_values
@@ -97,7 +98,7 @@ def seed_noise(df: pd.DataFrame) -> tuple[float, int]:
     and those degrees of freedom; (nan, 0) where no step has 2 paired seeds."""
     students = df[df["role"] == "student"]
     ss, dof = 0.0, 0
-    for (model, step), group in students.groupby(["model", "step"], sort=False):
+    for (model, _), group in students.groupby(["model", "step"], sort=False):
         base = students[(students["model"] == model) & (students["step"] == group["parent_step"].iloc[0])]
         pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
         d = (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)
@@ -128,5 +129,14 @@ def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: flo
 
 def detectable_delta(n: int, sd: float, power: float = 0.8, confidence: float = 0.95) -> float:
     """The minimum detectable effect: the Δ that n paired seeds find with probability `power`."""
-    from scipy.optimize import brentq
-    return float(brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd, 100 * sd))
+    return float(optimize.brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd, 100 * sd))
+
+
+def seeds_sentence(delta: float, sd: float, dof: int, seeds: int, source: str) -> str:
+    """What `plan --detect` says: the seeds per step that find `delta` at 80 % power, and the Δ the
+    planned seeds can find."""
+    have = (f"the {seeds} seeds planned detect {detectable_delta(seeds, sd):.2f}" if seeds >= 2
+            else "the 1 seed planned has no interval")
+    return (f"To detect Δ top-1 = {delta:g} at 80 % power (two-sided paired t at 95 %): {seeds_to_detect(delta, sd)} "
+            f"seeds per step; {have}. Seed noise from {source}: a step's Δ varies between seeds with std {sd:.2f} "
+            f"points (pooled over its steps, {dof} degrees of freedom).")
