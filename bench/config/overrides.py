@@ -45,7 +45,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str | bytes) -> Any:
-    return yaml.load(text, Loader=UniqueKeyLoader)
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
