@@ -162,3 +162,22 @@ def test_wandb_settings_from_recipe_and_cli(write_recipe, monkeypatch):
     monkeypatch.setenv("NETRC", "/nonexistent")
     monkeypatch.setattr(wandb_connect, "_has_api_key", lambda host: False)
     assert wandb_connect.resolve_mode(WandbConfig()) == "offline"   # no key: offline, no network asked
+
+
+def test_an_unwritable_wandb_dir_is_reported_with_the_folder_wandb_used(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from bench.report.wandb_summary import log_report
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "a-file" / "wandb-here"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))   # where wandb falls back to
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    log_report(WandbConfig(), out)
+    lines = capsys.readouterr()
+    assert "is not writable: this run's files are in " + str(tmp_path / "tmp" / "wandb") in lines.err
+    assert f"wandb sync {tmp_path / 'tmp' / 'wandb'}/offline-run-*" in lines.out
+    assert list((tmp_path / "tmp" / "wandb").glob("offline-run-*"))

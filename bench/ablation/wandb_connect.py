@@ -110,11 +110,23 @@ def init_run(settings: WandbConfig, out: Path, run_id: Optional[str], group: str
         entity=settings.entity or os.environ.get("WANDB_ENTITY") or None, id=run_id)
     common = dict(group=group, resume="allow", dir=str(wandb_dir(out)), **where,
                   settings=wandb.Settings(console="off", silent=True, init_timeout=INIT_TIMEOUT_S), **kwargs)
-    wandb_dir(out).mkdir(parents=True, exist_ok=True)
     try:
-        return wandb.init(mode=mode, **common)
+        wandb_dir(out).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass   # wandb says so, and falls back to a temporary folder: `used_dir` tells where
+    try:
+        run = wandb.init(mode=mode, **common)
     except Exception as err:
         if mode != "online":
             raise
         warn(f"online start failed ({error_line(err)}); logging offline instead")
-        return wandb.init(mode="offline", **common)
+        run = wandb.init(mode="offline", **common)
+    if run is not None and mode != "online" and used_dir(run) != wandb_dir(out) / "wandb":
+        warn(f"{wandb_dir(out)} is not writable: this run's files are in {used_dir(run)}")
+    return run
+
+
+def used_dir(run) -> Path:
+    """The `wandb/` folder a run writes to: `<dir>/wandb`, or a temporary one wandb fell back to
+    when `dir` was not writable."""
+    return Path(run.settings.sync_dir).parent

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.ablation.tracking import ablation_group
-from bench.ablation.wandb_connect import error_line, init_run, resolve_mode, sweep_run_id, wandb_dir, warn
+from bench.ablation.wandb_connect import error_line, init_run, resolve_mode, sweep_run_id, used_dir, wandb_dir, warn
 from bench.config import WandbConfig
 from bench.engine import distributed as dist
 from bench.report.frames import load_results
@@ -78,14 +78,15 @@ def log_report(settings: Optional[WandbConfig], out: Path) -> None:
         print("wandb: in a sweep, no summary run: each sweep run holds its own top1")
         return
     group = ablation_group(settings, out)
+    where = wandb_dir(out) / "wandb"
     try:
         run = init_run(settings, out, summary_run_id(group), group, job_type=SUMMARY_JOB, name=SUMMARY_JOB,
                        tags=[SUMMARY_JOB])
         if run is not None:
+            where = used_dir(run)
             run.log(summary_data(out))
             run.finish()
     except Exception as err:  # the report is on disk already; W&B is a mirror
         warn(f"logging the report failed ({error_line(err)})")
     if resolve_mode(settings) == "offline":
-        where = wandb_dir(out) / "wandb"
         print(f"wandb: offline runs are in {where}; upload them later with: wandb sync {where}/offline-run-*")
