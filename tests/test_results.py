@@ -210,3 +210,22 @@ def test_status_and_report_on_a_folder_the_user_cannot_write(tmp_path):
                                                 "system); give --out DIR to write the tables elsewhere"]
     assert (out / "table.md").read_text() == (ROOT / "results" / "default" / "table.md").read_text()
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_finished_run_linked_into_the_folder_is_in_its_table(tmp_path, capsys):
+    """A run that reached the folder as a symbolic link (a teammate's run, linked in) is a run of
+    the folder: status counts it and report tables it, as if it had been copied. A link that loops
+    back to the folder is walked once."""
+    committed = ROOT / "results" / "default"
+    folder, elsewhere = tmp_path / "mine", tmp_path / "theirs"
+    shutil.copytree(committed, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.csv", "table.*"))
+    run = next(p.parent for p in folder.glob("*/02-*/seed0/final.json"))
+    elsewhere.mkdir()
+    shutil.move(run, elsewhere / "seed0")
+    run.symlink_to(elsewhere / "seed0", target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    assert main(["status", str(folder)]) == 0
+    assert "all 8 runs finished" in capsys.readouterr().out
+    assert main(["report", str(folder), "--no-figures"]) == 0
+    for name in ("runs.csv", "table.md", "deltas.csv"):
+        assert (folder / name).read_bytes() == (committed / name).read_bytes(), name

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.runs import RunDir
+from bench.runs import RunDir, files
 from bench.runs.files import Unreadable
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
@@ -57,7 +57,7 @@ def load_runs(results_dir: Path, skipped: Optional[dict[str, str]] = None) -> pd
     and what could not be read."""
     results_dir = Path(results_dir)
     rows = []
-    for final in sorted(results_dir.glob(f"**/{RunDir.FINAL}")):
+    for final in files.find(results_dir, RunDir.FINAL):
         path = str(final.parent.relative_to(results_dir))
         try:
             row, config = RunDir(final.parent).read_finished()

@@ -84,6 +84,23 @@ def write_failure(err: BaseException, folder: Path) -> str:
     return f"{type(err).__name__}: {first_line(err)}" if isinstance(err, Exception) else type(err).__name__
 
 
+def find(root: Path, name: str) -> list[Path]:
+    """Every file called `name` below `root`, in path order, through folders that are symbolic
+    links too (a run linked in from a teammate's folder is a run of this one), each real folder
+    once. `Path.glob("**")` does not descend into linked folders."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if name in files:
+            found.append(Path(folder) / name)
+    return sorted(found)
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
 

@@ -56,7 +56,7 @@ def teacher_path(name: str, seed: int) -> Path:
 
 def run_paths(out: Path) -> list[Path]:
     """Every run directory under `out` (a seed<k> folder holding a config.yaml), relative to it."""
-    found = (path.parent.relative_to(out) for path in Path(out).glob("**/" + RunDir.CONFIG))
+    found = (path.parent.relative_to(out) for path in files.find(Path(out), RunDir.CONFIG))
     return sorted(rel for rel in found if rel.name.startswith("seed") and rel.parts[0] != LOCK_DIR)
 
 
