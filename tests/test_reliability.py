@@ -201,3 +201,35 @@ def test_result_files_get_the_mode_the_umask_gives_and_keep_an_existing_files(tm
         assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o640 and (tmp_path / "new.md").read_text() == "y"
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("when", ["evaluate", "checkpoint"])
+def test_a_run_directory_removed_while_it_trains_is_one_line_and_the_rerun_trains_it(when, write_recipe, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """`rm -rf` of a run's folder during its first epoch: the run stops with one line at its next
+    write (a metrics row, a mid-epoch checkpoint) instead of making the folder again with only what
+    comes after; the same command then trains the run whole."""
+    import bench.engine.loop as loop
+
+    recipe, out = write_recipe(), tmp_path / "out"
+    argv = [str(recipe), "--only", "efficient", "--smoke", "--no-progress", "--out", str(out)]
+    run = out / "resnet18d" / "01-efficient" / "seed0"
+    target = "evaluate" if when == "evaluate" else "save_checkpoint"
+    real = getattr(loop, target)
+
+    def removing(*args, **kwargs):
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, target, removing)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: {run}: the run directory was removed while the run trained; nothing more is "
+                       "written to it, and the same command trains the run again"), err
+    assert not run.exists()
+    monkeypatch.setattr(loop, target, real)
+    assert main(argv) == 0
+    assert json.loads((run / RunDir.FINAL).read_text())["top1"] >= 0
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == list(range(RunConfig(**files.read_yaml(run / RunDir.CONFIG)).schedule.epochs))

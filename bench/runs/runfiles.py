@@ -81,7 +81,16 @@ class RunFiles:
             rows.append(row)
         return rows, bad
 
+    def still_here(self) -> None:
+        """Refuse to write into a run directory removed while the run trained: writing would make
+        it again, holding only what comes after (a checkpoint without its config, a log from the
+        middle)."""
+        if not self.path.is_dir():
+            raise BenchError(f"{self.path}: the run directory was removed while the run trained; nothing more is "
+                             "written to it, and the same command trains the run again")
+
     def append_metrics(self, row: dict) -> None:
+        self.still_here()
         path = self / self.METRICS
         size = path.stat().st_size if path.exists() else 0
         try:
@@ -90,6 +99,7 @@ class RunFiles:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:   # disk full: no half row is left
+            self.still_here()
             os.truncate(path, size)
             raise BenchError(f"{path}: write failed ({err.strerror or err}); the rows before are kept") from None
 
@@ -135,6 +145,7 @@ class RunFiles:
         return target
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.still_here()
         files.save_torch(self / self.CHECKPOINT, state)
 
     def load_checkpoint(self) -> Optional[dict[str, Any]]:
@@ -143,6 +154,7 @@ class RunFiles:
 
     def save_outputs(self, weights: dict, logit_gaps: Any) -> None:
         """The final weights and the validation logit gaps, before final.json."""
+        self.still_here()
         files.save_torch(self / self.WEIGHTS, weights)
         files.write_npy(self / self.LOGIT_GAPS, logit_gaps)
 
