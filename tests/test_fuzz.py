@@ -202,3 +202,54 @@ def test_final_json_values_of_any_type_are_skipped_or_reported_never_a_traceback
         assert code in (0, 1, 2) and "Traceback" not in captured.err, (argv, captured.err)
         errors = [line for line in captured.err.strip().splitlines() if not line.startswith("skipped ")]
         assert len(errors) <= 1, errors
+
+
+WORDS = st.one_of(st.text(max_size=12), st.sampled_from(["efficient", "cosine", "resnet18d", "-1", "0", "2**32",
+                                                         "4294967296", "1e9", "x" * 300, "a/b", "..", "\x00"]))
+SEEDS = st.lists(st.one_of(st.integers(-2**70, 2**70), st.sampled_from(["nan", "1.5", "0x10", ""])).map(str),
+                 min_size=1, max_size=3)
+
+
+@settings(FAST, max_examples=60)
+@given(seeds=st.none() | SEEDS, only=st.none() | st.lists(WORDS, min_size=1, max_size=2),
+       models=st.none() | st.lists(WORDS, min_size=1, max_size=2), out=st.none() | WORDS,
+       sets=st.lists(OVERRIDE_TEXT, max_size=2))
+def test_random_plan_command_lines(seeds, only, models, out, sets, write_recipe, tmp_path, capsys):
+    """`plan` with any seeds (beyond what an RNG takes), step and model names (unknown, too
+    long, with a slash or a NUL), results folders and overrides: a plan, or one line."""
+    argv = ["plan", str(write_recipe())]
+    for flag, values in (("--seeds", seeds), ("--only", only), ("--models", models)):
+        if values is not None:
+            argv += [flag, *values]
+    if out is not None:
+        argv += ["--out", str(tmp_path / out) if "\x00" not in out else out]
+    argv += [f"--set={s}" for s in sets]
+    capsys.readouterr()   # one example's output only
+    try:
+        code = main(argv)
+    except SystemExit as stop:   # argparse's usage error: its own two lines, exit 2
+        assert stop.code == 2
+        return
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured
+    one_line_or_nothing(captured.err)
+
+
+@settings(FAST, max_examples=40)
+@given(command=st.sampled_from(["status", "report", "compare"]), names=st.lists(WORDS, min_size=1, max_size=2))
+def test_random_folders_given_to_status_report_and_compare(command, names, results, tmp_path, capsys):
+    """A folder that is missing, a file, a run directory, a name too long or with a NUL: the
+    command succeeds or says what is wrong in one line."""
+    (tmp_path / "a-file").write_text("x")
+    pool = {"a-file": tmp_path / "a-file", "results": results, "run": results / "resnet18d" / "01-efficient" / "seed0"}
+    paths = [str(pool.get(n, tmp_path / n)) if "\x00" not in n else n for n in names]
+    argv = [command, *(paths * 2 if command == "compare" and len(paths) == 1 else paths)][:3]
+    capsys.readouterr()
+    try:
+        code = main(argv + (["--no-figures"] if command == "report" else []))
+    except SystemExit as stop:
+        assert stop.code == 2
+        return
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured
+    one_line_or_nothing(captured.err)
