@@ -9,9 +9,10 @@ from pydantic_core import to_jsonable_python
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys and wrong types are errors, values never change after load."""
+    """A config section: unknown keys and wrong types are errors, values never change after load;
+    no number is infinite or NaN (`lr: .inf` would reach the optimizer)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True, allow_inf_nan=False)
 
 
 def execution(default: Any, **kwargs: Any) -> Any:

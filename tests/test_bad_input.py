@@ -73,6 +73,10 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
         return [r, "--set", "schedule.epochs=ten"]
     if case == "out-of-range value":
         return [r, "--set", "label_smoothing.eps=1.5"]
+    if case == "an infinite rate":
+        return [r, "--set", "optim.lr_per_256=.inf"]
+    if case == "a count past its bound":
+        return [r, "--set", "runtime.threads=100000"]
     if case == "unknown model":
         return [r, "--set", "model.name=resnet9000"]
     if case == "unknown data set":

@@ -80,6 +80,12 @@ def test_unknown_top_level_key(write_recipe):
     ("schedule: {epochs: ten}", "schedule.epochs = 'ten'"),
     ("schedule: {kind: linear}", "schedule.kind = 'linear'"),
     ("efficient: {precision: fp8}", "efficient.precision = 'fp8'"),
+    ("optim: {lr_per_256: .inf}", "optim.lr_per_256 = inf: Input should be a finite number"),
+    ("mixup: {alpha: .inf}", "mixup.alpha = inf: Input should be a finite number"),
+    ("optim: {weight_decay: .nan}", "optim.weight_decay = nan: Input should be a finite number"),
+    ("schedule: {epochs: 1000000000000}", "schedule.epochs = 1000000000000: Input should be less than or equal to 100000"),
+    ("data: {global_batch_size: 10000000000}", "data.global_batch_size = 10000000000: Input should be less than or equal"),
+    ("runtime: {threads: 100000}", "runtime.threads = 100000: Input should be 'auto'; or Input should be less than or equal to 1024"),
 ])
 def test_wrong_type_or_out_of_range_names_key_and_value(write_recipe, setting, fragment):
     msg = error_of(write_recipe, f"name: t\nbase: {{{setting}}}\nsteps: [{{name: a}}]\n")

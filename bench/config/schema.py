@@ -4,14 +4,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from bench.config.datasets import DATASETS, EVAL_CROP
 from bench.strict import Strict, execution, experiment, flat
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
 from bench.tricks.cutmix import CutMixConfig
+
+# upper bounds of the counts: far past any real run, below where a library or the memory fails
+MAX_BATCH = 2**20          # images per step (ImageNet in 8k-image steps is 2**13)
+MAX_PIXELS = 8192          # a side of an image, a crop or its padding
+MAX_EPOCHS = 100_000
+MAX_THREADS = 1024         # intra-op threads of one process
 
 
 class ModelConfig(Strict):
@@ -39,13 +45,13 @@ class DataConfig(Strict):
     # where the files lie (a node-local copy, another mount): a run keeps its identity when they move
     root: Optional[str] = execution(None)       # None: the data set's default places (bench/engine/data)
     download: bool = execution(False)           # cifar10/100, fashion_mnist: fetch when absent
-    global_batch_size: int = Field(128, gt=0)   # summed over all devices
-    eval_batch_size: int = Field(512, gt=0)
+    global_batch_size: int = Field(128, gt=0, le=MAX_BATCH)   # summed over all devices
+    eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)   # digits only: the others have a val split
     max_train_batches: Optional[int] = Field(None, gt=0)  # per epoch; None = the whole set
     max_val_batches: Optional[int] = Field(None, gt=0)
-    image_size: Optional[int] = Field(None, ge=8)   # train and eval crop; None: 224 / 32 / 28 / 8
-    eval_resize: Optional[int] = Field(None, ge=8)  # eval: shorter side, then center crop; None: size / 0.875
+    image_size: Optional[int] = Field(None, ge=8, le=MAX_PIXELS)   # train and eval crop; None: 224 / 32 / 28 / 8
+    eval_resize: Optional[int] = Field(None, ge=8, le=MAX_PIXELS)  # eval: shorter side, then center crop; None: size / 0.875
     # DataLoader processes per device (ImageFolder); auto: on a GPU the cores per local rank less
     # one (at most 16), on a CPU 0: the training process reads the items on its threads between steps
     # (the same batches for any count: tests/test_crops.py)
@@ -67,7 +73,7 @@ class DataConfig(Strict):
     # mean/std: torchvision's and GluonCV's 0.485/0.456/0.406, 0.229/0.224/0.225, or the paper's
     # 123.68/116.779/103.939, 58.393/57.12/57.375 of 255 (Section 2.1; its G and B means are 0.002 higher)
     normalize: Literal["imagenet", "paper"] = "imagenet"
-    pad_px: int = Field(4, ge=0)                # CIFAR / Fashion-MNIST: pad, then a random crop
+    pad_px: int = Field(4, ge=0, le=MAX_PIXELS)                # CIFAR / Fashion-MNIST: pad, then a random crop
     hflip: bool = True                          # random horizontal flip (not for digits)
     # cifar10/100, fashion_mnist: validate on this many training images, held out (stratified, the
     # same split for every seed), and train on the rest; the test split is not read. For a pilot.
@@ -122,7 +128,7 @@ class OptimConfig(Strict):
 
 class ScheduleConfig(Strict):
     kind: Literal["step", "cosine"] = "step"
-    epochs: int = Field(120, gt=0)
+    epochs: int = Field(120, gt=0, le=MAX_EPOCHS)
     warmup_epochs: int = Field(0, ge=0)
     milestones: list[int] = []                  # epochs at which "step" multiplies the lr by gamma
     gamma: float = Field(0.1, gt=0.0, le=1.0)
@@ -142,10 +148,10 @@ class RuntimeConfig(Strict):
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
     # intra-op CPU threads of each process; auto: the cores this process may use (affinity,
     # SLURM_CPUS_PER_TASK) shared among the local ranks, less one per loader worker
-    threads: Union[Literal["auto"], PositiveInt] = execution("auto")
+    threads: Union[Literal["auto"], Annotated[int, Field(gt=0, le=MAX_THREADS)]] = execution("auto")
     # the NaN/inf loss guard, a stop request (SLURM's signal) and a checkpoint falling due are
     # looked at every this many batches, one device sync each, and at every epoch's end
-    nan_check_steps: PositiveInt = execution(50)
+    nan_check_steps: int = execution(50, gt=0, le=10**6)
     # a checkpoint within an epoch (data position and RNG included) every this many minutes, at
     # the first check after it falls due; None or 0: at epoch ends only
     checkpoint_every_min: Optional[float] = execution(10.0, ge=0.0)
