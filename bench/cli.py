@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.ablation import RunsFailed, RunSpec, plan, run_ablation
+from bench.ablation.designs import DESIGNS
 from bench.ablation.execute import check_writable
 from bench.ablation.launch import launch_slurm, load_cluster, merge_manifest, torchrun_command
 from bench.ablation.preview import format_plan, plan_table, read_bench_json, table3_rates
@@ -55,6 +56,8 @@ def add_selection(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value in every run, e.g. --set schedule.epochs=5 (or a bare schedule.epochs=5)")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 batches per run: check the pipeline")
+    p.add_argument("--design", choices=DESIGNS, help="which runs (default: the recipe's design:; docs/designs.md)")
+    p.add_argument("--tricks", nargs="+", metavar="STEP", help="a design's tricks (default: the last step's chain)")
     return p
 
 
@@ -85,7 +88,7 @@ def planned(args: argparse.Namespace) -> tuple[str, list[RunSpec], Path]:
     recipe = load_recipe(args.recipe)
     overrides = tuple(parse_override(text) for text in args.overrides)
     specs = plan(recipe, seeds=args.seeds, only=args.only, models=args.models, overrides=overrides,
-                 smoke=args.smoke, where=args.recipe)
+                 smoke=args.smoke, where=args.recipe, design=args.design, tricks=args.tricks)
     out = Path(getattr(args, "out", None) or Path("runs") / (recipe.name + ("-smoke" if args.smoke else "")))
     return recipe, specs, out
 
@@ -150,7 +153,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
     rates = [read_bench_json(path) for path in args.bench] + (table3_rates(load_paper("table3")) if args.paper_times else [])
     print(format_plan(plan_table(specs, rates), args.format), end="")
     if noise is not None:
-        print("\n" + seeds_sentence(args.detect, *noise, len({s.seed for s in specs if s.role == "student"}), args.noise))
+        print("\n" + seeds_sentence(args.detect, *noise, len({s.seed for s in specs if s.role != "teacher"}), args.noise))
     return 0
 
 
@@ -177,6 +180,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
                 *(["--no-progress"] if args.no_progress else []),
                 *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
                 *(["--only", *args.only] if args.only else []),
+                *(["--design", args.design] if args.design else []), *(["--tricks", *args.tricks] if args.tricks else []),
                 *(["--models", *args.models] if args.models else []),
                 *[x for text in args.overrides for x in ("--set", text)]]
     if cluster.launcher == "local":

@@ -89,7 +89,7 @@ def _take_lock(lock: RunLock, spec: RunSpec, tag: str, echo: Callable[[str], Non
     Teachers (and every run under torchrun, whose ranks must agree) are waited for instead."""
     if not dist.is_main() or lock.try_acquire():
         return True
-    if spec.role == "student" and not dist.current().distributed:
+    if spec.role != "teacher" and not dist.current().distributed:
         echo(f"{tag}: skipped, locked by {lock.holder()} ({lock.path})")
         return False
     echo(f"{tag}: waiting, locked by {lock.holder()} ({lock.path})")

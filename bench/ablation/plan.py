@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import timm
 
+from bench.ablation.designs import design_cells
 from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
 from bench.engine.models import LOCAL_MODELS
 from bench.errors import ConfigError
@@ -25,9 +26,9 @@ class RunSpec:
     """One training run of an ablation, with where it lives under the results directory."""
 
     model: str
-    role: str                 # "student" or "teacher"
+    role: str                 # "student" (a step of the recipe), "design" (a design's own run) or "teacher"
     step: str
-    step_index: int           # 1-based position in the recipe; 0 for teachers
+    step_index: int           # 1-based position in the recipe; 0 for teachers and a design's own runs
     parent_step: Optional[str]  # the step this one is compared with
     seed: int
     config: RunConfig
@@ -37,6 +38,7 @@ class RunSpec:
     paper_model: Optional[str] = None   # the paper's model this column stands in for
     teacher_config: Optional[RunConfig] = None   # a teacher given as weights (train: false)
     teacher_hash: Optional[str] = None   # the teacher's identity, part of a distilled run's (`teacher_hash`)
+    stack: Optional[str] = None   # its tricks, after the baseline: "efficient+cosine+mixup" (bench.ablation.designs)
 
     @property
     def label(self) -> str:
@@ -47,7 +49,7 @@ class RunSpec:
         return {"model": self.model, "role": self.role, "step": self.step, "step_index": self.step_index,
                 "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
                 "teacher": str(self.teacher_path) if self.teacher_path else _given_teacher(self.teacher_config),
-                "teacher_hash": self.teacher_hash,
+                "teacher_hash": self.teacher_hash, **({"stack": self.stack} if self.stack else {}),
                 "paper_table": self.paper_table, "paper_model": self.paper_model}
 
 
@@ -74,9 +76,14 @@ def given_teacher_hash(cfg: RunConfig, digests: dict[str, str], label: str) -> s
 
 def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optional[Sequence[str]] = None,
          models: Optional[Sequence[str]] = None, overrides: tuple[tuple[str, Any], ...] = (), smoke: bool = False,
-         where: str = "recipe") -> list[RunSpec]:
+         where: str = "recipe", design: Optional[str] = None, tricks: Optional[Sequence[str]] = None) -> list[RunSpec]:
     """Every run the recipe asks for, teachers first, then models × steps × seeds; `only` and
-    `models` keep the named steps and model columns (and the teachers they need)."""
+    `models` keep the named steps and model columns (and the teachers they need). `design` and
+    `tricks` (default: the recipe's) choose the runs other than the staircase (bench.ablation.designs)."""
+    design = design or recipe.design
+    cells = design_cells(recipe, design, tricks or recipe.tricks or None, where)
+    if only and design != "staircase":
+        raise ConfigError(f"--only picks steps of the staircase; with --design {design}, --tricks chooses the runs")
     for flag, names, known in (("--only", only, [s.name for s in recipe.steps]), ("--models", models, model_names(recipe))):
         for name in names or ():
             if name not in known:
@@ -93,10 +100,10 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
         for model in model_names(recipe):
             if models and model not in models:
                 continue
-            for i, step in enumerate(recipe.steps, start=1):
-                if only and step.name not in only:
+            for cell in cells:
+                if only and cell.name not in only:
                     continue
-                cfg = shrink(resolve_step(recipe, model, step.name, where, overrides, seed))
+                cfg = shrink(resolve_step(recipe, model, cell.name, where, overrides, seed, cell.raw))
                 teacher_dir, teacher_cfg, identity = None, None, None
                 if cfg.distill is not None and trained[cfg.distill.teacher]:
                     teacher_dir = teacher_path(cfg.distill.teacher, seed)
@@ -105,11 +112,10 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 elif cfg.distill is not None:   # given weights: loaded, not trained
                     teacher_cfg = resolve_teacher(recipe, cfg.distill.teacher, where, overrides, seed)
                     identity = given_teacher_hash(teacher_cfg, digests, f"{where}: teacher '{cfg.distill.teacher}'")
-                parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
-                students.append(RunSpec(model, "student", step.name, i, parent, seed, cfg,
-                                        student_path(model, i, step.name, seed), teacher_dir,
-                                        recipe.paper_table, recipe.paper_models.get(model, model), teacher_cfg,
-                                        identity))
+                path = student_path(model, cell.index, cell.name, seed) if cell.index else Path(model, cell.name, f"seed{seed}")
+                students.append(RunSpec(model, "student" if cell.index else "design", cell.name, cell.index, cell.parent,
+                                        seed, cfg, path, teacher_dir, recipe.paper_table,
+                                        recipe.paper_models.get(model, model), teacher_cfg, identity, "+".join(cell.stack)))
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))

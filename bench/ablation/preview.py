@@ -144,7 +144,7 @@ def _settings(cfg: RunConfig, teacher_model: Optional[str]) -> dict[str, Any]:
 def plan_table(specs: Sequence[RunSpec], rates: Sequence[Rate] = ()) -> pd.DataFrame:
     """One row per planned run, in launch order: what it is, what it changes against the run it
     builds on, its settings, the images it trains on and, with a throughput, its device-hours."""
-    by_key = {(s.model, s.step, s.seed): s for s in specs if s.role == "student"}
+    by_key = {(s.model, s.step, s.seed): s for s in specs if s.role != "teacher"}
     teacher_models = {s.step: s.config.model for s in specs if s.role == "teacher"}
     first = next((s for s in specs if s.role == "student" and s.step_index == 1), None)
     sizes: dict[str, Optional[int]] = {}

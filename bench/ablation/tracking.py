@@ -34,7 +34,7 @@ def for_sweep(settings: WandbConfig, specs: list, base: Path) -> tuple[WandbConf
     `base/<run id>` (the runs of a sweep differ in config, so they cannot share run directories),
     and the group `base`'s name (one for the whole sweep). A sweep's run is one student: its
     top1 is the metric the sweep optimises."""
-    students = [spec for spec in specs if spec.role == "student"]
+    students = [spec for spec in specs if spec.role != "teacher"]
     if len(students) != 1:
         raise BenchError(f"in a W&B sweep (WANDB_SWEEP_ID={os.environ.get('WANDB_SWEEP_ID')}) one command trains one "
                          f"student run, this one plans {len(students)}: use --only STEP with one seed and one model")
@@ -146,7 +146,7 @@ def start_run(settings: Optional[WandbConfig], spec, run_dir: Path, out: Path) -
     if settings is None or dist.read_env().rank != 0:
         return Tracker()
     sweep_id = sweep_run_id()
-    if sweep_id is not None and spec.role != "student":
+    if sweep_id is not None and spec.role == "teacher":
         warn(f"{spec.path} is not logged: in a sweep, this process logs only the sweep's run {sweep_id}")
         return Tracker()
     group = ablation_group(settings, out)

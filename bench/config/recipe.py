@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -46,6 +46,8 @@ class Recipe(Strict):
     models: list[Variant] = []                  # one column each; empty: just base.model
     teachers: list[TeacherSpec] = []            # trained first (unless train: false), from base + their `set`
     steps: list[StepSpec] = Field(min_length=1)
+    design: Literal["staircase", "leave-one-out", "add-one", "factorial"] = "staircase"   # bench.ablation.designs
+    tricks: list[str] = []                      # a design's tricks; empty: the last step's chain
     wandb: Optional[WandbConfig] = None         # Weights & Biases logging; absent: off (see --wandb)
 
 
@@ -185,13 +187,14 @@ def _finish(raw: dict, where: str, overrides, seed: int) -> RunConfig:
 
 
 def resolve_step(recipe: Recipe, model: str, step: str, where: str = "recipe",
-                 overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0) -> RunConfig:
-    """base + the model's `set` + the step's cumulative `set` + the `--set` overrides."""
+                 overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0, step_set: Optional[dict] = None) -> RunConfig:
+    """base + the model's `set` + the step's cumulative `set` (or `step_set`: a design's run that
+    no step is, bench.ablation.designs) + the `--set` overrides."""
     raw = recipe.base
     for variant in recipe.models:
         if variant.name == model:
             raw = deep_merge(raw, variant.set)
-    raw = deep_merge(raw, _step_raw(recipe, step))
+    raw = deep_merge(raw, _step_raw(recipe, step) if step_set is None else step_set)
     return _finish(raw, f"{where}: model '{model}', step '{step}'", overrides, seed)
 
 

@@ -113,8 +113,13 @@ def paired_power(delta: float, sd: float, n: int, confidence: float = 0.95) -> f
     delta·√n / sd beyond the critical value."""
     crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
     nc = abs(delta) * math.sqrt(n) / sd
-    power = float(scipy_stats.nct.sf(crit, n - 1, nc) + scipy_stats.nct.cdf(-crit, n - 1, nc))
-    return 1.0 if math.isnan(power) and nc > crit else power   # far in the tail, where scipy gives NaN
+    upper, lower = scipy_stats.nct.sf(crit, n - 1, nc), scipy_stats.nct.cdf(-crit, n - 1, nc)
+    # scipy's non-central t gives NaN far in a tail: the lower one from nc ≈ 8 on, where
+    # P(T < −crit) ≤ P(Z < −nc) < 1e-14 (T < −crit needs Z + nc < 0)
+    lower = 0.0 if math.isnan(lower) else lower
+    if math.isnan(upper):
+        return 1.0 if nc > crit else math.nan
+    return float(upper + lower)
 
 
 def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: float = 0.95, most: int = 10_000) -> int:
@@ -129,7 +134,9 @@ def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: flo
 
 def detectable_delta(n: int, sd: float, power: float = 0.8, confidence: float = 0.95) -> float:
     """The minimum detectable effect: the Δ that n paired seeds find with probability `power`."""
-    return float(optimize.brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd, 100 * sd))
+    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)   # at non-centrality 4·crit + 10, power ≥ 0.99999
+    return float(optimize.brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd,
+                                 (4 * crit + 10) * sd / math.sqrt(n)))
 
 
 def seeds_sentence(delta: float, sd: float, dof: int, seeds: int, source: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from bench.config.datasets import DATASETS
+from bench.report.effects import effects_markdown, trick_effects
 from bench.report.frames import RUNS_CSV, Results
 from bench.report.stats import ablation_table, paired_deltas
 from bench.runs import write_text
@@ -182,4 +183,8 @@ def write_tables(results: Results, out_dir: Path, confidence: float = 0.95) -> s
     markdown = table_markdown(table, confidence, split)
     write_text(out_dir / "table.md", markdown)
     write_text(out_dir / "table.tex", table_latex(table, confidence, split))
+    effects = trick_effects(results.runs, confidence)
+    if not effects.empty:   # runs that record their tricks (bench.ablation.designs)
+        write_text(out_dir / "effects.csv", effects.to_csv(index=False))
+        write_text(out_dir / "effects.md", effects_markdown(effects, confidence))
     return markdown

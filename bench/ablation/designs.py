@@ -1,0 +1,107 @@
+"""Ablation designs from one recipe's steps. The first step is the baseline; each later step's own
+`set:` is a trick.
+
+- staircase: the steps as written, each on its parent (the paper's design, the default);
+- leave-one-out: the full stack of tricks, and the full stack less each one;
+- add-one: the baseline, and the baseline plus each trick alone;
+- factorial: every subset of the tricks, 2^k runs.
+
+The tricks are those on the last step's chain (its parents back to the baseline), or `--tricks`.
+A run whose tricks are a staircase step's chain *is* that step's run (its path, its identity), so
+designs share it and it trains once; any other set of tricks is named `<baseline>+<trick>+...`,
+the same name whichever design asks for it.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Optional
+
+from bench.config import Recipe
+from bench.config.overrides import deep_merge
+from bench.config.recipe import NAME_MAX
+from bench.errors import ConfigError
+
+DESIGNS = ("staircase", "leave-one-out", "add-one", "factorial")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a design, before model and seed: the step it is, or a set of tricks no step has."""
+
+    name: str                   # the step's name; a design's own run: <baseline>+<trick>+...
+    index: int                  # the step's place in the recipe (1-based); 0: a design's own run
+    parent: Optional[str]       # the run it is compared with (staircase) or changed from (the baseline)
+    raw: Optional[dict]         # its `set:`s merged; None: a step's, resolved as the step
+    stack: tuple[str, ...]      # the baseline, then the tricks on, in recipe order
+
+    @property
+    def tricks(self) -> tuple[str, ...]:
+        return self.stack[1:]
+
+
+def chain(recipe: Recipe, step: str) -> list[str]:
+    """The step's parents back to the first step, oldest first, and the step."""
+    index = {s.name: i for i, s in enumerate(recipe.steps)}
+    names = [step]
+    while index[names[-1]] > 0:
+        s = recipe.steps[index[names[-1]]]
+        names.append(s.parent or recipe.steps[index[s.name] - 1].name)
+    return names[::-1]
+
+
+def staircase(recipe: Recipe) -> list[Cell]:
+    base = recipe.steps[0].name
+    cells = []
+    for i, step in enumerate(recipe.steps, start=1):
+        parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
+        tricks = tuple(chain(recipe, step.name)[1:])
+        cells.append(Cell(step.name, i, parent, None, (base, *tricks)))
+    return cells
+
+
+def trick_sets(design: str, tricks: Sequence[str]) -> list[tuple[str, ...]]:
+    """The sets of tricks a design runs, each in the order of `tricks`."""
+    if design == "leave-one-out":
+        return [tuple(tricks)] + [tuple(t for t in tricks if t != left) for left in tricks]
+    if design == "add-one":
+        return [()] + [(t,) for t in tricks]
+    return [tuple(t for t in tricks if t in subset) for k in range(len(tricks) + 1) for subset in combinations(tricks, k)]
+
+
+def design_cells(recipe: Recipe, design: str = "staircase", tricks: Optional[Sequence[str]] = None,
+                 where: str = "recipe") -> list[Cell]:
+    """The runs (before model and seed) of `design` over `tricks` (default: the last step's chain)."""
+    if design not in DESIGNS:
+        raise ConfigError(f"--design {design}: no such design (designs: {', '.join(DESIGNS)})")
+    steps = staircase(recipe)
+    if design == "staircase":
+        if tricks:
+            raise ConfigError("--tricks: the staircase runs the recipe's steps as written; --tricks chooses the "
+                              "tricks of a leave-one-out, add-one or factorial design")
+        return steps
+    names = [s.name for s in recipe.steps[1:]]
+    for name in tricks or ():
+        if name not in names:
+            raise ConfigError(f"--tricks {name}: not a trick of {where} (tricks: the steps after the baseline "
+                              f"'{recipe.steps[0].name}': {', '.join(names) or 'none'})")
+    chosen = sorted(set(tricks), key=names.index) if tricks else list(steps[-1].tricks)
+    if not chosen:
+        raise ConfigError(f"--design {design}: {where} has no trick (one step only); a design compares tricks")
+    base, own = recipe.steps[0], {s.name: s.set for s in recipe.steps}
+    by_tricks = {c.tricks: c for c in steps}
+    cells = []
+    for subset in trick_sets(design, chosen):
+        if subset in by_tricks:
+            cells.append(by_tricks[subset])
+            continue
+        name = "+".join((base.name, *subset))
+        if len(name) > NAME_MAX:   # a path component: its tricks are in the run's records all the same
+            name = f"{name[:NAME_MAX - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        raw: dict = {}
+        for step in (base.name, *subset):
+            raw = deep_merge(raw, own[step])
+        cells.append(Cell(name, 0, base.name, raw, (base.name, *subset)))
+    return cells

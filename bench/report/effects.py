@@ -1,0 +1,140 @@
+"""Each trick's effect in every design whose runs a results folder holds, read from the runs'
+`stack` (the baseline and the tricks they train with, bench.ablation.designs):
+
+- staircase: a step against the step it builds on (its Δ in deltas.csv);
+- add-one: the baseline plus the trick against the baseline;
+- leave-one-out: the fullest stack against it less the trick;
+- factorial: over the largest set of k ≥ 2 tricks whose 2^k subsets are all there, each trick's
+  main effect (its mean change over the other tricks' settings) and each two-way interaction
+  (half the change of one trick's effect when the other is switched on).
+
+Every effect is a contrast taken within each seed, over the seeds all its runs have: its mean, a
+two-sided t-interval, P(improvement) (the t posterior of the mean under a flat prior), the std of
+the per-seed contrast pooled over the design's effects, and the minimum detectable effect at 80 %
+power with that std at the effect's seeds. `noise_floor` is the binomial s.e. of one top-1 on the
+evaluation set: no number of seeds resolves an effect far below it on one evaluation set.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from bench.report.stats import detectable_delta
+
+COLUMNS = ["model", "design", "effect", "n_pairs", "delta_top1", "ci_low", "ci_high", "p_improvement", "sd",
+           "mde", "noise_floor"]
+Cells = dict[frozenset, pd.Series]   # tricks on → top-1 by seed
+
+
+def contrast(cells: Cells, terms: list[tuple[float, frozenset]]) -> np.ndarray:
+    """Σ coefficient × top-1 of each set of tricks, per seed, over the seeds every set has."""
+    seeds = set.intersection(*(set(cells[s].index) for _, s in terms))
+    return np.array([sum(c * cells[s][seed] for c, s in terms) for seed in sorted(seeds)], dtype=float)
+
+
+def factorial_terms(tricks: tuple[str, ...], effect: tuple[str, ...]) -> list[tuple[float, frozenset]]:
+    """A 2^k factorial's main effect (one trick) or two-way interaction (two): each subset's sign
+    is the product of ±1 for the effect's tricks on/off, over 2^(k−1)."""
+    k, terms = len(tricks), []
+    for r in range(k + 1):
+        for subset in combinations(tricks, r):
+            sign = math.prod(1 if t in subset else -1 for t in effect)
+            terms.append((sign / 2 ** (k - 1), frozenset(subset)))
+    return terms
+
+
+def largest_factorial(cells: Cells, tricks: set[str]) -> tuple[str, ...]:
+    """The largest set of ≥ 2 tricks (first in name order among equals) whose every subset has runs."""
+    for k in range(len(tricks), 1, -1):
+        for chosen in combinations(sorted(tricks), k):
+            if all(frozenset(s) in cells for r in range(k + 1) for s in combinations(chosen, r)):
+                return chosen
+    return ()
+
+
+def design_contrasts(cells: Cells, steps: list[tuple[str, frozenset, frozenset]]) -> list[tuple[str, str, list]]:
+    """(design, effect, terms) of every effect the cells allow; `steps`: each staircase step's name,
+    its tricks and its parent's."""
+    found = [("staircase", name, [(1.0, own), (-1.0, parent)]) for name, own, parent in steps
+             if own in cells and parent in cells]
+    tricks = set().union(*cells)
+    none = frozenset()
+    found += [("add-one", t, [(1.0, frozenset({t})), (-1.0, none)]) for t in sorted(tricks)
+              if none in cells and frozenset({t}) in cells]
+    fullest = [s for s in cells if len(s) == max(map(len, cells))]
+    if len(fullest) == 1:
+        full = fullest[0]
+        found += [("leave-one-out", t, [(1.0, full), (-1.0, full - {t})]) for t in sorted(full) if full - {t} in cells]
+    chosen = largest_factorial(cells, tricks)
+    found += [("factorial", t, factorial_terms(chosen, (t,))) for t in chosen]
+    found += [("factorial", f"{a} × {b}", factorial_terms(chosen, (a, b))) for a, b in combinations(chosen, 2)]
+    return found
+
+
+def trick_effects(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per (model, design, effect) the runs allow; empty when no run records its `stack`."""
+    if "stack" not in runs or runs["stack"].isna().all():
+        return pd.DataFrame(columns=COLUMNS)
+    students = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
+    rows = []
+    for model, group in students.groupby("model", sort=True):
+        tricks_of = {stack: frozenset(str(stack).split("+")[1:]) for stack in group["stack"].unique()}
+        cells = {tricks_of[stack]: g.groupby("seed")["top1"].mean() for stack, g in group.groupby("stack")}
+        by_step = group[group["role"] == "student"].drop_duplicates("step").set_index("step")
+        steps = [(name, tricks_of[row["stack"]], tricks_of[by_step.loc[row["parent_step"], "stack"]])
+                 for name, row in by_step.iterrows() if isinstance(row["parent_step"], str) and row["parent_step"] in by_step.index]
+        baseline = cells.get(frozenset())
+        p = (baseline.mean() if baseline is not None else group["top1"].mean()) / 100
+        n_val = group["val_images"].dropna().iloc[0] if "val_images" in group and group["val_images"].notna().any() else np.nan
+        floor = 100 * math.sqrt(p * (1 - p) / n_val) if n_val and n_val == n_val else np.nan
+        found = [(design, effect, contrast(cells, terms)) for design, effect, terms in design_contrasts(cells, steps)]
+        pooled = {}
+        for design in {d for d, _, _ in found}:
+            ss_dof = [(d.var(ddof=1) * (len(d) - 1), len(d) - 1) for dd, _, d in found if dd == design and len(d) >= 2]
+            dof = sum(k for _, k in ss_dof)
+            pooled[design] = math.sqrt(sum(ss for ss, _ in ss_dof) / dof) if dof else np.nan
+        for design, effect, d in found:
+            rows.append({"model": model, "design": design, "effect": effect, "noise_floor": floor,
+                         **paired_summary(d, pooled[design], confidence)})
+    order = {d: i for i, d in enumerate(["staircase", "add-one", "leave-one-out", "factorial"])}
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    return out.sort_values(["model", "design"], key=lambda c: c.map(order) if c.name == "design" else c,
+                           kind="stable", ignore_index=True)
+
+
+def paired_summary(d: np.ndarray, sd: float, confidence: float = 0.95) -> dict:
+    """Mean of per-seed contrasts, its t-interval, P(improvement), and the MDE at std `sd`."""
+    n = len(d)
+    row = {"n_pairs": n, "delta_top1": d.mean() if n else np.nan, "ci_low": np.nan, "ci_high": np.nan,
+           "p_improvement": np.nan, "sd": sd, "mde": np.nan}
+    if n >= 2:
+        se = d.std(ddof=1) / math.sqrt(n)
+        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * se
+        prob = scipy_stats.t.cdf(d.mean() / se, n - 1) if se > 0 else float(d.mean() > 0)
+        row.update(ci_low=d.mean() - half, ci_high=d.mean() + half, p_improvement=float(prob))
+        if sd == sd and sd > 0:
+            row["mde"] = detectable_delta(n, sd, confidence=confidence)
+    return row
+
+
+def effects_markdown(effects: pd.DataFrame, confidence: float = 0.95) -> str:
+    """The effects as a Markdown table per model, with what the columns mean."""
+    pct = f"{round(confidence * 100)}%"
+    lines = [f"Each trick's Δ top-1 (points) in each design run, paired by seed: mean [{pct} interval], "
+             "P(improvement), the std of a per-seed contrast (pooled over the design), the minimum effect "
+             f"detectable at 80 % power with the seeds there, and the s.e. of one top-1 on the evaluation set.", ""]
+    for model, group in effects.groupby("model", sort=False):
+        lines += [f"**{model}** (noise floor of one top-1: ±{group['noise_floor'].iloc[0]:.2f})", "",
+                  "| design | effect | seeds | Δ top-1 | interval | P(improvement) | sd | detectable |", "|---|---|---|---|---|---|---|---|"]
+        for r in group.itertuples():
+            interval = f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.ci_low == r.ci_low else "–"
+            cells = [r.design, r.effect, str(r.n_pairs), f"{r.delta_top1:+.2f}", interval,
+                     f"{r.p_improvement:.2f}" if r.p_improvement == r.p_improvement else "–",
+                     f"{r.sd:.2f}" if r.sd == r.sd else "–", f"{r.mde:.2f}" if r.mde == r.mde else "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
