@@ -114,7 +114,7 @@ def paired_summary(d: np.ndarray, sd: float, confidence: float = 0.95) -> dict:
     if n >= 2:
         se = d.std(ddof=1) / math.sqrt(n)
         half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * se
-        prob = scipy_stats.t.cdf(d.mean() / se, n - 1) if se > 0 else float(d.mean() > 0)
+        prob = scipy_stats.t.cdf(d.mean() / se, n - 1) if se > 0 else (np.sign(d.mean()) + 1) / 2
         row.update(ci_low=d.mean() - half, ci_high=d.mean() + half, p_improvement=float(prob))
         if sd == sd and sd > 0:
             row["mde"] = detectable_delta(n, sd, confidence=confidence)
