@@ -107,7 +107,8 @@ def runs_frame(values: dict[str, list[float]], model: str = "m", val_images: int
         step, parent, index = steps.get(stack, (stack, "efficient", 0))
         for seed, top1 in enumerate(tops):
             rows.append({"model": model, "role": "student" if index else "design", "step": step, "step_index": index,
-                         "parent_step": parent, "seed": seed, "top1": top1, "val_images": val_images, "stack": stack})
+                         "parent_step": parent, "seed": seed, "top1": top1, "val_images": val_images, "stack": stack,
+                         "train_time_s": 60.0, "path": f"{model}/{step}/seed{seed}", "teacher": None})
     return pd.DataFrame(rows)
 
 
@@ -168,11 +169,37 @@ def test_designs_train_a_shared_run_once_and_the_report_writes_each_tricks_effec
     assert sum("finished, skipped" in line for line in lines) == 4          # baseline and cosine, both seeds
     assert all(p.stat().st_mtime_ns == t for p, t in trained.items())
     assert json.loads((out / "resnet18d" / "efficient+mixup" / "seed1" / RunDir.FINAL).read_text())["stack"] == "efficient+mixup"
-    write_report(out, figures=False)
+    write_report(out)
     effects = pd.read_csv(out / "effects.csv")
     # no factorial (efficient+cosine+mixup was not run), no leave-one-out (no single fullest stack)
     assert list(zip(effects["design"], effects["effect"])) == [("staircase", "cosine"), ("add-one", "cosine"),
                                                                 ("add-one", "mixup")]
     assert "| add-one | mixup | 2 |" in (out / "effects.md").read_text()
+    assert (out / "figures" / "cost.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
     assert "efficient+mixup" not in table   # the staircase table holds the staircase's steps only
+
+
+def test_device_time_charges_a_distilling_run_its_share_of_its_teacher():
+    from bench.report.effects import device_hours, pareto_front
+
+    runs = pd.DataFrame([
+        {"role": "teacher", "path": "teachers/t/seed0", "teacher": None, "train_time_s": 7200.0, "world_size": 2},
+        {"role": "student", "path": "a", "teacher": "teachers/t/seed0", "train_time_s": 3600.0, "world_size": 1},
+        {"role": "design", "path": "b", "teacher": "teachers/t/seed0", "train_time_s": 1800.0, "world_size": 4},
+        {"role": "student", "path": "c", "teacher": None, "train_time_s": 3600.0, "world_size": None}])
+    # the teacher: 2 h on 2 devices = 4 device-hours, half to each of its two pupils
+    assert device_hours(runs).tolist() == pytest.approx([4.0, 1.0 + 2.0, 2.0 + 2.0, 1.0])
+    points = pd.DataFrame({"stack": list("abcd"), "device_h": [1.0, 2.0, 2.0, 3.0], "top1": [90.0, 89.0, 91.0, 90.5]})
+    assert pareto_front(points)["stack"].tolist() == ["a", "c"]
+
+
+def test_each_tricks_cost_and_its_gain_per_device_hour():
+    """Mixup trains 5/3 as long: its add-one effect costs the difference, and its Δ per device-hour
+    is its Δ over that; cosine costs nothing and has no such ratio."""
+    runs = runs_frame({"efficient": [90.0, 90.2], "efficient+cosine": [90.5, 90.6], "efficient+mixup": [91.0, 91.4]})
+    runs["train_time_s"] = runs["stack"].map({"efficient": 3600.0, "efficient+cosine": 3610.0, "efficient+mixup": 6000.0})
+    fx = trick_effects(runs).set_index(["design", "effect"])
+    assert fx.loc[("add-one", "mixup"), "extra_device_h"] == pytest.approx(2400 / 3600)
+    assert fx.loc[("add-one", "mixup"), "delta_per_device_h"] == pytest.approx(1.1 / (2400 / 3600))
+    assert math.isnan(fx.loc[("add-one", "cosine"), "delta_per_device_h"])

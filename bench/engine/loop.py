@@ -103,7 +103,8 @@ def final_record(t: Training, val: dict) -> dict:
     train_images = epochs * t.steps_per_epoch * cfg.data.global_batch_size
     return {"top1": val["val_top1"], "top5": val["val_top5"], "val_images": val["val_images"], "val_loss": val["val_loss"], "epochs": epochs,
             "train_time_s": t.state.train_time_s, "images_per_s": train_images / t.state.train_time_s if t.state.train_time_s else None,
-            "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch}
+            "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch,
+            "world_size": t.runtime.get("world_size", 1)}   # devices: train_time_s × world_size is its device time
 
 
 def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,

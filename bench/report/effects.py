@@ -26,7 +26,7 @@ from scipy import stats as scipy_stats
 from bench.report.stats import detectable_delta
 
 COLUMNS = ["model", "design", "effect", "n_pairs", "delta_top1", "ci_low", "ci_high", "p_improvement", "sd",
-           "mde", "noise_floor"]
+           "mde", "noise_floor", "extra_device_h", "delta_per_device_h"]
 Cells = dict[frozenset, pd.Series]   # tricks on → top-1 by seed
 
 
@@ -75,15 +75,31 @@ def design_contrasts(cells: Cells, steps: list[tuple[str, frozenset, frozenset]]
     return found
 
 
+def device_hours(runs: pd.DataFrame) -> pd.Series:
+    """Each run's device time in hours: its training time × its devices (`world_size`, 1 where
+    not recorded), and for a run that distils, its share of its teacher's: the teacher's device
+    time split evenly over the runs of the folder that distil from it."""
+    world = runs["world_size"].fillna(1) if "world_size" in runs else 1
+    own = runs["train_time_s"].astype(float) * world / 3600
+    teachers = runs["role"] == "teacher"
+    by_path = dict(zip(runs.loc[teachers, "path"], own[teachers])) if "path" in runs else {}
+    pupils = runs.loc[~teachers, "teacher"].value_counts() if "teacher" in runs else pd.Series(dtype=float)
+    share = [by_path.get(t, 0.0) / pupils[t] if isinstance(t, str) and t in pupils and not is_teacher else 0.0
+             for t, is_teacher in zip(runs.get("teacher", [None] * len(runs)), teachers)]
+    return own + np.array(share)
+
+
 def trick_effects(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (model, design, effect) the runs allow; empty when no run records its `stack`."""
     if "stack" not in runs or runs["stack"].isna().all():
         return pd.DataFrame(columns=COLUMNS)
+    runs = runs.assign(device_h=device_hours(runs))
     students = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
     rows = []
     for model, group in students.groupby("model", sort=True):
         tricks_of = {stack: frozenset(str(stack).split("+")[1:]) for stack in group["stack"].unique()}
         cells = {tricks_of[stack]: g.groupby("seed")["top1"].mean() for stack, g in group.groupby("stack")}
+        hours = {tricks_of[stack]: g["device_h"].mean() for stack, g in group.groupby("stack")}
         by_step = group[group["role"] == "student"].drop_duplicates("step").set_index("step")
         steps = [(name, tricks_of[row["stack"]], tricks_of[by_step.loc[row["parent_step"], "stack"]])
                  for name, row in by_step.iterrows() if isinstance(row["parent_step"], str) and row["parent_step"] in by_step.index]
@@ -91,15 +107,20 @@ def trick_effects(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         p = (baseline.mean() if baseline is not None else group["top1"].mean()) / 100
         n_val = group["val_images"].dropna().iloc[0] if "val_images" in group and group["val_images"].notna().any() else np.nan
         floor = 100 * math.sqrt(p * (1 - p) / n_val) if n_val and n_val == n_val else np.nan
-        found = [(design, effect, contrast(cells, terms)) for design, effect, terms in design_contrasts(cells, steps)]
+        found = [(design, effect, contrast(cells, terms), sum(c * hours[s] for c, s in terms))
+                 for design, effect, terms in design_contrasts(cells, steps)]
         pooled = {}
-        for design in {d for d, _, _ in found}:
-            ss_dof = [(d.var(ddof=1) * (len(d) - 1), len(d) - 1) for dd, _, d in found if dd == design and len(d) >= 2]
+        for design in {d for d, _, _, _ in found}:
+            ss_dof = [(d.var(ddof=1) * (len(d) - 1), len(d) - 1) for dd, _, d, _ in found if dd == design and len(d) >= 2]
             dof = sum(k for _, k in ss_dof)
             pooled[design] = math.sqrt(sum(ss for ss, _ in ss_dof) / dof) if dof else np.nan
-        for design, effect, d in found:
-            rows.append({"model": model, "design": design, "effect": effect, "noise_floor": floor,
-                         **paired_summary(d, pooled[design], confidence)})
+        base_h = hours.get(frozenset(), np.nan)
+        for design, effect, d, extra in found:
+            row = {"model": model, "design": design, "effect": effect, "noise_floor": floor, "extra_device_h": extra,
+                   **paired_summary(d, pooled[design], confidence)}
+            # per device-hour the trick adds; one adding under a tenth of the baseline's time is free within timing noise
+            row["delta_per_device_h"] = row["delta_top1"] / extra if extra > 0.1 * base_h else np.nan
+            rows.append(row)
     order = {d: i for i, d in enumerate(["staircase", "add-one", "leave-one-out", "factorial"])}
     out = pd.DataFrame(rows, columns=COLUMNS)
     return out.sort_values(["model", "design"], key=lambda c: c.map(order) if c.name == "design" else c,
@@ -126,15 +147,53 @@ def effects_markdown(effects: pd.DataFrame, confidence: float = 0.95) -> str:
     pct = f"{round(confidence * 100)}%"
     lines = [f"Each trick's Δ top-1 (points) in each design run, paired by seed: mean [{pct} interval], "
              "P(improvement), the std of a per-seed contrast (pooled over the design), the minimum effect "
-             f"detectable at 80 % power with the seeds there, and the s.e. of one top-1 on the evaluation set.", ""]
+             f"detectable at 80 % power with the seeds there, and the device-hours the trick adds (a distilling run "
+             "charged its share of its teacher's) with Δ per added device-hour.", ""]
     for model, group in effects.groupby("model", sort=False):
         lines += [f"**{model}** (noise floor of one top-1: ±{group['noise_floor'].iloc[0]:.2f})", "",
-                  "| design | effect | seeds | Δ top-1 | interval | P(improvement) | sd | detectable |", "|---|---|---|---|---|---|---|---|"]
+                  "| design | effect | seeds | Δ top-1 | interval | P(improvement) | sd | detectable | extra device-h | Δ per device-h |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in group.itertuples():
             interval = f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.ci_low == r.ci_low else "–"
             cells = [r.design, r.effect, str(r.n_pairs), f"{r.delta_top1:+.2f}", interval,
                      f"{r.p_improvement:.2f}" if r.p_improvement == r.p_improvement else "–",
-                     f"{r.sd:.2f}" if r.sd == r.sd else "–", f"{r.mde:.2f}" if r.mde == r.mde else "–"]
+                     f"{r.sd:.2f}" if r.sd == r.sd else "–", f"{r.mde:.2f}" if r.mde == r.mde else "–",
+                     f"{r.extra_device_h:+.3g}", f"{r.delta_per_device_h:+.3g}" if r.delta_per_device_h == r.delta_per_device_h else "–"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other beats on both axes (more top-1 for no more device time), cheapest first."""
+    front, best = [], -math.inf
+    for _, row in points.sort_values(["device_h", "top1"], ascending=[True, False]).iterrows():
+        if row["top1"] > best:
+            front.append(row)
+            best = row["top1"]
+    return pd.DataFrame(front)
+
+
+def plot_cost(runs: pd.DataFrame):
+    """Mean top-1 against mean device-hours (a distilling run charged its share of its teacher's)
+    for every set of tricks run, one panel per model, the Pareto front drawn through them."""
+    from matplotlib.figure import Figure
+
+    from bench.report.style import COLORS
+
+    runs = runs.assign(device_h=device_hours(runs))
+    runs = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
+    models = sorted(runs["model"].unique())
+    fig = Figure(figsize=(6 * len(models), 4.5), layout="constrained")
+    for ax, model in zip(fig.subplots(1, len(models), squeeze=False)[0], models):
+        points = runs[runs["model"] == model].groupby("stack", as_index=False).agg(top1=("top1", "mean"), device_h=("device_h", "mean"))
+        front = pareto_front(points)
+        ax.step(front["device_h"], front["top1"], where="post", color=COLORS[1], label="Pareto front", zorder=1)
+        ax.scatter(points["device_h"], points["top1"], color=COLORS[0], zorder=2)
+        for row in points.itertuples():
+            tricks = row.stack.split("+")
+            ax.annotate(" + ".join(tricks[1:]) or tricks[0], (row.device_h, row.top1), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+        ax.set(title=model, xlabel="device-hours per run (mean over seeds)", ylabel="top-1 (%), mean over seeds")
+        ax.legend(loc="lower right")
+    return fig

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from bench.config import RunConfig, schedule_for
 from bench.report.curves import mean_curve, plot_curve, plot_curves
+from bench.report.effects import plot_cost
 from bench.report.frames import Results, run_config
 from bench.report.staircase import plot_staircase
 from bench.report.style import COLORS, PAPER_COLOR, STYLE
@@ -170,6 +171,8 @@ def make_figures(results: Results) -> dict[str, Figure]:
         figs["fig4a_gap_theory"] = plot_logit_gap_theory(int(k.iloc[0]))
     if all(smoothing_steps(runs)) and not results.gaps.empty:
         figs["fig4b_logit_gaps"] = plot_logit_gaps(runs, results.gaps)
+    if "stack" in runs and runs["stack"].notna().any() and runs["train_time_s"].notna().any():
+        figs["cost"] = plot_cost(runs)   # runs that record their tricks (bench.ablation.designs)
     return figs
 
 
