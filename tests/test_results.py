@@ -26,7 +26,7 @@ from bench.runs import RunDir
 from conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["staircase", "curves", "fig3a_lr", "fig3b_val_top1", "fig4a_gap_theory", "fig4b_logit_gaps"]
+FIGURES = ["staircase", "curves", "fig3a_lr", "fig3b_val_top1", "fig4a_gap_theory", "fig4b_logit_gaps", "cost"]
 RECIPE = TINY_RECIPE.replace("name: tiny\n", "name: tiny\npaper_table: table6\npaper_models: {resnet18d: resnet50d}\n")
 
 
@@ -180,7 +180,7 @@ def test_a_folder_with_only_runs_csv_rebuilds_its_tables_and_staircase(tmp_path)
     for name in ("table.md", "table.csv", "deltas.csv"):
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
     written = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
-    assert written == ["fig3a_lr", "fig4a_gap_theory", "staircase"]     # no curves or gaps in a runs.csv
+    assert written == ["cost", "fig3a_lr", "fig4a_gap_theory", "staircase"]     # no curves or gaps in a runs.csv
 
 
 def _read_only_mount_works() -> bool:

@@ -1,5 +1,6 @@
 """Each trick's effect in every design whose runs a results folder holds, read from the runs'
-`stack` (the baseline and the tricks they train with, bench.ablation.designs):
+`stack` (the baseline and the tricks they train with, bench.ablation.designs; for a staircase
+run recorded before stacks were, its chain of steps):
 
 - staircase: a step against the step it builds on (its Δ in deltas.csv);
 - add-one: the baseline plus the trick against the baseline;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -89,9 +91,28 @@ def device_hours(runs: pd.DataFrame) -> pd.Series:
     return own + np.array(share)
 
 
+def with_stacks(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with every student's `stack`: recorded, or for a staircase run that predates the
+    record, its step's chain through `parent_step` (the first step: the baseline alone)."""
+    runs = runs.assign(stack=runs["stack"] if "stack" in runs else None)
+    steps = runs[runs["role"] == "student"].drop_duplicates(["model", "step"]).set_index(["model", "step"])["parent_step"]
+
+    def chain(model: str, step: str, depth: int = 0) -> Optional[str]:
+        parent = steps.get((model, step))
+        if not isinstance(parent, str):
+            return step
+        above = chain(model, parent, depth + 1) if (model, parent) in steps.index and depth < len(steps) else None
+        return None if above is None else f"{above}+{step}"
+
+    missing = runs["stack"].isna() & (runs["role"] == "student")
+    runs.loc[missing, "stack"] = [chain(m, s) for m, s in zip(runs.loc[missing, "model"], runs.loc[missing, "step"])]
+    return runs
+
+
 def trick_effects(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per (model, design, effect) the runs allow; empty when no run records its `stack`."""
-    if "stack" not in runs or runs["stack"].isna().all():
+    """One row per (model, design, effect) the runs allow."""
+    runs = with_stacks(runs)
+    if runs["stack"].isna().all():
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.assign(device_h=device_hours(runs))
     students = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
@@ -181,7 +202,7 @@ def plot_cost(runs: pd.DataFrame):
 
     from bench.report.style import COLORS
 
-    runs = runs.assign(device_h=device_hours(runs))
+    runs = with_stacks(runs).assign(device_h=device_hours(runs))
     runs = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
     models = sorted(runs["model"].unique())
     fig = Figure(figsize=(6 * len(models), 4.5), layout="constrained")
