@@ -4,6 +4,7 @@ stand-in of `wandb.Api()` identical to those built from the run directories."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -166,3 +167,13 @@ def test_from_wandb_errors_are_one_line(logged, tmp_path, capsys):
         load_wandb_results("me/bench-test", "other", api=StandInApi(logged[2]))
     assert main(["report", "--group", "out"]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_the_summary_holds_each_tricks_effects_and_the_cost_figure():
+    from bench.report.wandb_summary import summary_data
+
+    folder = Path(__file__).resolve().parent.parent / "results" / "default"
+    data = summary_data(folder)
+    effects = pd.read_csv(folder / "effects.csv")
+    assert data["effects"].columns == list(effects.columns) and len(data["effects"].data) == len(effects)
+    assert "figures/cost" in data

@@ -15,6 +15,7 @@ from bench.ablation.tracking import ablation_group
 from bench.ablation.wandb_connect import error_line, init_run, resolve_mode, sweep_run_id, used_dir, wandb_dir, warn
 from bench.config import WandbConfig
 from bench.engine import distributed as dist
+from bench.report.effects import trick_effects
 from bench.report.frames import load_results
 from bench.report.stats import ablation_table, paired_deltas
 from bench.report.tables import format_table
@@ -49,7 +50,7 @@ def delta_summary(deltas: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def summary_data(out: Path) -> dict[str, Any]:
-    """What the summary run logs: `runs`, `table` and `deltas` as W&B tables, `delta` as nested
+    """What the summary run logs: `runs`, `table`, `deltas` and `effects` as W&B tables, `delta` as nested
     numbers, `figures/<name>` as images."""
     import wandb
 
@@ -63,6 +64,9 @@ def summary_data(out: Path) -> dict[str, Any]:
     if not deltas.empty:
         data["deltas"] = wandb.Table(dataframe=deltas.map(_cell))
         data["delta"] = delta_summary(deltas)
+    effects = trick_effects(found.runs)
+    if not effects.empty:
+        data["effects"] = wandb.Table(dataframe=effects.map(_cell))
     for png in sorted((out / "figures").glob("*.png")):
         data[f"figures/{png.stem}"] = wandb.Image(str(png))
     return data
