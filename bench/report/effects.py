@@ -23,9 +23,11 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
 from bench.report.stats import detectable_delta
+from bench.report.style import COLORS
 
 COLUMNS = ["model", "design", "effect", "n_pairs", "delta_top1", "ci_low", "ci_high", "p_improvement", "sd",
            "mde", "noise_floor", "extra_device_h", "delta_per_device_h"]
@@ -198,10 +200,6 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 def plot_cost(runs: pd.DataFrame):
     """Mean top-1 against mean device-hours (a distilling run charged its share of its teacher's)
     for every set of tricks run, one panel per model, the Pareto front drawn through them."""
-    from matplotlib.figure import Figure
-
-    from bench.report.style import COLORS
-
     runs = with_stacks(runs).assign(device_h=device_hours(runs))
     runs = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
     models = sorted(runs["model"].unique())
