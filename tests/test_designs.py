@@ -203,3 +203,16 @@ def test_each_tricks_cost_and_its_gain_per_device_hour():
     assert fx.loc[("add-one", "mixup"), "extra_device_h"] == pytest.approx(2400 / 3600)
     assert fx.loc[("add-one", "mixup"), "delta_per_device_h"] == pytest.approx(1.1 / (2400 / 3600))
     assert math.isnan(fx.loc[("add-one", "cosine"), "delta_per_device_h"])
+
+
+def test_leave_one_out_is_read_around_the_stack_with_the_most_leave_one_outs():
+    """A leave-one-out over cosine, label smoothing and mixup beside a staircase whose last step adds
+    distillation: the full stack is cosine+label_smoothing+mixup (three of its leave-one-outs are
+    there), not the larger stack with distillation (one)."""
+    tops = {"efficient": [90, 90], "efficient+cosine+label_smoothing+mixup": [92, 93],
+            "efficient+label_smoothing+mixup": [91, 91], "efficient+cosine+mixup": [91.5, 92.5],
+            "efficient+cosine+label_smoothing": [91.75, 92.25],
+            "efficient+cosine+label_smoothing+mixup+distill": [93, 93]}
+    fx = trick_effects(runs_frame(tops)).set_index(["design", "effect"])
+    loo = fx.loc["leave-one-out", "delta_top1"]
+    assert loo.to_dict() == pytest.approx({"cosine": 1.5, "label_smoothing": 0.5, "mixup": 0.5})

@@ -147,7 +147,8 @@ def test_staircase_names_the_papers_model_when_a_teacher_shares_the_students_nam
     assert "paper: ResNet-50-D on ImageNet (right axis, same scale)" in labels
 
 
-@pytest.mark.parametrize("folder", ["fashion_mnist_table6", "fashion_mnist_table6_converged", "default"])
+@pytest.mark.parametrize("folder", ["fashion_mnist_table6", "fashion_mnist_table6_converged", "default",
+                                    "fashion_mnist_designs", "fashion_mnist_table6_converged_2x"])
 def test_the_committed_report_regenerates_byte_for_byte(tmp_path, folder):
     """`report` on the committed run directories gives the committed tables and figures (PDFs
     carry no creation date), so a change to the report code shows in this test."""
@@ -155,7 +156,7 @@ def test_the_committed_report_regenerates_byte_for_byte(tmp_path, folder):
     copy = tmp_path / "fm"
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.csv", "table.*"))
     assert main(["report", str(copy)]) == 0
-    for name in ("runs.csv", "table.md", "table.csv", "table.tex", "deltas.csv"):
+    for name in ("runs.csv", "table.md", "table.csv", "table.tex", "deltas.csv", "effects.csv", "effects.md"):
         assert (copy / name).read_bytes() == (committed / name).read_bytes(), name
     for pdf in sorted((committed / "figures").glob("*.pdf")):
         if f"Matplotlib pdf backend v{matplotlib.__version__}".encode() in pdf.read_bytes():  # else drawn by another version

@@ -4,7 +4,8 @@ run recorded before stacks were, its chain of steps):
 
 - staircase: a step against the step it builds on (its Δ in deltas.csv);
 - add-one: the baseline plus the trick against the baseline;
-- leave-one-out: the fullest stack against it less the trick;
+- leave-one-out: the full stack against it less the trick (the full stack: the set of tricks
+  with the most of its leave-one-outs among the runs, at least two);
 - factorial: over the largest set of k ≥ 2 tricks whose 2^k subsets are all there, each trick's
   main effect (its mean change over the other tricks' settings) and each two-way interaction
   (half the change of one trick's effect when the other is switched on).
@@ -69,10 +70,11 @@ def design_contrasts(cells: Cells, steps: list[tuple[str, frozenset, frozenset]]
     none = frozenset()
     found += [("add-one", t, [(1.0, frozenset({t})), (-1.0, none)]) for t in sorted(tricks)
               if none in cells and frozenset({t}) in cells]
-    fullest = [s for s in cells if len(s) == max(map(len, cells))]
-    if len(fullest) == 1:
-        full = fullest[0]
-        found += [("leave-one-out", t, [(1.0, full), (-1.0, full - {t})]) for t in sorted(full) if full - {t} in cells]
+    # the full stack: the set of tricks with the most of its leave-one-outs there (then the larger)
+    left = {s: [t for t in sorted(s) if s - {t} in cells] for s in cells}
+    full = max(cells, key=lambda s: (len(left[s]), len(s), sorted(s)))
+    if len(left[full]) >= 2:   # one leave-one-out alone is a staircase step or an add-one
+        found += [("leave-one-out", t, [(1.0, full), (-1.0, full - {t})]) for t in left[full]]
     chosen = largest_factorial(cells, tricks)
     found += [("factorial", t, factorial_terms(chosen, (t,))) for t in chosen]
     found += [("factorial", f"{a} × {b}", factorial_terms(chosen, (a, b))) for a, b in combinations(chosen, 2)]
