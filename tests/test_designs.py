@@ -19,23 +19,17 @@ from bench.report import write_report
 from bench.report.effects import trick_effects
 from bench.runs import RunDir
 
-from conftest import TINY_RECIPE
+from conftest import tiny_recipe
 
-STEPS = """steps:
-  - name: efficient
-  - name: cosine
-    set: {schedule: {kind: cosine}}
-  - name: label_smoothing
-    set: {label_smoothing: {eps: 0.1}}
-  - name: mixup
-    set: {mixup: {alpha: 0.2}}
-"""
+STEPS = [{"name": "efficient"}, {"name": "cosine", "set": {"schedule": {"kind": "cosine"}}},
+         {"name": "label_smoothing", "set": {"label_smoothing": {"eps": 0.1}}},
+         {"name": "mixup", "set": {"mixup": {"alpha": 0.2}}}]
 
 
 @pytest.fixture
 def recipe(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(TINY_RECIPE.split("steps:")[0] + STEPS)
+    path.write_text(tiny_recipe(steps=STEPS))
     return load_recipe(path)
 
 
@@ -89,7 +83,7 @@ def test_designs_refuse_what_they_cannot_run(recipe, write_recipe, capsys):
 
 def test_the_recipe_chooses_its_design_and_the_command_line_overrides_it(tmp_path, capsys):
     path = tmp_path / "r.yaml"
-    path.write_text(TINY_RECIPE.split("steps:")[0] + "design: add-one\ntricks: [mixup]\n" + STEPS)
+    path.write_text(tiny_recipe(steps=STEPS) + "design: add-one\ntricks: [mixup]\n")
     assert [s.stack for s in plan(load_recipe(path))] == ["efficient", "efficient+mixup"]
     assert main(["plan", str(path), "--design", "factorial", "--tricks", "cosine", "mixup", "--format", "csv"]) == 0
     rows = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
