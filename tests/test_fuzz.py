@@ -185,7 +185,7 @@ JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**
 
 
 @settings(FAST, max_examples=12)
-@given(values=st.dictionaries(st.sampled_from(list(RunDir.RECORD_KEYS)), JSON_VALUES, min_size=1, max_size=4))
+@given(values=st.dictionaries(st.sampled_from([*RunDir.RECORD_KEYS, "stack"]), JSON_VALUES, min_size=1, max_size=4))
 def test_final_json_values_of_any_type_are_skipped_or_reported_never_a_traceback(values, results, tmp_path_factory,
                                                                                 capsys):
     """A final.json that parses, with any JSON in its record keys: report, status and compare

@@ -96,6 +96,9 @@ class RunDir(RunFiles):
             if not fits:
                 shape = {str: "a string", int: "an integer", float: "a percentage from 0 to 100"}[kind]
                 return f"{key} = {json.dumps(value)[:40]}: not {shape}"
+        stack = final.get("stack")   # optional: the tricks of a run (bench.ablation.designs)
+        if stack is not None and not (isinstance(stack, str) and stack):
+            return f"stack = {json.dumps(stack)[:40]}: not a '+'-joined list of step names"
         return None
 
     def read_finished(self) -> tuple[dict, dict]:
