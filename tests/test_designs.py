@@ -210,3 +210,22 @@ def test_leave_one_out_is_read_around_the_stack_with_the_most_leave_one_outs():
     fx = trick_effects(runs_frame(tops)).set_index(["design", "effect"])
     loo = fx.loc["leave-one-out", "delta_top1"]
     assert loo.to_dict() == pytest.approx({"cosine": 1.5, "label_smoothing": 0.5, "mixup": 0.5})
+
+
+def test_power_where_scipys_noncentral_t_gives_nan():
+    """scipy's nct gives NaN far in its lower tail (1 degree of freedom, nc ≈ 12.64 here), where
+    P(T < −crit) ≤ P(Z < −nc) is below 1e-14: the power is the upper tail alone, as the
+    definition T = (Z + nc)/√(V/dof), integrated over V ~ χ²(dof), gives; the MDE of 2 seeds is a number."""
+    from scipy import integrate
+    from scipy import stats as scipy_stats
+
+    from bench.report.stats import detectable_delta, paired_power
+
+    sd, delta = 7.287730056797286, 65.15519014070587
+    crit, nc = scipy_stats.t.ppf(0.975, 1), delta * math.sqrt(2) / sd
+    assert math.isnan(scipy_stats.nct.cdf(-crit, 1, nc))
+    by_definition = integrate.quad(lambda v: (scipy_stats.norm.sf(crit * math.sqrt(v) - nc)
+                                              + scipy_stats.norm.cdf(-crit * math.sqrt(v) - nc)) * scipy_stats.chi2.pdf(v, 1),
+                                   0, math.inf)[0]
+    assert paired_power(delta, sd, 2) == pytest.approx(by_definition, abs=1e-9)
+    assert paired_power(detectable_delta(2, sd), sd, 2) == pytest.approx(0.8, abs=1e-6)

@@ -281,22 +281,3 @@ def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
     assert "no seed noise to go on; give --noise RESULTS_DIR" in capsys.readouterr().err
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(ROOT / "results" / "default")]) == 2
     assert "measures no seed noise" in capsys.readouterr().err
-
-
-def test_power_where_scipys_noncentral_t_gives_nan():
-    """scipy's nct gives NaN far in its lower tail (1 degree of freedom, nc ≈ 12.64 here), where
-    P(T < −crit) ≤ P(Z < −nc) is below 1e-14: the power is the upper tail alone, as the
-    definition T = (Z + nc)/√(V/dof), integrated over V ~ χ²(dof), gives; the MDE of 2 seeds is a number."""
-    from scipy import integrate
-    from scipy import stats as scipy_stats
-
-    from bench.report.stats import detectable_delta, paired_power
-
-    sd, delta = 7.287730056797286, 65.15519014070587
-    crit, nc = scipy_stats.t.ppf(0.975, 1), delta * math.sqrt(2) / sd
-    assert math.isnan(scipy_stats.nct.cdf(-crit, 1, nc))
-    by_definition = integrate.quad(lambda v: (scipy_stats.norm.sf(crit * math.sqrt(v) - nc)
-                                              + scipy_stats.norm.cdf(-crit * math.sqrt(v) - nc)) * scipy_stats.chi2.pdf(v, 1),
-                                   0, math.inf)[0]
-    assert paired_power(delta, sd, 2) == pytest.approx(by_definition, abs=1e-9)
-    assert paired_power(detectable_delta(2, sd), sd, 2) == pytest.approx(0.8, abs=1e-6)
