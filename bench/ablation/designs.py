@@ -79,8 +79,8 @@ def design_cells(recipe: Recipe, design: str = "staircase", tricks: Optional[Seq
     steps = staircase(recipe)
     if design == "staircase":
         if tricks:
-            raise ConfigError("--tricks: the staircase runs the recipe's steps as written; --tricks chooses the "
-                              "tricks of a leave-one-out, add-one or factorial design")
+            raise ConfigError("--tricks (or the recipe's tricks:): the staircase runs the recipe's steps as written; "
+                              "tricks are chosen for a leave-one-out, add-one or factorial design")
         return steps
     names = [s.name for s in recipe.steps[1:]]
     for name in tricks or ():
