@@ -21,7 +21,7 @@ from typing import Optional
 
 from bench.config import Recipe
 from bench.config.overrides import deep_merge
-from bench.config.recipe import NAME_MAX
+from bench.config.recipe import NAME_MAX, parent_step
 from bench.errors import ConfigError
 
 DESIGNS = ("staircase", "leave-one-out", "add-one", "factorial")
@@ -46,20 +46,14 @@ def chain(recipe: Recipe, step: str) -> list[str]:
     """The step's parents back to the first step, oldest first, and the step."""
     index = {s.name: i for i, s in enumerate(recipe.steps)}
     names = [step]
-    while index[names[-1]] > 0:
-        s = recipe.steps[index[names[-1]]]
-        names.append(s.parent or recipe.steps[index[s.name] - 1].name)
+    while (parent := parent_step(recipe, index[names[-1]])) is not None:
+        names.append(parent)
     return names[::-1]
 
 
 def staircase(recipe: Recipe) -> list[Cell]:
-    base = recipe.steps[0].name
-    cells = []
-    for i, step in enumerate(recipe.steps, start=1):
-        parent = step.parent or (recipe.steps[i - 2].name if i > 1 else None)
-        tricks = tuple(chain(recipe, step.name)[1:])
-        cells.append(Cell(step.name, i, parent, None, (base, *tricks)))
-    return cells
+    return [Cell(step.name, i + 1, parent_step(recipe, i), None, tuple(chain(recipe, step.name)))
+            for i, step in enumerate(recipe.steps)]
 
 
 def trick_sets(design: str, tricks: Sequence[str]) -> list[tuple[str, ...]]:

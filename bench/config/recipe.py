@@ -160,6 +160,12 @@ def model_names(recipe: Recipe) -> list[str]:
     return [str(recipe.base.get("model", {}).get("name", ModelConfig().name))]
 
 
+def parent_step(recipe: Recipe, i: int) -> Optional[str]:
+    """The step the recipe's i-th (0-based) builds on: its `parent:`, else the step before it."""
+    step = recipe.steps[i]
+    return step.parent or (recipe.steps[i - 1].name if i > 0 else None)
+
+
 _STEP_RAWS: dict[int, tuple[Recipe, list, dict[str, dict]]] = {}   # id(recipe) → its steps' cumulative sets
 
 
@@ -171,7 +177,7 @@ def _step_raw(recipe: Recipe, step_name: str) -> dict:
     if cached is None or cached[0] is not recipe or cached[1] != [id(s) for s in recipe.steps]:
         raws: dict[str, dict] = {}
         for i, step in enumerate(recipe.steps):
-            parent = step.parent or (recipe.steps[i - 1].name if i > 0 else None)
+            parent = parent_step(recipe, i)
             raws[step.name] = deep_merge(raws[parent] if parent else {}, step.set)
         if len(_STEP_RAWS) >= 8:
             _STEP_RAWS.clear()
