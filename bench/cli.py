@@ -5,7 +5,7 @@
     launch RECIPE       the same, locally, with torchrun, or as SLURM jobs
     status DIR          the state of every run of a launched ablation
     report DIR          rebuild the tables and figures from run directories (or W&B)
-    models, fake-data, bench, bench-loader, bench-pipeline, bench-recipe, bench-threads, fidelity, gpu-check
+    models, fake-data, bench, bench-ablation, bench-loader, bench-pipeline, bench-recipe, bench-threads, fidelity, gpu-check
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from bench.config import WandbConfig, load_recipe, parse_override, with_bare_ove
 from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
-from bench.perf.commands import cmd_bench, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
+from bench.perf.commands import cmd_bench, cmd_bench_ablation, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
 from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import write_report
@@ -270,7 +270,7 @@ def cmd_fake_data(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "launch": cmd_launch, "status": cmd_status, "report": cmd_report, "compare": compare_main,
-            "models": cmd_models,
+            "models": cmd_models, "bench-ablation": cmd_bench_ablation,
             "fake-data": cmd_fake_data, "bench": cmd_bench, "bench-loader": cmd_bench_loader, "bench-pipeline": cmd_bench_pipeline,
             "bench-recipe": cmd_bench_recipe, "bench-threads": cmd_bench_threads, "fidelity": fidelity_main, "gpu-check": gpu_check_main}
 

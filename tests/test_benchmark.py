@@ -166,3 +166,19 @@ def test_recipe_benchmark_bad_input_is_one_line(args, message, capsys):
     assert main(["bench-recipe", "recipes/default.yaml", "--only", "efficient", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_ablation_benchmark_times_a_whole_run_on_the_kernels_asked_for(write_recipe, tmp_path, capsys):
+    """A fresh process runs the ablation; on a CPU with AVX-512, --cpu-kernels avx2 runs ATen's AVX2 code."""
+    out = tmp_path / "wall.json"
+    args = ["bench-ablation", str(write_recipe()), "--cpu-kernels", "avx2", "--smoke", "--only", "efficient", "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    (one,) = r["rounds"]
+    assert one["wall_s"] > 0 and [x["step"] for x in one["runs"]] == ["efficient"] and 0 <= one["runs"][0]["top1"] <= 100
+    assert r["cpu_kernels"] == "AVX2" and r["args"] == ["--smoke", "--only", "efficient"] and "steps:" in r["recipe_text"]
+    assert "| 0 |" in capsys.readouterr().out
+    assert main(args) == 2 and "never overwritten" in capsys.readouterr().err
+    assert main(["bench-ablation", str(write_recipe()), "--only", "nope", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "failed (exit 2)" in err and "no such step" in err and err.count("\n") == 1 and not (tmp_path / "x.json").exists()

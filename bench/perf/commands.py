@@ -1,5 +1,6 @@
 """The benchmark commands: `bench` (training images/s per trick), `bench-loader` (the
-ImageFolder pipeline's images/s) and `bench-threads` (steps/s alone and beside a second run),
+ImageFolder pipeline's images/s), `bench-threads` (steps/s alone and beside a second run) and
+`bench-ablation` (a whole ablation's wall time),
 each printing a table and recording JSON under results/bench/."""
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from bench.engine.runtime import available_cores
 from bench.errors import ConfigError
 from bench.perf.contention import format_contention, run_contention
 from bench.perf.figures import plot_loader, plot_pipeline, plot_recipe_bench, plot_throughput, save_beside
+from bench.perf.grid import format_grid, measure_grid
 from bench.perf.loader import format_result, measure_loader, write_photo_tree
 from bench.perf.pipeline import PATHS as PIPELINE_PATHS
 from bench.perf.pipeline import format_pipeline, measure_pipeline
 from bench.perf.recipe_bench import Variant, format_recipe_bench, measure_recipe
 from bench.perf.throughput import BenchSettings, run_benchmark
+from bench.perf.wall import CPU_KERNELS, format_wall, time_ablation
 from bench.runs import refuse_existing, write_json
 from bench.runs.environment import env_info
 
@@ -150,10 +153,15 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
                    help="data paths to time (default: all)")
     p.add_argument("--steps", type=int, default=8, help="batches per epoch (one timed round)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--grid", action="store_true", help="every thread count x worker count on the first path, alone and two "
+                   "jobs side by side (--seconds a window), on the CPU")
+    p.add_argument("--seconds", type=float, default=15.0, help="--grid: the window each cell is counted in")
     p.add_argument("--out", help="write the result as JSON to this new file")
     args = p.parse_args(argv)
     if any(w < 0 for w in args.workers):
         raise ConfigError(f"bench-pipeline --workers {args.workers}: must be 0 or more")
+    if args.grid:
+        return _pipeline_grid(args)
     refuse_existing(args.out)
     settings = BenchSettings(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
                              precision=args.precision, device=args.device, steps=args.steps, rounds=args.rounds)
@@ -163,6 +171,19 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
     result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
     result["environment"] = env_info(dist.local_device(args.device))
     return _show_and_record(format_pipeline(result), result, args.out, plot_pipeline)
+
+
+def _pipeline_grid(args: argparse.Namespace) -> int:
+    refuse_existing(args.out)
+    settings = BenchSettings(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
+                             precision=args.precision, device="cpu", steps=args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root) if args.root else write_photo_tree(Path(tmp), args.images)
+        result = measure_grid(root, settings, args.workers, available_cores(), args.paths[0], args.seconds,
+                              progress=lambda msg: print(msg, flush=True))
+    result["source"] = args.root or f"generated: {args.images} JPEGs of 500x375 px"
+    result["environment"] = env_info(torch.device("cpu"))
+    return _show_and_record(format_grid(result), result, args.out)
 
 
 def cmd_bench_threads(argv: Sequence[str]) -> int:
@@ -205,3 +226,23 @@ def cmd_bench_recipe(argv: Sequence[str]) -> int:
     result["command_overrides"] = args.overrides
     result["environment"] = env_info(torch.device("cpu"))
     return _show_and_record(format_recipe_bench(result), result, args.out, plot_recipe_bench)
+
+
+def cmd_bench_ablation(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_ablation.py bench-ablation", description=(
+        "Wall time of a whole ablation (run_ablation.py RECIPE ARGS in a fresh folder), and each run's top-1."))
+    p.add_argument("recipe", help="the recipe, then any arguments of run_ablation.py (--set, --only, ...)")
+    p.add_argument("--cpu-kernels", choices=sorted(CPU_KERNELS), default="native",
+                   help="avx2: the AVX2 code of ATen, oneDNN and MKL (what an AVX2-only CPU runs) on a CPU with AVX-512")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--out", help="write the result as JSON to this new file")
+    args, rest = p.parse_known_args(argv)
+    refuse_existing(args.out)
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append(time_ablation(args.recipe, rest, args.cpu_kernels))
+        print(f"round {i}: {rounds[-1]['wall_s']:.1f} s", flush=True)
+    result = {"recipe": args.recipe, "args": rest, "kernels_asked": args.cpu_kernels, "rounds": rounds,
+              "cpu_kernels": rounds[0]["cpu_kernels"], "threads": rounds[0]["threads"],
+              "recipe_text": Path(args.recipe).read_text(), "environment": env_info(torch.device("cpu"))}
+    return _show_and_record(format_wall(result), result, args.out)

@@ -91,6 +91,7 @@ def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu_model": model,   # and the low-precision flags it has
         "cpu_flags": sorted(flags & (set().union(*FAST_LOW_PRECISION_FLAGS.values()) | {"avx2"})),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),   # ATen's code path: AVX2 and AVX512 train to other numbers
         **resolved,
         "packages": installed_packages(),
     }
