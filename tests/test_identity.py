@@ -123,8 +123,7 @@ def test_a_partial_run_killed_mid_epoch_resumes_under_other_threads_workers_and_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(argv + ["--set", "runtime.threads=2", "--set", "runtime.checkpoint_every_min=1e-9",
                                      "--set", "runtime.nan_check_steps=1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None:
+    while first.poll() is None:   # no deadline: a slow machine only takes longer to get there
         try:
             state = load_torch(run / RunDir.CHECKPOINT) if (run / RunDir.CHECKPOINT).is_file() else {}
         except Exception:   # caught between its write and its rename

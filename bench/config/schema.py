@@ -139,10 +139,11 @@ class ScheduleConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    device: Literal["auto", "cpu", "cuda"] = execution("auto")
+    device: Literal["auto", "cpu", "cuda", "mps"] = execution("auto")   # auto: CUDA, then MPS, then the CPU
     channels_last: bool = execution(True)     # memory layout: the same maths, other kernels (as threads)
     # True: deterministic kernels (bit-exact resume); auto: deterministic on CPU, cuDNN autotuning
-    # on CUDA (the ImageNet recipes, where it buys speed and determinism buys nothing at that scale)
+    # on CUDA (the ImageNet recipes, where it buys speed and determinism buys nothing at that scale),
+    # off on MPS (which has kernels without a deterministic variant)
     deterministic: Union[bool, Literal["auto"]] = True
     compile: bool = execution(False)   # torch.compile the model (in place); opt-in, measured both ways
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)

@@ -163,10 +163,23 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def mps_available() -> bool:
+    """Apple silicon's GPU (Metal Performance Shaders), where this torch build has it."""
+    return torch.backends.mps.is_available()
+
+
 def local_device(name: str) -> torch.device:
-    """The device of this process: `cuda:local_rank` when CUDA is asked for (or "auto" finds it)."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+    """The device of this process: `cuda:local_rank` when CUDA is asked for; auto takes CUDA,
+    then Apple's MPS, then the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        if not mps_available():
+            raise BenchError("runtime.device = mps: no MPS device here (torch.backends.mps.is_available() is false: "
+                             "Apple silicon and macOS 12.3 or newer); use auto or cpu")
+        return torch.device("mps")
     if not torch.cuda.is_available():
         raise BenchError(f"runtime.device = {name}: no CUDA device here (torch.cuda.is_available() is false); "
                          "use auto or cpu")
@@ -191,7 +204,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool,
     if not _CURRENT.distributed:
         return model
     if sync_bn and device.type != "cuda":
-        raise BenchError("runtime.sync_bn = true: SyncBatchNorm needs CUDA devices (this run is on CPU)")
+        raise BenchError(f"runtime.sync_bn = true: SyncBatchNorm needs CUDA devices (this run is on {device.type})")
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None

@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 import torch
 
+from bench.config.schema import RunConfig
 from bench.errors import BenchError
 from bench.runs.environment import FAST_LOW_PRECISION_FLAGS
 
@@ -77,8 +78,25 @@ def resolve_threads(setting: Union[str, int], workers: int, env: Optional[Mappin
 
 
 def resolve_deterministic(setting: Union[bool, str], device: torch.device) -> bool:
-    """`runtime.deterministic`: True/False as set; auto is True on CPU, False on CUDA."""
-    return device.type != "cuda" if setting == "auto" else bool(setting)
+    """`runtime.deterministic`: True/False as set; auto is True on CPU, False on CUDA and MPS."""
+    return device.type == "cpu" if setting == "auto" else bool(setting)
+
+
+# what PyTorch's MPS backend runs: no float64, autocast in fp16 and bf16, no process group
+MPS_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def check_mps(cfg: RunConfig, world_size: int) -> None:
+    """One line for a setting a run on Apple's MPS cannot honour."""
+    rt = cfg.runtime
+    if cfg.efficient.precision not in MPS_PRECISIONS:
+        raise BenchError(f"efficient.precision = {cfg.efficient.precision}: MPS has no float64; use one of {', '.join(MPS_PRECISIONS)}")
+    if rt.deterministic is True:
+        raise BenchError("runtime.deterministic = true: PyTorch's MPS kernels include some without a deterministic "
+                         "variant, so a run there is not bit-exact; --set runtime.deterministic=auto (or false), or runtime.device=cpu")
+    if world_size > 1:
+        raise BenchError(f"runtime.device = {rt.device}: MPS trains in one process (no process group runs on it), "
+                         f"not {world_size}")
 
 
 def precision_warning(precision: str, device: torch.device, flags: set[str]) -> Optional[str]:

@@ -20,7 +20,7 @@ from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
-from bench.engine.runtime import precision_warning, resolve_deterministic, resolve_threads, resolve_workers, say_once, set_threads
+from bench.engine.runtime import check_mps, precision_warning, resolve_deterministic, resolve_threads, resolve_workers, say_once, set_threads
 from bench.engine.step import Step, build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
@@ -127,6 +127,8 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     """
     ctx = dist.init(cfg.runtime.device)
     device = dist.local_device(cfg.runtime.device)   # cuda:LOCAL_RANK under torchrun / SLURM
+    if device.type == "mps":
+        check_mps(cfg, ctx.world_size)
     workers = resolve_workers(cfg.data.workers, device) if DATASETS[cfg.data.dataset].photographs else 0
     threads, source = resolve_threads(cfg.runtime.threads, workers)
     set_threads(threads, source, show=dist.is_main())
