@@ -1,6 +1,7 @@
 """The ImageFolder loader benchmark: real JPEGs through the harness's own loader, paper rates by formula."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -105,3 +106,22 @@ def test_pipeline_trains_through_the_real_loader_on_every_path(tmp_path, monkeyp
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[0] == f"worker/0w/{t}t (auto)" and len(labels) == 2 and "synthetic" not in labels
     assert all(v["ratio_min"] <= v["ratio_to_synthetic"] <= v["ratio_max"] for v in r["variants"].values())
+
+
+def test_the_grid_counts_real_jobs_alone_and_side_by_side_and_names_the_threads_for_one_and_two_jobs(tmp_path):
+    from bench.perf.grid import best_threads, format_grid, measure_cell
+    from bench.perf.throughput import BenchSettings
+    lb.write_photo_tree(tmp_path, images=8, classes=2, size=(96, 72))
+    s = BenchSettings(model="resnet18d", image_size=32, batch_size=2, precision="fp32", device="cpu", steps=2,
+                      model_kwargs={"channels": [4, 8, 8, 8], "stem_width": 4}, num_classes=2,
+                      teacher="resnet18d", teacher_kwargs={"channels": [4, 8, 8, 8], "stem_width": 4})
+    rates = measure_cell(tmp_path, s, "worker", workers=0, threads=1, jobs=2, seconds=0.5, lead_s=1.0)
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    cells = [{"workers": 1, "threads": 1, "alone": 50.0, "two": [30.0, 30.0], "collapsed": False},
+             {"workers": 1, "threads": 2, "alone": 80.0, "two": [1.0, 1.5], "collapsed": True},
+             {"workers": 0, "threads": 2, "alone": 90.0, "two": [40.0, 41.0], "collapsed": False}]
+    assert best_threads(cells) == {"0": {"one_job": 2, "two_jobs": 2},
+                                   "1": {"one_job": 2, "two_jobs": 1}}   # 1 worker: 2 threads are faster alone, collapse two jobs
+    table = format_grid({"settings": dataclasses.asdict(s), "path": "worker", "cores": 2, "window_s": 1.0,
+                         "cells": cells, "best": best_threads(cells)})
+    assert "| 1 | 2 | 80.0 | 1.0, 1.5 | yes |" in table

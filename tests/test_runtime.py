@@ -115,23 +115,23 @@ def test_smoke_keeps_two_slices_of_the_small_batch(tiny_cfg):
 
 # ---- threads and determinism -------------------------------------------------------------
 
-@pytest.mark.parametrize("cores, ranks, workers, threads", [(2, 1, 0, 2), (16, 8, 0, 2), (64, 8, 5, 3), (8, 8, 8, 1), (1, 1, 0, 1)])
-def test_auto_threads_share_the_cores_among_ranks_and_workers(cores, ranks, workers, threads):
-    assert auto_threads(cores, ranks, workers) == threads
+@pytest.mark.parametrize("cores, ranks, threads", [(2, 1, 2), (16, 8, 2), (64, 8, 8), (8, 16, 1), (1, 1, 1)])
+def test_auto_threads_share_the_cores_among_ranks(cores, ranks, threads):
+    """Loader workers take no thread: results/bench/cpu-epyc-pipeline-resnet50d-64px-fp32-threads-workers-grid.json."""
+    assert auto_threads(cores, ranks) == threads
 
 
 def test_resolve_threads_from_settings_and_environment(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
-    assert resolve_threads(3, 0, {"OMP_NUM_THREADS": "1"}) == (3, "runtime.threads")   # the recipe wins
-    assert resolve_threads("auto", 0, {"OMP_NUM_THREADS": "1"}) == (1, "OMP_NUM_THREADS")
-    assert resolve_threads("auto", 0, {})[0] == 16
-    assert resolve_threads("auto", 2, {"LOCAL_WORLD_SIZE": "4"})[0] == 2             # torchrun: 4 ranks share 16
-    assert resolve_threads("auto", 0, {"SLURM_CPUS_PER_TASK": "6"})[0] == 6          # SLURM: already per task
-    assert resolve_threads("auto", 2, {"SLURM_CPUS_PER_TASK": "6"})[0] == 4
+    assert resolve_threads(3, {"OMP_NUM_THREADS": "1"}) == (3, "runtime.threads")   # the recipe wins
+    assert resolve_threads("auto", {"OMP_NUM_THREADS": "1"}) == (1, "OMP_NUM_THREADS")
+    assert resolve_threads("auto", {}) == (16, "auto: 16 cores / 1 local rank(s)")
+    assert resolve_threads("auto", {"LOCAL_WORLD_SIZE": "4"})[0] == 4             # torchrun: 4 ranks share 16
+    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "6"})[0] == 6          # SLURM: already per task
     with pytest.raises(BenchError, match="OMP_NUM_THREADS = 'x': expected a positive integer"):
-        resolve_threads("auto", 0, {"OMP_NUM_THREADS": "x"})
+        resolve_threads("auto", {"OMP_NUM_THREADS": "x"})
     with pytest.raises(BenchError, match="SLURM_CPUS_PER_TASK = '0'"):
-        resolve_threads("auto", 0, {"SLURM_CPUS_PER_TASK": "0"})
+        resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "0"})
 
 
 def test_deterministic_auto_is_exact_on_cpu_and_autotuned_on_cuda():

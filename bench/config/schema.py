@@ -148,7 +148,7 @@ class RuntimeConfig(Strict):
     compile: bool = execution(False)   # torch.compile the model (in place); opt-in, measured both ways
     sync_bn: bool = False              # SyncBatchNorm across ranks under DDP (CUDA only)
     # intra-op CPU threads of each process; auto: the cores this process may use (affinity,
-    # SLURM_CPUS_PER_TASK) shared among the local ranks, less one per loader worker
+    # SLURM_CPUS_PER_TASK) shared among the local ranks
     threads: Union[Literal["auto"], Annotated[int, Field(gt=0, le=MAX_THREADS)]] = execution("auto")
     # the NaN/inf loss guard, a stop request (SLURM's signal) and a checkpoint falling due are
     # looked at every this many batches, one device sync each, and at every epoch's end

@@ -2,8 +2,9 @@
 
 `runtime.threads: auto` gives each process its share of the cores it may run on (its CPU
 affinity; SLURM_CPUS_PER_TASK under SLURM), divided among the node's ranks under torchrun
-(LOCAL_WORLD_SIZE), less one per loader worker, at least 1; OMP_NUM_THREADS, when set, is the
-user's choice. Low-precision autocast on a CPU without AVX-512/AMX is emulated: a run says so
+(LOCAL_WORLD_SIZE), at least 1; loader workers take no thread from it (measured: a worker beside
+a 2-thread step on 2 cores costs it little, a step cut to 1 thread a third); OMP_NUM_THREADS,
+when set, is the user's choice. Low-precision autocast on a CPU without AVX-512/AMX is emulated: a run says so
 at start (`precision_warning`). docs/performance.md has the measurements behind both.
 """
 from __future__ import annotations
@@ -60,21 +61,20 @@ def _cores_and_local_ranks(env: Mapping[str, str]) -> tuple[int, int]:
     return available_cores(env), _positive(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
 
 
-def auto_threads(cores: int, local_ranks: int, workers: int) -> int:
-    """Intra-op threads of one process: its share of `cores` less one per loader worker, at least 1."""
-    return max(1, cores // max(local_ranks, 1) - workers)
+def auto_threads(cores: int, local_ranks: int) -> int:
+    """Intra-op threads of one process: its share of `cores`, at least 1."""
+    return max(1, cores // max(local_ranks, 1))
 
 
-def resolve_threads(setting: Union[str, int], workers: int, env: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
-    """(threads, where the number comes from) for `runtime.threads` and the loader's workers."""
+def resolve_threads(setting: Union[str, int], env: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+    """(threads, where the number comes from) for `runtime.threads`."""
     env = os.environ if env is None else env
     if setting != "auto":
         return int(setting), "runtime.threads"
     if "OMP_NUM_THREADS" in env:
         return _positive(env, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
     cores, local_ranks = _cores_and_local_ranks(env)
-    threads = auto_threads(cores, local_ranks, workers)
-    return threads, f"auto: {cores} cores / {local_ranks} local rank(s) - {workers} loader worker(s)"
+    return auto_threads(cores, local_ranks), f"auto: {cores} cores / {local_ranks} local rank(s)"
 
 
 def resolve_deterministic(setting: Union[bool, str], device: torch.device) -> bool:

@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from bench.config import RunConfig, schedule_for
-from bench.config.datasets import DATASETS
 from bench.engine import distributed as dist
 from bench.engine.data import Data, build_data
 from bench.engine.ghost_bn import GhostBatchNorm
 from bench.engine.guard import LossGuard
 from bench.engine.interrupt import StopRequest
 from bench.engine.models import build_model, load_weights
-from bench.engine.runtime import check_mps, precision_warning, resolve_deterministic, resolve_threads, resolve_workers, say_once, set_threads
+from bench.engine.runtime import check_mps, precision_warning, resolve_deterministic, resolve_threads, say_once, set_threads
 from bench.engine.step import Step, build_optimizer
 from bench.engine.tracker import Tracker
 from bench.errors import BenchError
@@ -129,8 +128,7 @@ def setup(cfg: RunConfig, teacher_run: Optional[tuple[RunConfig, Optional[Path]]
     device = dist.local_device(cfg.runtime.device)   # cuda:LOCAL_RANK under torchrun / SLURM
     if device.type == "mps":
         check_mps(cfg, ctx.world_size)
-    workers = resolve_workers(cfg.data.workers, device) if DATASETS[cfg.data.dataset].photographs else 0
-    threads, source = resolve_threads(cfg.runtime.threads, workers)
+    threads, source = resolve_threads(cfg.runtime.threads)
     set_threads(threads, source, show=dist.is_main())
     warning = precision_warning(cfg.efficient.precision, device, cpu_info()[1])
     if warning and dist.is_main():

@@ -4,10 +4,10 @@ process's own threads) on each data path, against the same epoch on ready-made t
 ratio is what the data path costs.
 
 The paths: "worker" (the workers do everything, float32 out) and "device" (the workers crop and
-flip, uint8 out; `DeviceAugment` does the rest). Each loader variant runs at the intra-op threads a real run would take
-(`runtime.threads: auto`: the cores less one per worker) and, where that differs, at every
-core. Rounds are interleaved like `bench`'s, each variant right after an epoch on synthetic
-tensors, its ratio the median of the ratios to that neighbour.
+flip, uint8 out; `DeviceAugment` does the rest). Each loader variant runs at the intra-op threads
+a real run takes (`runtime.threads: auto`: every core; `--grid` measures the others). Rounds are
+interleaved like `bench`'s, each variant right after an epoch on synthetic tensors, its ratio the
+median of the ratios to that neighbour.
 """
 from __future__ import annotations
 
@@ -55,16 +55,13 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
     base, _ = build_training(s, s.run_config({}), device)
     cores = available_cores()
     synthetic = _on(base, SyntheticBatches(base.data.train.batches, s.steps), cores)
-    runners = {}
+    runners, threads = {}, auto_threads(cores, 1)
     for w in workers:
-        budget = auto_threads(cores, 1, w)
         for path in paths:
-            batches = _loader(root, s, path, w, device)
-            for threads in dict.fromkeys((budget, cores)):
-                # each variant right after its own synthetic epoch: the machine's speed drifts
-                # over seconds on a shared host, and a ratio of neighbours cancels the drift
-                runners[f"{SYNTHETIC} before {path}/{w}w/{threads}t"] = synthetic
-                runners[f"{path}/{w}w/{threads}t"] = _on(base, batches, threads)
+            # each variant right after its own synthetic epoch: the machine's speed drifts
+            # over seconds on a shared host, and a ratio of neighbours cancels the drift
+            runners[f"{SYNTHETIC} before {path}/{w}w/{threads}t"] = synthetic
+            runners[f"{path}/{w}w/{threads}t"] = _on(base, _loader(root, s, path, w, device), threads)
     progress(f"timing {len(runners) // 2} variants, each after a synthetic epoch: a warm-up epoch each, then "
              f"{s.rounds} rounds of {s.steps} batches")
     times = {name: t["times_s"] for name, t in time_rounds(runners, dataclasses.replace(s, warmup_steps=1), device).items()}
@@ -79,7 +76,7 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
     default = resolve_workers("auto", device)
     return {"settings": dataclasses.asdict(s), "cores": cores, "workers": list(workers), "variants": variants,
             "default_workers": default, "pairing": "each variant against the synthetic epoch before it",
-            "default_variants": [f"{path}/{default}w/{auto_threads(cores, 1, default)}t" for path in paths]}
+            "default_variants": [f"{path}/{default}w/{threads}t" for path in paths]}
 
 
 def _rates(ips: list[float], ratios: list[float]) -> dict:
