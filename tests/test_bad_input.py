@@ -120,6 +120,13 @@ def setup(case: str, tmp: Path, recipe: Path, monkeypatch, tmpfs=None) -> list[s
     if case == "CUDA asked for, none here":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         return [r, "--set", "runtime.device=cuda"]
+    if case == "MPS asked for, none here":
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        return [r, "--set", "runtime.device=mps"]
+    if case == "a setting MPS cannot run":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        return [r, "--set", "runtime.deterministic=true", "--only", "efficient"]
     if case == "pretrained weights on an offline node":
         import socket
 

@@ -163,6 +163,8 @@ def test_a_damaged_file_is_named_or_recovered_as_documented(case, kind, trained,
 def test_result_files_whose_values_have_the_wrong_type_are_named_not_a_traceback(tmp_path, capsys):
     """A final.json whose top1 is text: `report` leaves the run out and says why, `status` shows
     why instead of its top-1; a runs.csv column of text where numbers belong is one line, exit 2."""
+    import csv
+    import io
     import json
     folder = tmp_path / "r"
     shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "default", folder,
@@ -176,7 +178,9 @@ def test_result_files_whose_values_have_the_wrong_type_are_named_not_a_traceback
     assert 'top1 = "high": not a percentage' in capsys.readouterr().out
     only = tmp_path / "only"
     only.mkdir()
-    (only / "runs.csv").write_text((folder / "runs.csv").read_text().replace("99.44289693593315", "high", 1))
+    text = (folder / "runs.csv").read_text()
+    first_top1 = next(csv.DictReader(io.StringIO(text)))["top1"]
+    (only / "runs.csv").write_text(text.replace(f",{first_top1},", ",high,", 1))
     assert main(["report", str(only), "--no-figures"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {only / 'runs.csv'}: column top1 holds 'high', not a number") and "\n" not in err
