@@ -57,14 +57,21 @@ def worker(threads: int, start_at: float, seconds: float, warmup: int) -> dict:
 def measure(processes: int, threads: int, seconds: float, warmup: int = 3, lead_s: float = 20.0) -> list[dict]:
     """Run `processes` workers side by side at `threads` each; their results."""
     start_at = time.time() + lead_s
-    args = [sys.executable, "-m", "bench.perf.contention", "--worker", str(threads), str(start_at), str(seconds), str(warmup)]
+    return side_by_side(["bench.perf.contention", "--worker", str(threads), str(start_at), str(seconds), str(warmup)],
+                        processes, threads)
+
+
+def side_by_side(module_args: list[str], processes: int, threads: int) -> list[dict]:
+    """Start `processes` copies of `python -m MODULE ARGS` at `threads` intra-op threads each, at
+    once; the JSON line each prints last."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+    procs = [subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(processes)]
     results = []
     for proc in procs:
         out, _ = proc.communicate()
         if proc.returncode:
-            raise RuntimeError(f"contention worker exited with status {proc.returncode}")
+            raise RuntimeError(f"{module_args[0]} exited with status {proc.returncode}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 

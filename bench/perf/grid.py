@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,6 +21,7 @@ from typing import Optional
 import torch
 
 from bench.engine.loop import train_epoch
+from bench.perf.contention import side_by_side
 from bench.perf.pipeline import _loader
 from bench.perf.throughput import BenchSettings, build_training
 
@@ -52,17 +50,8 @@ def measure_cell(root: Path, s: BenchSettings, path: str, workers: int, threads:
                  seconds: float, lead_s: float) -> list[float]:
     """Images/s of each of `jobs` identical jobs side by side."""
     start_at = time.time() + lead_s
-    argv = [sys.executable, "-m", "bench.perf.grid", str(root), json.dumps(dataclasses.asdict(s)), path,
-            str(workers), str(threads), str(start_at), str(seconds)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env) for _ in range(jobs)]
-    rates = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"grid job exited with status {proc.returncode}")
-        rates.append(json.loads(out.strip().splitlines()[-1])["images_per_s"])
-    return rates
+    args = ["bench.perf.grid", str(root), json.dumps(dataclasses.asdict(s)), path, str(workers), str(threads), str(start_at), str(seconds)]
+    return [r["images_per_s"] for r in side_by_side(args, jobs, threads)]
 
 
 def measure_grid(root: Path, s: BenchSettings, workers: list[int], cores: int, path: str = "worker",
