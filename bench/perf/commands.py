@@ -239,6 +239,8 @@ def cmd_bench_ablation(argv: Sequence[str]) -> int:
     args, rest = p.parse_known_args(argv)
     refuse_existing(args.out)
     rounds = []
+    print(f"timing run_ablation.py {args.recipe} {' '.join(rest)} in a fresh process and folder, {args.cpu_kernels} kernels, "
+          f"{args.rounds} round(s)", flush=True)
     for i in range(args.rounds):
         rounds.append(time_ablation(args.recipe, rest, args.cpu_kernels))
         print(f"round {i}: {rounds[-1]['wall_s']:.1f} s", flush=True)
