@@ -182,3 +182,7 @@ def test_the_ablation_benchmark_times_a_whole_run_on_the_kernels_asked_for(write
     assert main(["bench-ablation", str(write_recipe()), "--only", "nope", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "failed (exit 2)" in err and "no such step" in err and err.count("\n") == 1 and not (tmp_path / "x.json").exists()
+    assert main(["bench-ablation", str(write_recipe()), "--rounds", "0"]) == 2
+    assert capsys.readouterr().err == "error: bench-ablation --rounds = 0: must be at least 1\n"
+    assert main(["bench-pipeline", "--grid", "--seconds", "0"]) == 2
+    assert capsys.readouterr().err == "error: bench-pipeline --seconds = 0.0: must be positive\n"

@@ -161,6 +161,8 @@ def cmd_bench_pipeline(argv: Sequence[str]) -> int:
     if any(w < 0 for w in args.workers):
         raise ConfigError(f"bench-pipeline --workers {args.workers}: must be 0 or more")
     if args.grid:
+        if args.seconds <= 0:
+            raise ConfigError(f"bench-pipeline --seconds = {args.seconds}: must be positive")
         return _pipeline_grid(args)
     refuse_existing(args.out)
     settings = BenchSettings(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
@@ -237,6 +239,8 @@ def cmd_bench_ablation(argv: Sequence[str]) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", help="write the result as JSON to this new file")
     args, rest = p.parse_known_args(argv)
+    if args.rounds < 1:
+        raise ConfigError(f"bench-ablation --rounds = {args.rounds}: must be at least 1")
     refuse_existing(args.out)
     rounds = []
     print(f"timing run_ablation.py {args.recipe} {' '.join(rest)} in a fresh process and folder, {args.cpu_kernels} kernels, "

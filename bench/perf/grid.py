@@ -22,7 +22,7 @@ import torch
 
 from bench.engine.loop import train_epoch
 from bench.perf.contention import side_by_side
-from bench.perf.pipeline import _loader
+from bench.perf.pipeline import loader_batches
 from bench.perf.throughput import BenchSettings, build_training
 
 COLLAPSED = 0.25   # two jobs side by side at under a quarter of the rate alone, each
@@ -33,7 +33,7 @@ def grid_worker(root: Path, s: BenchSettings, path: str, workers: int, threads: 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     base, _ = build_training(s, s.run_config({}), device)
-    t = dataclasses.replace(base, data=dataclasses.replace(base.data, train=_loader(root, s, path, workers, device)))
+    t = dataclasses.replace(base, data=dataclasses.replace(base.data, train=loader_batches(root, s, path, workers, device)))
     epoch = 0
     while epoch == 0 or time.time() < start_at:   # a warm-up epoch; the other job may still be starting
         train_epoch(t, epoch)

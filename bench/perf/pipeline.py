@@ -38,7 +38,7 @@ SYNTHETIC = "synthetic"
 PATHS = {"worker": {"augment_on": "worker"}, "device": {"augment_on": "device"}}
 
 
-def _loader(root: Path, s: BenchSettings, path: str, workers: int, device: torch.device) -> LoaderBatches:
+def loader_batches(root: Path, s: BenchSettings, path: str, workers: int, device: torch.device) -> LoaderBatches:
     cfg = DataConfig(dataset="imagefolder", root=str(root), global_batch_size=s.batch_size, image_size=s.image_size,
                      **PATHS[path])
     _, samples = scan_split(Path(root, "train"))
@@ -61,7 +61,7 @@ def measure_pipeline(root: Path, s: BenchSettings, workers: Sequence[int], paths
             # each variant right after its own synthetic epoch: the machine's speed drifts
             # over seconds on a shared host, and a ratio of neighbours cancels the drift
             runners[f"{SYNTHETIC} before {path}/{w}w/{threads}t"] = synthetic
-            runners[f"{path}/{w}w/{threads}t"] = _on(base, _loader(root, s, path, w, device), threads)
+            runners[f"{path}/{w}w/{threads}t"] = _on(base, loader_batches(root, s, path, w, device), threads)
     progress(f"timing {len(runners) // 2} variants, each after a synthetic epoch: a warm-up epoch each, then "
              f"{s.rounds} rounds of {s.steps} batches")
     times = {name: t["times_s"] for name, t in time_rounds(runners, dataclasses.replace(s, warmup_steps=1), device).items()}
