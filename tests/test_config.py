@@ -192,7 +192,7 @@ def test_plan_orders_teachers_first_and_names_run_dirs(write_recipe):
 def test_smoke_shrinks_epochs_and_batches(tiny_cfg):
     cfg = smoke_config(RunConfig.model_validate({"schedule": {"epochs": 120, "warmup_epochs": 5, "milestones": [30, 60, 90]}}))
     assert cfg.schedule.epochs == 2 and cfg.schedule.warmup_epochs == 1
-    assert cfg.schedule.milestones == [1, 2] and cfg.data.max_train_batches == 3
+    assert cfg.schedule.milestones == [0.5, 1, 1.5] and cfg.data.max_train_batches == 3
     RunConfig.model_validate(cfg.model_dump())  # still a valid config
 
 

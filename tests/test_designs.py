@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,15 @@ import pytest
 from bench.ablation import plan, run_ablation
 from bench.ablation.designs import design_cells
 from bench.cli import main
-from bench.config import load_recipe
+from bench.config import load_recipe, schedule_for
 from bench.errors import ConfigError
 from bench.report import write_report
 from bench.report.effects import trick_effects
 from bench.runs import RunDir
 
 from conftest import tiny_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STEPS = [{"name": "efficient"}, {"name": "cosine", "set": {"schedule": {"kind": "cosine"}}},
          {"name": "label_smoothing", "set": {"label_smoothing": {"eps": 0.1}}},
@@ -229,3 +232,27 @@ def test_power_where_scipys_noncentral_t_gives_nan():
                                    0, math.inf)[0]
     assert paired_power(delta, sd, 2) == pytest.approx(by_definition, abs=1e-9)
     assert paired_power(detectable_delta(2, sd), sd, 2) == pytest.approx(0.8, abs=1e-6)
+
+
+@pytest.mark.parametrize("design", ["add-one", "leave-one-out", "factorial"])
+@pytest.mark.parametrize("recipe_file", ["table6.yaml", "fashion-mnist-table6-cpu.yaml"])
+def test_a_trick_that_trains_longer_keeps_the_schedules_shape_in_every_cell(design, recipe_file):
+    """Mixup trains 200 epochs (5) where the base trains 120 (3) on a step schedule: every cell's
+    lr, as a share of its peak, at 25, 50 and 75 % of its training after warmup is that of the
+    staircase run with its schedule kind (efficient for step decay, cosine for cosine)."""
+    path = ROOT / "recipes" / recipe_file
+    recipe = load_recipe(path)
+    runs = plan(recipe, seeds=[0], design=design, where=str(path))
+    staircase = {s.config.schedule.kind: s.config for s in plan(recipe, seeds=[0], where=str(path))
+                 if s.step in ("efficient", "cosine") and s.model == runs[-1].model}
+
+    def shape(cfg):
+        lr, s, per_epoch = schedule_for(cfg, 1000), cfg.schedule, 1000
+        warm, total = s.warmup_epochs * per_epoch, s.epochs * per_epoch
+        return [lr(warm + round(f * (total - warm))) / cfg.peak_lr() for f in (0.25, 0.5, 0.75)]
+
+    lengthened = [r for r in runs if r.role != "teacher" and r.config.mixup is not None]
+    assert any(r.config.schedule.kind == "step" for r in lengthened)   # the case that was 110 epochs at lr/1000
+    for run in runs:
+        if run.role != "teacher":
+            assert shape(run.config) == pytest.approx(shape(staircase[run.config.schedule.kind])), run.label

@@ -36,7 +36,8 @@ def test_milestones_keep_their_fraction_of_each_runs_training():
     assert scale_milestones([30, 60, 90], 120, 12) == [3, 6, 9]
     assert scale_milestones([30, 60, 90], 120, 240) == [60, 120, 180]
     assert scale_milestones([30, 60, 90], 200, 20) == [3, 6, 9]   # a mixup step of 200 epochs: its own fractions
-    assert scale_milestones([30, 60, 90], 120, 2) == [1, 2]       # within [1, epochs], merged when they meet
+    assert scale_milestones([30, 60, 90], 120, 2) == [0.5, 1, 1.5]   # a fraction of an epoch: the schedule takes its iteration
+    assert scale_milestones([1, 2], 3, 5) == [1.666667, 3.333333]
     assert scale_milestones([], 120, 5) == []
 
 
@@ -46,7 +47,7 @@ def test_the_mixup_steps_own_epochs_are_overridden_too():
     assert specs["mixup"].schedule.epochs == specs["efficient"].schedule.epochs == 12
     assert specs["resnet152d_mixup"].schedule.epochs == 12
     assert specs["efficient"].schedule.milestones == [3, 6, 9]
-    assert specs["mixup"].schedule.milestones == [2, 4, 5]   # 30, 60, 90 of its 200 epochs
+    assert specs["mixup"].schedule.milestones == [1.8, 3.6, 5.4]   # 30, 60, 90 of its 200 epochs
 
 
 def test_milestones_given_with_the_epochs_are_taken_as_given():

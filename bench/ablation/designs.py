@@ -20,7 +20,6 @@ from itertools import combinations
 from typing import Optional
 
 from bench.config import Recipe
-from bench.config.overrides import deep_merge
 from bench.config.recipe import NAME_MAX, parent_step
 from bench.errors import ConfigError
 
@@ -34,7 +33,7 @@ class Cell:
     name: str                   # the step's name; a design's own run: <baseline>+<trick>+...
     index: int                  # the step's place in the recipe (1-based); 0: a design's own run
     parent: Optional[str]       # the run it is compared with (staircase) or changed from (the baseline)
-    raw: Optional[dict]         # its `set:`s merged; None: a step's, resolved as the step
+    sets: Optional[tuple]       # its tricks' `set:`s in order; None: a step's, resolved as the step
     stack: tuple[str, ...]      # the baseline, then the tricks on, in recipe order
 
     @property
@@ -94,8 +93,5 @@ def design_cells(recipe: Recipe, design: str = "staircase", tricks: Optional[Seq
         name = "+".join((base.name, *subset))
         if len(name) > NAME_MAX:   # a path component: its tricks are in the run's records all the same
             name = f"{name[:NAME_MAX - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-        raw: dict = {}
-        for step in (base.name, *subset):
-            raw = deep_merge(raw, own[step])
-        cells.append(Cell(name, 0, base.name, raw, (base.name, *subset)))
+        cells.append(Cell(name, 0, base.name, tuple(own[step] for step in (base.name, *subset)), (base.name, *subset)))
     return cells

@@ -103,7 +103,7 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
             for cell in cells:
                 if only and cell.name not in only:
                     continue
-                cfg = shrink(resolve_step(recipe, model, cell.name, where, overrides, seed, cell.raw))
+                cfg = shrink(resolve_step(recipe, model, cell.name, where, overrides, seed, cell.sets))
                 teacher_dir, teacher_cfg, identity = None, None, None
                 if cfg.distill is not None and trained[cfg.distill.teacher]:
                     teacher_dir = teacher_path(cfg.distill.teacher, seed)

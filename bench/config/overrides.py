@@ -130,10 +130,46 @@ def apply_overrides(raw: dict, overrides: tuple[tuple[str, Any], ...], schedule:
     return raw
 
 
-def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
-    """Milestones at the same fractions of `to_epochs` as of `from_epochs`: m·to/from rounded,
-    kept within [1, to_epochs], those that round together merged."""
-    return sorted({max(1, min(to_epochs, round(m * to_epochs / from_epochs))) for m in milestones})
+def scale_milestones(milestones: list, from_epochs: int, to_epochs: int) -> list:
+    """Milestones at the same fractions of `to_epochs` as of `from_epochs`: m·to/from, a whole
+    epoch where it is one, else a fraction of one (6 decimals; the schedule takes the iteration)."""
+    moved = (m * to_epochs / from_epochs for m in milestones)
+    return sorted({int(x) if float(x).is_integer() else round(x, 6) for x in moved})
+
+
+def stack_sets(raw: dict, sets: Sequence[dict], moved: Optional[list] = None) -> tuple[dict, Optional[list]]:
+    """`sets` merged on `raw` in order (`deep_merge`), the schedule keeping its shape: a set that
+    changes `schedule.epochs` and places no `schedule.milestones` moves the milestones it inherits
+    to the same fractions of the new length (the paper's 30/60/90 of 120 epochs are 50/100/150 of
+    200), so a trick that trains longer on a step schedule does not spend the extra epochs at
+    lr/1000. Warmup stays as many epochs (the paper's).
+
+    Returns the merged mapping and the milestones as moved (None: as merged), which `settle`
+    applies once every set is on: only to a run that decays by steps (a cosine run's milestones
+    are unused and kept as written). `moved` continues an earlier stack."""
+    for layer in sets:
+        before = raw.get("schedule") if isinstance(raw.get("schedule"), dict) else {}
+        raw = deep_merge(raw, layer)
+        own = layer.get("schedule")
+        if not isinstance(own, dict) or "epochs" not in own:
+            continue
+        if "milestones" in own:
+            moved = None
+            continue
+        old, new = before.get("epochs", ScheduleConfig().epochs), raw["schedule"].get("epochs")
+        current = before.get("milestones", []) if moved is None else moved
+        if type(old) is int and type(new) is int and old > 0 and new > 0 and isinstance(current, list) \
+                and all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in current):
+            moved = scale_milestones(current, old, new)
+    return raw, moved
+
+
+def settle(raw: dict, moved: Optional[list]) -> dict:
+    """`stack_sets`'s moved milestones in a run that decays by steps."""
+    schedule = raw.get("schedule")
+    if moved is not None and isinstance(schedule, dict) and schedule.get("kind", ScheduleConfig().kind) == "step":
+        return {**raw, "schedule": {**schedule, "milestones": moved}}
+    return raw
 
 
 def smoke_config(cfg: RunConfig, kept: Iterable[str] = ()) -> RunConfig:

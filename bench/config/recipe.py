@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
-from bench.config.overrides import apply_overrides, deep_merge, load_yaml
+from bench.config.overrides import apply_overrides, deep_merge, load_yaml, settle, stack_sets
 from bench.config.schema import ModelConfig, RunConfig, WandbConfig
 from bench.config.validation import check_size, validate
 from bench.errors import ConfigError, first_line
@@ -166,23 +166,35 @@ def parent_step(recipe: Recipe, i: int) -> Optional[str]:
     return step.parent or (recipe.steps[i - 1].name if i > 0 else None)
 
 
-_STEP_RAWS: dict[int, tuple[Recipe, list, dict[str, dict]]] = {}   # id(recipe) → its steps' cumulative sets
+_STEP_RAWS: dict[tuple[int, str], tuple[Recipe, list, dict[str, tuple]]] = {}   # (id(recipe), model) → its steps' stacks
 
 
-def _step_raw(recipe: Recipe, step_name: str) -> dict:
-    """The cumulative overrides of a step: its parent chain's `set:`s, oldest first. All steps'
-    are merged in one pass, each on its parent's, and kept for the recipe, so resolving every step
-    of a recipe takes time linear in its steps (walking each chain anew took quadratic time)."""
-    cached = _STEP_RAWS.get(id(recipe))
+def model_raw(recipe: Recipe, model: str) -> dict:
+    """The recipe's base with the model's `set:`."""
+    raw = recipe.base
+    for variant in recipe.models:
+        if variant.name == model:
+            raw = deep_merge(raw, variant.set)
+    return raw
+
+
+def _step_raw(recipe: Recipe, model: str, step_name: str) -> dict:
+    """The model's base with the step's parent chain's `set:`s, oldest first (`stack_sets`: the
+    schedule keeps its shape). All steps' are stacked in one pass, each on its parent's, and kept
+    for the recipe and model, so resolving every step of a recipe takes time linear in its steps
+    (walking each chain anew took quadratic time)."""
+    key = (id(recipe), model)
+    cached = _STEP_RAWS.get(key)
     if cached is None or cached[0] is not recipe or cached[1] != [id(s) for s in recipe.steps]:
-        raws: dict[str, dict] = {}
+        stacks: dict[str, tuple] = {}
         for i, step in enumerate(recipe.steps):
             parent = parent_step(recipe, i)
-            raws[step.name] = deep_merge(raws[parent] if parent else {}, step.set)
+            raw, moved = stacks[parent] if parent else (model_raw(recipe, model), None)
+            stacks[step.name] = stack_sets(raw, [step.set], moved)
         if len(_STEP_RAWS) >= 8:
             _STEP_RAWS.clear()
-        cached = _STEP_RAWS[id(recipe)] = (recipe, [id(s) for s in recipe.steps], raws)
-    return cached[2][step_name]
+        cached = _STEP_RAWS[key] = (recipe, [id(s) for s in recipe.steps], stacks)
+    return settle(*cached[2][step_name])
 
 
 def _finish(raw: dict, where: str, overrides, seed: int) -> RunConfig:
@@ -193,14 +205,12 @@ def _finish(raw: dict, where: str, overrides, seed: int) -> RunConfig:
 
 
 def resolve_step(recipe: Recipe, model: str, step: str, where: str = "recipe",
-                 overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0, step_set: Optional[dict] = None) -> RunConfig:
-    """base + the model's `set` + the step's cumulative `set` (or `step_set`: a design's run that
-    no step is, bench.ablation.designs) + the `--set` overrides."""
-    raw = recipe.base
-    for variant in recipe.models:
-        if variant.name == model:
-            raw = deep_merge(raw, variant.set)
-    raw = deep_merge(raw, _step_raw(recipe, step) if step_set is None else step_set)
+                 overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0,
+                 step_sets: Optional[Sequence[dict]] = None) -> RunConfig:
+    """base + the model's `set` + the step's chain of `set:`s (or `step_sets`, in order: a design's
+    run that no step is, bench.ablation.designs), the schedule keeping its shape (`stack_sets`),
+    + the `--set` overrides."""
+    raw = _step_raw(recipe, model, step) if step_sets is None else settle(*stack_sets(model_raw(recipe, model), step_sets))
     return _finish(raw, f"{where}: model '{model}', step '{step}'", overrides, seed)
 
 
@@ -208,4 +218,4 @@ def resolve_teacher(recipe: Recipe, teacher: str, where: str = "recipe",
                     overrides: tuple[tuple[str, Any], ...] = (), seed: int = 0) -> RunConfig:
     """base + the teacher's `set` + the `--set` overrides."""
     spec = next(t for t in recipe.teachers if t.name == teacher)
-    return _finish(deep_merge(recipe.base, spec.set), f"{where}: teacher '{teacher}'", overrides, seed)
+    return _finish(settle(*stack_sets(recipe.base, [spec.set])), f"{where}: teacher '{teacher}'", overrides, seed)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, NonNegativeInt, model_validator
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from bench.config.datasets import DATASETS, EVAL_CROP
 from bench.strict import Strict, execution, experiment, flat
@@ -130,8 +130,15 @@ class ScheduleConfig(Strict):
     kind: Literal["step", "cosine"] = "step"
     epochs: int = Field(120, gt=0, le=MAX_EPOCHS)
     warmup_epochs: int = Field(0, ge=0)
-    milestones: list[int] = []                  # epochs at which "step" multiplies the lr by gamma
+    # epochs at which "step" multiplies the lr by gamma; fractional where a change of `epochs`
+    # moved them (bench.config.overrides.scale_milestones), as an iteration of the run
+    milestones: list[Union[int, float]] = []
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _whole_as_int(cls, milestones: list) -> list:
+        return [int(m) if float(m).is_integer() else m for m in milestones]
 
     def tags(self) -> list[str]:
         """The refinements switched on, as run tags."""
@@ -238,7 +245,7 @@ def schedule_for(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]
     s = cfg.schedule
     args = dict(peak_lr=cfg.peak_lr(), total_steps=s.epochs * steps_per_epoch, kind=s.kind,
                 warmup_steps=s.warmup_epochs * steps_per_epoch, gamma=s.gamma,
-                milestones=[m * steps_per_epoch for m in s.milestones])
+                milestones=[round(m * steps_per_epoch) for m in s.milestones])
     return lambda step: lr_at(step, **args)
 
 
