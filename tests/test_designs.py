@@ -119,15 +119,19 @@ def test_a_factorial_by_hand():
     assert fx.loc[("factorial", "cosine"), "delta_top1"] == pytest.approx((1.25 + 1.5) / 2)
     assert fx.loc[("factorial", "label_smoothing"), "delta_top1"] == pytest.approx((0.75 + 1.0) / 2)
     assert fx.loc[("factorial", "cosine × label_smoothing"), "delta_top1"] == pytest.approx((0.25 + 0.5) / 2)
-    assert fx.loc[("add-one", "cosine"), "delta_top1"] == pytest.approx(1.0)
+    assert fx.loc[("staircase", "cosine"), "delta_top1"] == pytest.approx(1.0)
+    assert fx.loc[("staircase", "cosine"), "also"] == "add-one"   # the same contrast: one row
     assert fx.loc[("staircase", "label_smoothing"), "delta_top1"] == pytest.approx((1.0 + 1.5) / 2)
     assert fx.loc[("leave-one-out", "cosine"), "delta_top1"] == pytest.approx((1.5 + 2.0) / 2)
     # two seeds: the 95 % t-interval of the cosine main effect, by hand (t.ppf(0.975, 1) = 12.706)
     d = np.array([1.25, 1.5])
     half = 12.7062047 * d.std(ddof=1) / math.sqrt(2)
     assert fx.loc[("factorial", "cosine"), "ci_low"] == pytest.approx(d.mean() - half, abs=1e-6)
-    # the noise floor: the binomial s.e. of the baseline's mean top-1 (90.25 %) on 10,000 images
-    assert fx["noise_floor"].iloc[0] == pytest.approx(100 * math.sqrt(0.9025 * 0.0975 / 10_000))
+    # the family: Holm over the 7 distinct contrasts (cosine's staircase step is its add-one)
+    assert len(fx) == 7
+    p = fx["p"].sort_values()
+    assert fx.loc[p.index[0], "p_holm"] == pytest.approx(min(1, 7 * p.iloc[0]))
+    assert fx.loc[p.index[1], "p_holm"] == pytest.approx(max(min(1, 7 * p.iloc[0]), min(1, 6 * p.iloc[1])))
 
 
 def synthetic(effect: float, seeds: int, rng: np.random.Generator, sd: float = 0.2) -> pd.DataFrame:
@@ -139,13 +143,13 @@ def synthetic(effect: float, seeds: int, rng: np.random.Generator, sd: float = 0
 
 def test_synthetic_runs_find_a_true_effect_and_not_a_null_one_at_the_stated_rate():
     """20 seeds, a per-seed contrast with std 0.2: a true Δ of 0.3 is found (power ≈ 1), a true 0 is
-    'found' in about 5 % of 400 repetitions; P(improvement) is near 1 for the real effect."""
+    'found' in about 5 % of 400 repetitions."""
     rng = np.random.default_rng(0)
-    found = trick_effects(synthetic(0.3, 20, rng)).set_index(["design", "effect"]).loc[("add-one", "cosine")]
-    assert found["ci_low"] > 0 and found["p_improvement"] > 0.99 and found["mde"] < 0.3
+    found = trick_effects(synthetic(0.3, 20, rng)).set_index(["design", "effect"]).loc[("staircase", "cosine")]
+    assert found["ci_low"] > 0 and found["p"] < 0.001 and found["detected"] and found["mde"] < 0.3
     false = 0
     for _ in range(400):
-        row = trick_effects(synthetic(0.0, 20, rng)).set_index(["design", "effect"]).loc[("add-one", "cosine")]
+        row = trick_effects(synthetic(0.0, 20, rng)).set_index(["design", "effect"]).loc[("staircase", "cosine")]
         false += row["ci_low"] > 0 or row["ci_high"] < 0
     assert 0.02 <= false / 400 <= 0.085
 
@@ -169,8 +173,8 @@ def test_designs_train_a_shared_run_once_and_the_report_writes_each_tricks_effec
     write_report(out)
     effects = pd.read_csv(out / "effects.csv")
     # no factorial (efficient+cosine+mixup was not run), no leave-one-out (no single fullest stack)
-    assert list(zip(effects["design"], effects["effect"])) == [("staircase", "cosine"), ("add-one", "cosine"),
-                                                                ("add-one", "mixup")]
+    assert list(zip(effects["design"], effects["effect"])) == [("staircase", "cosine"), ("add-one", "mixup")]
+    assert effects["also"].fillna("").tolist() == ["add-one", ""]   # the same contrast, computed and shown once
     assert "| add-one | mixup | 2 |" in (out / "effects.md").read_text()
     assert (out / "figures" / "cost.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
@@ -178,7 +182,8 @@ def test_designs_train_a_shared_run_once_and_the_report_writes_each_tricks_effec
 
 
 def test_device_time_charges_a_distilling_run_its_share_of_its_teacher():
-    from bench.report.effects import device_hours, pareto_front
+    from bench.report.contrasts import device_hours
+    from bench.report.effects import pareto_front
 
     runs = pd.DataFrame([
         {"role": "teacher", "path": "teachers/t/seed0", "teacher": None, "train_time_s": 7200.0, "world_size": 2},
@@ -186,20 +191,26 @@ def test_device_time_charges_a_distilling_run_its_share_of_its_teacher():
         {"role": "design", "path": "b", "teacher": "teachers/t/seed0", "train_time_s": 1800.0, "world_size": 4},
         {"role": "student", "path": "c", "teacher": None, "train_time_s": 3600.0, "world_size": None}])
     # the teacher: 2 h on 2 devices = 4 device-hours, half to each of its two pupils
-    assert device_hours(runs).tolist() == pytest.approx([4.0, 1.0 + 2.0, 2.0 + 2.0, 1.0])
+    hours, basis = device_hours(runs)
+    assert hours.tolist() == pytest.approx([4.0, 1.0 + 2.0, 2.0 + 2.0, 1.0])
+    assert basis.tolist() == ["wall clock"] * 4   # recorded before device_time_s
+    runs["device_time_s"], runs["device_time_from"] = [None, 1800.0, None, None], [None, "cpu time", None, None]
+    hours, basis = device_hours(runs)
+    assert hours.tolist() == pytest.approx([4.0, 0.5 + 2.0, 2.0 + 2.0, 1.0]) and basis[1] == "cpu time"
     points = pd.DataFrame({"stack": list("abcd"), "device_h": [1.0, 2.0, 2.0, 3.0], "top1": [90.0, 89.0, 91.0, 90.5]})
     assert pareto_front(points)["stack"].tolist() == ["a", "c"]
 
 
 def test_each_tricks_cost_and_its_gain_per_device_hour():
     """Mixup trains 5/3 as long: its add-one effect costs the difference, and its Δ per device-hour
-    is its Δ over that; cosine costs nothing and has no such ratio."""
+    is its Δ over that; cosine's cost is within timing noise (its interval holds 0): no such ratio."""
     runs = runs_frame({"efficient": [90.0, 90.2], "efficient+cosine": [90.5, 90.6], "efficient+mixup": [91.0, 91.4]})
     runs["train_time_s"] = runs["stack"].map({"efficient": 3600.0, "efficient+cosine": 3610.0, "efficient+mixup": 6000.0})
+    runs.loc[(runs["stack"] == "efficient+cosine") & (runs["seed"] == 1), "train_time_s"] = 3590.0   # timing noise
     fx = trick_effects(runs).set_index(["design", "effect"])
     assert fx.loc[("add-one", "mixup"), "extra_device_h"] == pytest.approx(2400 / 3600)
     assert fx.loc[("add-one", "mixup"), "delta_per_device_h"] == pytest.approx(1.1 / (2400 / 3600))
-    assert math.isnan(fx.loc[("add-one", "cosine"), "delta_per_device_h"])
+    assert math.isnan(fx.loc[("staircase", "cosine"), "delta_per_device_h"])
 
 
 def test_leave_one_out_is_read_around_the_stack_with_the_most_leave_one_outs():
@@ -222,7 +233,7 @@ def test_power_where_scipys_noncentral_t_gives_nan():
     from scipy import integrate
     from scipy import stats as scipy_stats
 
-    from bench.report.stats import detectable_delta, paired_power
+    from bench.report.contrasts import detectable_delta, paired_power
 
     sd, delta = 7.287730056797286, 65.15519014070587
     crit, nc = scipy_stats.t.ppf(0.975, 1), delta * math.sqrt(2) / sd
@@ -256,3 +267,49 @@ def test_a_trick_that_trains_longer_keeps_the_schedules_shape_in_every_cell(desi
     for run in runs:
         if run.role != "teacher":
             assert shape(run.config) == pytest.approx(shape(staircase[run.config.schedule.kind])), run.label
+
+
+def test_a_factorials_effects_holm_adjusted_from_a_hand_made_frame():
+    """Three seeds of a 2² over cosine and label smoothing: each effect's per-seed contrast, its
+    one-sample t p-value and Holm's step-down over the folder's distinct contrasts, by hand."""
+    from scipy import stats as scipy_stats
+    tops = {"efficient": [90.0, 90.4, 89.8], "efficient+cosine": [91.1, 91.2, 91.0],
+            "efficient+label_smoothing": [90.2, 90.9, 89.7], "efficient+cosine+label_smoothing": [92.0, 91.9, 92.3]}
+    fx = trick_effects(runs_frame(tops)).set_index(["design", "effect"])
+    t = {k: np.array(v) for k, v in tops.items()}
+    base, c, ls, both = t["efficient"], t["efficient+cosine"], t["efficient+label_smoothing"], t["efficient+cosine+label_smoothing"]
+    by_hand = {("staircase", "cosine"): c - base, ("staircase", "label_smoothing"): both - c,
+               ("add-one", "label_smoothing"): ls - base, ("leave-one-out", "cosine"): both - ls,
+               ("factorial", "cosine"): (c - base + both - ls) / 2, ("factorial", "label_smoothing"): (ls - base + both - c) / 2,
+               ("factorial", "cosine × label_smoothing"): (both - ls - c + base) / 2}
+    # leave-one-out label_smoothing is the staircase's label_smoothing step: one row, not two
+    assert set(fx.index) == set(by_hand) and fx.loc[("staircase", "label_smoothing"), "also"] == "leave-one-out"
+    p = pd.Series({k: scipy_stats.ttest_1samp(d, 0).pvalue for k, d in by_hand.items()}).sort_values()
+    holm, running = {}, 0.0
+    for i, (k, value) in enumerate(p.items()):
+        running = max(running, min(1.0, (len(p) - i) * value))
+        holm[k] = running
+    for k, d in by_hand.items():
+        assert fx.loc[k, "delta_top1"] == pytest.approx(d.mean())
+        assert fx.loc[k, "p"] == pytest.approx(p[k])
+        assert fx.loc[k, "p_holm"] == pytest.approx(holm[k])
+        assert fx.loc[k, "detected"] == (holm[k] < 0.05)
+    assert fx["detected"].any() and not fx["detected"].all()   # the family decides, not each test alone
+    assert ((fx["p"] < 0.05) & ~fx["detected"]).any()
+
+
+def test_the_test_sets_own_noise_of_a_paired_difference():
+    """Two runs per seed on the same 8 images: the per-image difference's s.e. and McNemar's exact
+    p over the discordant images of both seeds; a run without its file leaves the columns empty."""
+    from scipy import stats as scipy_stats
+    runs = runs_frame({"efficient": [50.0, 62.5], "efficient+cosine": [75.0, 75.0]}, val_images=8)
+    right = {"m/efficient/seed0": [1, 1, 1, 1, 0, 0, 0, 0], "m/cosine/seed0": [1, 1, 1, 1, 1, 1, 0, 0],
+             "m/efficient/seed1": [1, 1, 1, 1, 1, 0, 0, 0], "m/cosine/seed1": [1, 1, 1, 0, 1, 1, 1, 0]}
+    correct = {p: np.array(v, bool) for p, v in right.items()}
+    fx = trick_effects(runs, correct).set_index(["design", "effect"]).loc[("staircase", "cosine")]
+    d = [np.array(right[f"m/cosine/seed{k}"], float) - np.array(right[f"m/efficient/seed{k}"], float) for k in (0, 1)]
+    assert fx["test_se"] == pytest.approx(100 * math.sqrt(d[0].var(ddof=1) / 8 + d[1].var(ddof=1) / 8) / 2)
+    # discordant: seed 0 cosine alone right on 2, the baseline alone on 0; seed 1: 2 and 1
+    assert fx["p_mcnemar"] == pytest.approx(scipy_stats.binomtest(4, 5).pvalue)
+    del correct["m/efficient/seed0"]
+    assert math.isnan(trick_effects(runs, correct).set_index(["design", "effect"]).loc[("staircase", "cosine"), "test_se"])

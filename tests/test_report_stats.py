@@ -12,7 +12,7 @@ import torch
 
 from bench.engine import logit_gaps
 from bench.errors import BenchError
-from bench.report import compare, frames, staircase, stats, tables
+from bench.report import compare, contrasts, frames, staircase, stats, tables
 from bench.report import figures as plots
 
 
@@ -39,13 +39,13 @@ def _synthetic(top1: dict[str, list[float]]) -> pd.DataFrame:
 
 def test_paired_interval_uses_t_quantiles_over_seed_differences():
     df = _synthetic({"a": [50.0, 60.0, 70.0], "b": [51.0, 62.0, 70.0], "c": [61.0, 72.0, 80.0]})
-    d = stats.paired_deltas(df).set_index("step")
+    d = stats.staircase_deltas(df).set_index("step")
     diffs = np.array([1.0, 2.0, 0.0])
     half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)    # t(0.975, 2 dof)
     assert d.loc["b", "delta_top1"] == pytest.approx(1.0)
     assert (d.loc["b", "ci_low"], d.loc["b", "ci_high"]) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-5)
-    assert not d.loc["b", "excludes_zero"]               # seed noise swamps +1
-    assert d.loc["c", "excludes_zero"] and d.loc["c", "ci_low"] == pytest.approx(10.0)  # +10 on every seed
+    assert not d.loc["b", "detected"]               # seed noise swamps +1
+    assert d.loc["c", "detected"] and d.loc["c", "ci_low"] == pytest.approx(10.0)  # +10 on every seed
     assert "+10.00 [+10.00, +10.00]*" in tables.table_markdown(stats.ablation_table(df))
 
 
@@ -54,10 +54,12 @@ def test_a_step_whose_interval_contains_zero_reads_not_detected_with_its_half_wi
     half = 4.302653 * np.array([1.0, 2.0, 0.0]).std(ddof=1) / math.sqrt(3)     # b: +1 [-1.48, +3.48]
     half_c = 4.302653 * np.array([2.0, 2.0, 2.5]).std(ddof=1) / math.sqrt(3)   # c: +2.17, every seed up
     (line,) = tables.findings(stats.ablation_table(df))
-    assert line == f"m, Δ top-1 at 95%: detected: c +2.17 (±{half_c:.2f}); not detected: b (±{half:.2f})."
+    assert line == (f"m, Δ top-1, Holm-adjusted at 0.05 over the table's steps: detected: c +2.17 (±{half_c:.2f}); "
+                    f"not detected: b (±{half:.2f}).")
     assert line in tables.table_markdown(stats.ablation_table(df))
     one = _synthetic({"a": [50.0], "b": [51.0]})
-    assert tables.findings(stats.ablation_table(one)) == ["m, Δ top-1 at 95%: one seed, no interval: b."]
+    assert tables.findings(stats.ablation_table(one)) == ["m, Δ top-1, Holm-adjusted at 0.05 over the table's steps: "
+                                                          "one seed, no interval: b."]
 
 
 def test_paper_tables_2_to_6_load_in_long_form():
@@ -190,13 +192,13 @@ def _folder(rng: np.random.Generator, seeds: int, delta: float, std: float, base
 def test_welch_matches_scipy():
     from scipy import stats as scipy_stats
     a, b = np.array([1.0, 2.5, 0.7, 1.9]), np.array([2.2, 3.1, 2.9, 4.0, 2.6, 3.3])
-    diff, low, high, p = compare.welch(a, b)
+    diff, low, high, p = contrasts.welch(a, b)
     ref = scipy_stats.ttest_ind(b, a, equal_var=False)
     assert diff == pytest.approx(b.mean() - a.mean())
     assert p == pytest.approx(ref.pvalue)
     assert (low, high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
-    assert math.isnan(compare.welch(a[:1], b)[1])            # one seed: no interval
-    assert compare.welch(np.ones(3), np.ones(3) * 2)[1:] == (1.0, 1.0, 0.0)
+    assert math.isnan(contrasts.welch(a[:1], b)[1])            # one seed: no interval
+    assert contrasts.welch(np.ones(3), np.ones(3) * 2)[1:] == (1.0, 1.0, 0.0)
 
 
 def test_compare_finds_a_known_change_of_delta_and_not_a_null_one_at_the_stated_rate():
@@ -210,7 +212,7 @@ def test_compare_finds_a_known_change_of_delta_and_not_a_null_one_at_the_stated_
         for _ in range(repeats):
             d_a = rng.normal(0.2, 0.2 * math.sqrt(2), 20)       # a paired Δ's noise: two runs' noise
             d_b = rng.normal(0.2 + change, 0.2 * math.sqrt(2), 20)
-            _, low, high, _ = compare.welch(d_a, d_b)
+            _, low, high, _ = contrasts.welch(d_a, d_b)
             hits += low > 0 or high < 0
         return hits / repeats
     assert 0.02 < rate(0.0) < 0.09
@@ -243,15 +245,15 @@ def test_compare_command_on_the_committed_budgets(capsys, tmp_path):
 
 def test_seeds_to_detect_matches_the_published_one_sample_t_power():
     """G*Power's one-sample (paired) t-test, two-sided α = 0.05, power 0.8: d = 1 needs 10, d = 0.5 34."""
-    assert stats.seeds_to_detect(1.0, 1.0) == 10 and stats.paired_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
-    assert stats.seeds_to_detect(0.5, 1.0) == 34 and stats.seeds_to_detect(0.25, 0.5) == 34
-    mde = stats.detectable_delta(3, 0.22)
-    assert stats.paired_power(mde, 0.22, 3) == pytest.approx(0.8, abs=1e-6) and stats.detectable_delta(12, 0.22) < mde
+    assert contrasts.seeds_to_detect(1.0, 1.0) == 10 and contrasts.paired_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert contrasts.seeds_to_detect(0.5, 1.0) == 34 and contrasts.seeds_to_detect(0.25, 0.5) == 34
+    mde = contrasts.detectable_delta(3, 0.22)
+    assert contrasts.paired_power(mde, 0.22, 3) == pytest.approx(0.8, abs=1e-6) and contrasts.detectable_delta(12, 0.22) < mde
 
 
 def test_the_planned_seeds_find_the_effect_at_the_stated_power_by_simulation():
     rng = np.random.default_rng(2)
-    n = stats.seeds_to_detect(0.3, 0.2)
+    n = contrasts.seeds_to_detect(0.3, 0.2)
 
     def rejects(true_delta: float) -> float:
         d = rng.normal(true_delta, 0.2, size=(4000, n))
@@ -276,7 +278,7 @@ def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(folder)]) == 0
     sd, _ = stats.seed_noise(frames.load_results(folder).runs)
     out = capsys.readouterr().out
-    assert f"{stats.seeds_to_detect(0.3, sd)} seeds per step; the 3 seeds planned detect {stats.detectable_delta(3, sd):.2f}" in out
+    assert f"{contrasts.seeds_to_detect(0.3, sd)} seeds per step; the 3 seeds planned detect {contrasts.detectable_delta(3, sd):.2f}" in out
     assert main(["plan", str(recipe), "--detect", "0.3"]) == 2
     assert "no seed noise to go on; give --noise RESULTS_DIR" in capsys.readouterr().err
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(ROOT / "results" / "default")]) == 2

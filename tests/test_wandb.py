@@ -125,11 +125,12 @@ def test_the_summary_holds_each_delta_with_its_interval():
     rows = [{"model": "m", "role": "student", "step": step, "parent_step": parent, "seed": seed, "top1": top1}
             for step, parent, tops in (("a", None, (70.0, 71.0, 72.0)), ("b", "a", (71.0, 71.5, 73.5)))
             for seed, top1 in enumerate(tops)]
-    deltas = report.stats.paired_deltas(pd.DataFrame(rows))
+    deltas = report.stats.staircase_deltas(pd.DataFrame(rows))
     summary = delta_summary(deltas)
     b = deltas.set_index("step").loc["b"]
     assert summary["m"]["b"] == {"parent_step": "a", "delta_top1": pytest.approx(1.0), "ci_low": pytest.approx(b["ci_low"]),
-                                 "ci_high": pytest.approx(b["ci_high"]), "n_pairs": 3, "excludes_zero": False}
+                                 "ci_high": pytest.approx(b["ci_high"]), "n_pairs": 3, "p": pytest.approx(b["p"]),
+                                 "p_holm": pytest.approx(b["p"]), "detected": False}   # a family of one test
     assert summary["m"]["a"]["delta_top1"] is None and summary["m"]["a"]["parent_step"] is None
 
 

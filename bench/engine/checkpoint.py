@@ -1,6 +1,7 @@
 """Checkpoints: everything a resumed run needs to match an uninterrupted one, weights to RNG states."""
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Optional
@@ -58,7 +59,7 @@ def save_checkpoint(t: Training, run_dir: RunDir, epoch: int, partial: Optional[
         run_dir.save_checkpoint({
             "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(),
             "mix_rng": t.state.mix_rng.bit_generator.state, "rng": capture_rng(), "epoch": epoch,
-            "train_time_s": t.state.train_time_s, "saved_at": at,
+            "train_time_s": t.state.train_time_s, "train_cpu_s": t.state.train_cpu_s, "saved_at": at,
             **({} if partial is None else {"partial": {"epoch": partial.epoch, "batch": partial.batch, "lr": partial.lr,
                                                        "time_s": partial.time_s, "ranks": ranks}})})
     t.state.saved_at, t.state.saved_time = at, time.monotonic()
@@ -76,7 +77,7 @@ def restore_partial(t: Training, partial: dict) -> EpochStats:
                 "terms_sum": {k: sum(r["terms_sum"][k] for r in ranks) * (ctx.rank == 0) for k in ranks[0]["terms_sum"]}}
     if "buffers" in mine:
         t.model.load_state_dict(mine["buffers"], strict=False)
-    return EpochStats(mine["loss_sum"].to(t.device), mine["images"], partial["lr"], partial["time_s"],
+    return EpochStats(mine["loss_sum"].to(t.device), mine["images"], partial["lr"], partial["time_s"], mine.get("cpu_s", 0.0),
                       {k: v.to(t.device) for k, v in mine["terms_sum"].items()}, partial["epoch"], partial["batch"])
 
 
@@ -92,6 +93,7 @@ def restore_checkpoint(t: Training, run_dir: RunDir) -> EpochStats:
     t.state.mix_rng.bit_generator.state = state["mix_rng"]
     restore_rng(state["rng"])   # Python, NumPy, torch and CUDA generators
     t.state.train_time_s, t.state.saved_at = state["train_time_s"], state["saved_at"]
+    t.state.train_cpu_s = state.get("train_cpu_s", math.nan)   # a checkpoint from before it was kept: unknown
     if "partial" in state:
         return restore_partial(t, state["partial"])
     return EpochStats(torch.zeros((), device=t.device), epoch=state["epoch"] + 1)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 
@@ -160,6 +161,19 @@ def all_gather_object(obj) -> list:
         return [obj]
     out: list = [None] * _CURRENT.world_size
     torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_batches(parts: list) -> list:
+    """This rank's share of each evaluation batch (a 1-D array per batch, `images[rank::world]`)
+    gathered from every rank back into the batches' order: one array per batch, on every rank."""
+    ranks = all_gather_object(parts)
+    out = []
+    for shares in zip(*ranks):
+        batch = np.empty(sum(len(s) for s in shares), dtype=shares[0].dtype)
+        for r, share in enumerate(shares):
+            batch[r::len(shares)] = share
+        out.append(batch)
     return out
 
 

@@ -1,8 +1,8 @@
-"""Top-1, top-5 and loss on the validation batches; the logit gaps of Fig. 4b."""
+"""Top-1, top-5 and loss on the validation batches; per image, the logit gap (Fig. 4b) and
+whether top-1 got it right (the paired test-set noise of two runs, bench.report.contrasts)."""
 from __future__ import annotations
 
-from typing import Optional
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,25 +21,31 @@ def logit_gaps(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, cfg: RunConfig, device: torch.device,
-             gaps: Optional[list] = None) -> dict:
+             per_image: bool = False) -> dict:
     """Top-1 and top-5 accuracy (%), mean cross-entropy and the images counted, over the validation batches;
-    with a `gaps` list, also appends each batch's `logit_gaps` (on the CPU) to it."""
+    with `per_image`, also `logit_gaps` (float32) and `correct` (bool, top-1 right) of every
+    validation image in the data set's order, gathered from every rank."""
     model.eval()
     correct1 = correct5 = total = 0
-    loss_sum = torch.zeros((), device=device)
+    loss_sum, gaps, right = torch.zeros((), device=device), [], []
     for images, labels in batches.epoch(0):
         images = to_device(images, device, cfg.runtime.channels_last, weight_dtype(cfg.efficient.precision))
         labels = labels.to(device)
         with autocast(device, cfg.efficient.precision):
             logits = model(images).float()
-        if gaps is not None:
-            gaps.append(logit_gaps(logits).cpu())
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
+        if per_image:
+            gaps.append(logit_gaps(logits).cpu().numpy())
+            right.append(hits[:, 0].cpu().numpy())
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
         total += len(labels)
     correct1, correct5, total, loss_sum = dist.all_reduce_sum([correct1, correct5, total, float(loss_sum)], device)
-    return {"val_top1": 100.0 * correct1 / total, "val_top5": 100.0 * correct5 / total,
-            "val_loss": float(loss_sum) / total, "val_images": int(total)}
+    out = {"val_top1": 100.0 * correct1 / total, "val_top5": 100.0 * correct5 / total,
+           "val_loss": float(loss_sum) / total, "val_images": int(total)}
+    if per_image:
+        out.update(logit_gaps=np.concatenate(dist.gather_batches(gaps)),
+                   correct=np.concatenate(dist.gather_batches(right)))
+    return out

@@ -18,7 +18,7 @@ from bench.engine.interrupt import Preempted, StopRequest, signal_name
 from bench.engine.tracker import Tracker
 from bench.engine.training import EpochStats, Training, setup
 from bench.runs import RunDir
-from bench.runs.environment import env_info
+from bench.runs.environment import env_info, machine_name
 
 NO_STEP = -(2**62)   # "no NaN yet" in the ranks' agreement, which takes a maximum of −step
 
@@ -53,7 +53,7 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
     mixer = t.cfg.mixing()
     mixer = mixer if mixer is not None and mixer.active(epoch, t.cfg.schedule.epochs) else None
     stats = resume or EpochStats(torch.zeros((), device=t.device), epoch=epoch)
-    terms, every, t0 = ({} if t.cfg.distill is not None else None), t.cfg.runtime.nan_check_steps, time.perf_counter()
+    terms, every, t0, c0 = ({} if t.cfg.distill is not None else None), t.cfg.runtime.nan_check_steps, time.perf_counter(), time.process_time()
     for i, (images, labels) in enumerate(t.data.train.epoch(epoch, stats.batch), start=stats.batch):
         step = epoch * t.steps_per_epoch + i
         lr = t.lr_at(step)
@@ -65,8 +65,10 @@ def train_epoch(t: Training, epoch: int, on_step: Callable[[], object] = lambda:
         on_step()
         if stats.batch % every == 0 and stats.batch < t.steps_per_epoch:
             stats.time_s, t0 = stats.time_s + time.perf_counter() - t0, time.perf_counter()
+            stats.cpu_s, c0 = stats.cpu_s + time.process_time() - c0, time.process_time()
             check_in(t, stats, save)
     stats.time_s += time.perf_counter() - t0
+    stats.cpu_s += time.process_time() - c0
     check_in(t, stats, save)   # a NaN/inf epoch is never evaluated or saved
     if t.cfg.efficient.bn_batch_size:   # ghost batch norm: ranks kept their own running statistics
         dist.average_buffers(t.model)
@@ -92,19 +94,26 @@ def progress_postfix(epoch: int, row: dict, stats: EpochStats) -> dict[str, str]
 
 def epoch_row(epoch: int, stats: EpochStats, val: dict, device: torch.device) -> dict:
     """The metrics.jsonl row of an epoch, its training loss averaged over every rank's images."""
-    loss_sum, seen = dist.all_reduce_sum([float(stats.loss_sum), stats.images], device)
+    loss_sum, seen, cpu_s = dist.all_reduce_sum([float(stats.loss_sum), stats.images, stats.cpu_s], device)
     return {"epoch": epoch, "train_loss": float(loss_sum) / seen, "lr": stats.lr, "epoch_time_s": stats.time_s,
-            "images_per_s": seen / stats.time_s, **{k: v for k, v in val.items() if k != "val_images"}}
+            "epoch_cpu_s": cpu_s, "images_per_s": seen / stats.time_s,
+            **{k: v for k, v in val.items() if k not in ("val_images", "logit_gaps", "correct")}}
 
 
-def final_record(t: Training, val: dict) -> dict:
+def final_record(t: Training, val: dict, machine: Optional[str] = None) -> dict:
     """What final.json holds beyond the run's identity."""
-    cfg, epochs = t.cfg, t.cfg.schedule.epochs
+    cfg, epochs, world = t.cfg, t.cfg.schedule.epochs, t.runtime.get("world_size", 1)
     train_images = epochs * t.steps_per_epoch * cfg.data.global_batch_size
+    # what the devices did: on a CPU the processes' own CPU time (a shared machine's other jobs
+    # lengthen the wall clock, not it), on an accelerator its wall time × devices
+    on_cpu = t.device.type == "cpu"
+    device_s = t.state.train_cpu_s if on_cpu else t.state.train_time_s * world
     return {"top1": val["val_top1"], "top5": val["val_top5"], "val_images": val["val_images"], "val_loss": val["val_loss"], "epochs": epochs,
             "train_time_s": t.state.train_time_s, "images_per_s": train_images / t.state.train_time_s if t.state.train_time_s else None,
+            "device_time_s": device_s if device_s == device_s else None, "device_time_from": "cpu time" if on_cpu else "wall × devices",
+            "machine": machine,
             "config_hash": cfg.config_hash(), "num_classes": t.data.num_classes, "steps_per_epoch": t.steps_per_epoch,
-            "world_size": t.runtime.get("world_size", 1)}   # devices: train_time_s × world_size is its device time
+            "world_size": world}
 
 
 def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[RunConfig, Optional[Path]]] = None,
@@ -121,16 +130,17 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
     t = setup(cfg, teacher_run, tracker)
     t.state.checkpoint, t.state.stop = run_dir / RunDir.CHECKPOINT, stop or t.state.stop
     resume, epochs, n = restore_checkpoint(t, run_dir), cfg.schedule.epochs, t.steps_per_epoch
-    start_message(t, run_dir, resume, main)
+    env = start_message(t, run_dir, resume, main)
     bar = tqdm(total=epochs * n, initial=resume.epoch * n + resume.batch, desc=label, unit="step",
                disable=not (progress and main), leave=False, dynamic_ncols=True)
-    val, gaps = {}, []   # gaps: of the last epoch's evaluation, for the report's Fig. 4b
+    val = {}
     for epoch in range(resume.epoch, epochs):
         stats = train_epoch(t, epoch, bar.update, resume if epoch == resume.epoch else None,
                             lambda partial: save_checkpoint(t, run_dir, partial.epoch - 1, partial))
-        t.state.train_time_s += stats.time_s
-        val = evaluate(t.model, t.data.val, cfg, t.device, gaps if epoch == epochs - 1 else None)
+        val = evaluate(t.model, t.data.val, cfg, t.device, per_image=epoch == epochs - 1)
         row = epoch_row(epoch, stats, val, t.device)
+        t.state.train_time_s += stats.time_s
+        t.state.train_cpu_s += row["epoch_cpu_s"]
         if main:
             run_dir.append_metrics(row)
             t.state.tracker.log_epoch(row)
@@ -138,21 +148,23 @@ def train(cfg: RunConfig, run_dir: RunDir | Path, teacher_run: Optional[tuple[Ru
         bar.set_postfix(progress_postfix(epoch, row, stats))
     bar.close()
     if not val:   # resumed after the last epoch's checkpoint: evaluate the restored weights
-        val = evaluate(t.model, t.data.val, cfg, t.device, gaps)
+        val = evaluate(t.model, t.data.val, cfg, t.device, per_image=True)
     if main:
-        run_dir.save_outputs(t.model.state_dict(), torch.cat(gaps).numpy())
-    return final_record(t, val)
+        run_dir.save_outputs(t.model.state_dict(), val["logit_gaps"], val["correct"])
+    return final_record(t, val, machine_name(env))
 
 
-def start_message(t: Training, run_dir: RunDir, resume: EpochStats, main: bool) -> None:
-    """Rank 0 records the environment, keeps the metrics rows of the epochs before `resume`'s and
-    says where the run resumes."""
+def start_message(t: Training, run_dir: RunDir, resume: EpochStats, main: bool) -> dict:
+    """Rank 0 records the environment (and returns it), keeps the metrics rows of the epochs before
+    `resume`'s and says where the run resumes."""
     if not main:
-        return
-    run_dir.write_env(env_info(t.device, **t.runtime))
+        return {}
+    env = env_info(t.device, **t.runtime)
+    run_dir.write_env(env)
     run_dir.truncate_metrics(resume.epoch)
     if resume.batch:
         print(f"    resumed in epoch {resume.epoch + 1} of {t.cfg.schedule.epochs}, after batch {resume.batch} "
               f"of {t.steps_per_epoch}", flush=True)
     elif resume.epoch:
         print(f"    resumed from the checkpoint of epoch {resume.epoch} of {t.cfg.schedule.epochs}", flush=True)
+    return env

@@ -37,6 +37,7 @@ class LoopState:
     stop: StopRequest = field(default_factory=StopRequest)   # a signal asking the run to checkpoint and stop
     checkpoint: Optional[Path] = None   # the run directory's last.pt
     train_time_s: float = 0.0
+    train_cpu_s: float = 0.0           # the processes' CPU time training, summed over ranks
     saved_at: str = ""                 # the checkpoint last written or restored, e.g. "epoch 3"; "" none
     saved_time: float = field(default_factory=time.monotonic)   # when (time.monotonic()), for the next one
 
@@ -76,6 +77,7 @@ class EpochStats:
     images: int = 0          # images this rank trained on
     lr: float = 0.0          # of the last step
     time_s: float = 0.0
+    cpu_s: float = 0.0       # this process's CPU time in the epoch (time.process_time)
     terms_sum: dict = field(default_factory=dict)   # with distillation: Σ part × batch size of the loss's parts
     epoch: int = 0
     batch: int = 0           # batches of the epoch trained: the data position
@@ -89,7 +91,7 @@ class EpochStats:
 
     def sums(self) -> dict:
         """This rank's sums, on the CPU, for a checkpoint."""
-        return {"loss_sum": self.loss_sum.cpu(), "images": self.images,
+        return {"loss_sum": self.loss_sum.cpu(), "images": self.images, "cpu_s": self.cpu_s,
                 "terms_sum": {key: value.cpu() for key, value in self.terms_sum.items()}}
 
 

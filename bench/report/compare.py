@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from bench.errors import BenchError
+from bench.report.contrasts import effects, holm, welch
 from bench.report.frames import load_results
 from bench.report.stats import seed_noise
 
@@ -21,34 +21,18 @@ COLUMNS = ["model", "step", "parent_step", "n_a", "n_b", "top1_a", "top1_b", "to
            "top1_p", "delta_a", "delta_b", "delta_diff", "delta_low", "delta_high", "delta_p"]
 
 
-def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float]:
-    """mean(b) − mean(a), its two-sided Welch t-interval and p-value (NaN with fewer than 2 values
-    on a side). With no spread on either side the interval is the difference itself."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = b.mean() - a.mean() if len(a) and len(b) else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan, math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff, 1.0 if diff == 0 else 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, dof) * se
-    return diff, diff - half, diff + half, float(2 * scipy_stats.t.sf(abs(diff) / se, dof))
-
-
 def seed_values(runs: pd.DataFrame) -> dict[tuple[str, str], dict[str, object]]:
-    """Per (model, student step): its parent, its seeds' top-1, and its Δ per seed against the parent
-    (the seeds both have)."""
+    """Per (model, student step): its parent, its seeds' top-1, and its Δ per seed against the
+    parent (the contrast engine's, over the seeds both have)."""
     students = runs[runs["role"] == "student"].sort_values("step_index", kind="stable")
+    deltas = effects(runs, designs=("staircase",))
+    per_seed = {(m, e): d for m, e, d in zip(deltas.get("model", []), deltas.get("effect", []), deltas.get("per_seed", []))}
     out = {}
     for (model, step), group in students.groupby(["model", "step"], sort=False):
         parent = group["parent_step"].iloc[0]
-        base = students[(students["model"] == model) & (students["step"] == parent)]
-        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
         out[(model, step)] = {"parent": parent if isinstance(parent, str) else None,
                               "top1": group["top1"].to_numpy(float),
-                              "delta": (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)}
+                              "delta": np.asarray(per_seed.get((model, step), []), float)}
     return out
 
 
@@ -75,37 +59,42 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95) -> 
                          "delta_a": x["delta"].mean() if len(x["delta"]) else math.nan,
                          "delta_b": y["delta"].mean() if len(y["delta"]) else math.nan,
                          **dict(zip(COLUMNS[13:], delta))})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    adjusted = holm(pd.concat([table["top1_p"], table["delta_p"]], ignore_index=True))   # one family: every test shown
+    table["top1_p_holm"], table["delta_p_holm"] = adjusted[:len(table)].to_numpy(), adjusted[len(table):].to_numpy()
+    return table
 
 
 def _signed(x: float) -> str:
     return "" if pd.isna(x) else f"{x:+.2f}"
 
 
-def _interval(diff: float, low: float, high: float, p: float) -> str:
+def _interval(diff: float, low: float, high: float, p: float, p_holm: float, alpha: float) -> str:
     if pd.isna(diff):
         return ""
     if pd.isna(low):
         return f"{_signed(diff)} (no interval: < 2 seeds)"
-    star = "*" if low > 0 or high < 0 else ""
-    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]{star} p = {p:.2g}"
+    star = "*" if p_holm < alpha else ""
+    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]{star} p = {p:.2g} (Holm {p_holm:.2g})"
 
 
 def compare_markdown(table: pd.DataFrame, a: str, b: str, confidence: float = 0.95) -> str:
     """The comparison as Markdown, and a note on how it was computed."""
     if table.empty:
         return f"_no step that both {a} and {b} ran_\n"
+    alpha = 1 - confidence
     lines = ["| model | step | n (A, B) | top-1 A | top-1 B | B − A | Δ A | Δ B | Δ B − Δ A |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         lines.append(f"| {r['model']} | {r['step']} | {r['n_a']}, {r['n_b']} | {r['top1_a']:.2f} | {r['top1_b']:.2f} | "
-                     f"{_interval(r['top1_diff'], r['top1_low'], r['top1_high'], r['top1_p'])} | "
+                     f"{_interval(r['top1_diff'], r['top1_low'], r['top1_high'], r['top1_p'], r['top1_p_holm'], alpha)} | "
                      f"{_signed(r['delta_a'])} | {_signed(r['delta_b'])} | "
-                     f"{_interval(r['delta_diff'], r['delta_low'], r['delta_high'], r['delta_p'])} |")
+                     f"{_interval(r['delta_diff'], r['delta_low'], r['delta_high'], r['delta_p'], r['delta_p_holm'], alpha)} |")
     note = (f"A: {a}; B: {b}. Top-1 (%) means over each folder's seeds; Δ is a step's change against the step it "
             f"builds on, paired by seed within a folder. B − A and Δ B − Δ A: Welch's {confidence:.0%} t-interval "
-            "and two-sided p over the two folders' seeds (never paired across folders; * where the interval "
-            "excludes 0), one test per row, not corrected for the number of rows.")
+            "and two-sided p over the two folders' seeds (never paired across folders), and that p after Holm's "
+            f"correction over the family of the {int(table[['top1_p', 'delta_p']].notna().sum().sum())} tests of this "
+            f"table (* where it is below {alpha:.2g}: detected).")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

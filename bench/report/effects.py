@@ -1,189 +1,60 @@
-"""Each trick's effect in every design whose runs a results folder holds, read from the runs'
-`stack` (the baseline and the tricks they train with, bench.ablation.designs; for a staircase
-run recorded before stacks were, its chain of steps):
+"""Each trick's effect in every design whose runs a results folder holds (the contrasts:
+bench.report.contrasts), as Markdown, and its cost as a figure:
 
-- staircase: a step against the step it builds on (its Δ in deltas.csv);
+- staircase: a step against the step it builds on;
 - add-one: the baseline plus the trick against the baseline;
 - leave-one-out: the full stack against it less the trick (the full stack: the set of tricks
   with the most of its leave-one-outs among the runs, at least two);
 - factorial: over the largest set of k ≥ 2 tricks whose 2^k subsets are all there, each trick's
   main effect (its mean change over the other tricks' settings) and each two-way interaction
   (half the change of one trick's effect when the other is switched on).
-
-Every effect is a contrast taken within each seed, over the seeds all its runs have: its mean, a
-two-sided t-interval, P(improvement) (the t posterior of the mean under a flat prior), the std of
-the per-seed contrast pooled over the design's effects, and the minimum detectable effect at 80 %
-power with that std at the effect's seeds. `noise_floor` is the binomial s.e. of one top-1 on the
-evaluation set: no number of seeds resolves an effect far below it on one evaluation set.
 """
 from __future__ import annotations
 
 import math
-from itertools import combinations
-from typing import Optional
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import stats as scipy_stats
 
-from bench.report.stats import detectable_delta
+from bench.report.contrasts import EFFECT_COLUMNS, effects, tidy
 from bench.report.style import COLORS
 
-COLUMNS = ["model", "design", "effect", "n_pairs", "delta_top1", "ci_low", "ci_high", "p_improvement", "sd",
-           "mde", "noise_floor", "extra_device_h", "delta_per_device_h"]
-Cells = dict[frozenset, pd.Series]   # tricks on → top-1 by seed
+
+def trick_effects(runs: pd.DataFrame, correct=None, confidence: float = 0.95) -> pd.DataFrame:
+    """effects.csv: one row per (model, distinct contrast), one family for Holm's correction."""
+    return effects(runs, correct, confidence)[EFFECT_COLUMNS]
 
 
-def contrast(cells: Cells, terms: list[tuple[float, frozenset]]) -> np.ndarray:
-    """Σ coefficient × top-1 of each set of tricks, per seed, over the seeds every set has."""
-    seeds = set.intersection(*(set(cells[s].index) for _, s in terms))
-    return np.array([sum(c * cells[s][seed] for c, s in terms) for seed in sorted(seeds)], dtype=float)
+def _num(x: float, fmt: str = "{:+.2f}") -> str:
+    return "–" if x is None or x != x else fmt.format(x)
 
 
-def factorial_terms(tricks: tuple[str, ...], effect: tuple[str, ...]) -> list[tuple[float, frozenset]]:
-    """A 2^k factorial's main effect (one trick) or two-way interaction (two): each subset's sign
-    is the product of ±1 for the effect's tricks on/off, over 2^(k−1)."""
-    k, terms = len(tricks), []
-    for r in range(k + 1):
-        for subset in combinations(tricks, r):
-            sign = math.prod(1 if t in subset else -1 for t in effect)
-            terms.append((sign / 2 ** (k - 1), frozenset(subset)))
-    return terms
-
-
-def largest_factorial(cells: Cells, tricks: set[str]) -> tuple[str, ...]:
-    """The largest set of ≥ 2 tricks (first in name order among equals) whose every subset has runs."""
-    for k in range(len(tricks), 1, -1):
-        for chosen in combinations(sorted(tricks), k):
-            if all(frozenset(s) in cells for r in range(k + 1) for s in combinations(chosen, r)):
-                return chosen
-    return ()
-
-
-def design_contrasts(cells: Cells, steps: list[tuple[str, frozenset, frozenset]]) -> list[tuple[str, str, list]]:
-    """(design, effect, terms) of every effect the cells allow; `steps`: each staircase step's name,
-    its tricks and its parent's."""
-    found = [("staircase", name, [(1.0, own), (-1.0, parent)]) for name, own, parent in steps
-             if own in cells and parent in cells]
-    tricks = set().union(*cells)
-    none = frozenset()
-    found += [("add-one", t, [(1.0, frozenset({t})), (-1.0, none)]) for t in sorted(tricks)
-              if none in cells and frozenset({t}) in cells]
-    # the full stack: the set of tricks with the most of its leave-one-outs there (then the larger)
-    left = {s: [t for t in sorted(s) if s - {t} in cells] for s in cells}
-    full = max(cells, key=lambda s: (len(left[s]), len(s), sorted(s)))
-    if len(left[full]) >= 2:   # one leave-one-out alone is a staircase step or an add-one
-        found += [("leave-one-out", t, [(1.0, full), (-1.0, full - {t})]) for t in left[full]]
-    chosen = largest_factorial(cells, tricks)
-    found += [("factorial", t, factorial_terms(chosen, (t,))) for t in chosen]
-    found += [("factorial", f"{a} × {b}", factorial_terms(chosen, (a, b))) for a, b in combinations(chosen, 2)]
-    return found
-
-
-def device_hours(runs: pd.DataFrame) -> pd.Series:
-    """Each run's device time in hours: its training time × its devices (`world_size`, 1 where
-    not recorded), and for a run that distils, its share of its teacher's: the teacher's device
-    time split evenly over the runs of the folder that distil from it."""
-    world = runs["world_size"].fillna(1) if "world_size" in runs else 1
-    own = runs["train_time_s"].astype(float) * world / 3600
-    teachers = runs["role"] == "teacher"
-    by_path = dict(zip(runs.loc[teachers, "path"], own[teachers])) if "path" in runs else {}
-    pupils = runs.loc[~teachers, "teacher"].value_counts() if "teacher" in runs else pd.Series(dtype=float)
-    share = [by_path.get(t, 0.0) / pupils[t] if isinstance(t, str) and t in pupils and not is_teacher else 0.0
-             for t, is_teacher in zip(runs.get("teacher", [None] * len(runs)), teachers)]
-    return own + np.array(share)
-
-
-def with_stacks(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with every student's `stack`: recorded, or for a staircase run that predates the
-    record, its step's chain through `parent_step` (the first step: the baseline alone)."""
-    runs = runs.assign(stack=runs["stack"] if "stack" in runs else None)
-    steps = runs[runs["role"] == "student"].drop_duplicates(["model", "step"]).set_index(["model", "step"])["parent_step"]
-
-    def chain(model: str, step: str, depth: int = 0) -> Optional[str]:
-        parent = steps.get((model, step))
-        if not isinstance(parent, str):
-            return step
-        above = chain(model, parent, depth + 1) if (model, parent) in steps.index and depth < len(steps) else None
-        return None if above is None else f"{above}+{step}"
-
-    missing = runs["stack"].isna() & (runs["role"] == "student")
-    runs.loc[missing, "stack"] = [chain(m, s) for m, s in zip(runs.loc[missing, "model"], runs.loc[missing, "step"])]
-    return runs
-
-
-def trick_effects(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per (model, design, effect) the runs allow."""
-    runs = with_stacks(runs)
-    if runs["stack"].isna().all():
-        return pd.DataFrame(columns=COLUMNS)
-    runs = runs.assign(device_h=device_hours(runs))
-    students = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
-    rows = []
-    for model, group in students.groupby("model", sort=True):
-        tricks_of = {stack: frozenset(str(stack).split("+")[1:]) for stack in group["stack"].unique()}
-        cells = {tricks_of[stack]: g.groupby("seed")["top1"].mean() for stack, g in group.groupby("stack")}
-        hours = {tricks_of[stack]: g["device_h"].mean() for stack, g in group.groupby("stack")}
-        by_step = group[group["role"] == "student"].drop_duplicates("step").set_index("step")
-        steps = [(name, tricks_of[row["stack"]], tricks_of[by_step.loc[row["parent_step"], "stack"]])
-                 for name, row in by_step.iterrows() if isinstance(row["parent_step"], str) and row["parent_step"] in by_step.index]
-        baseline = cells.get(frozenset())
-        p = (baseline.mean() if baseline is not None else group["top1"].mean()) / 100
-        n_val = group["val_images"].dropna().iloc[0] if "val_images" in group and group["val_images"].notna().any() else np.nan
-        floor = 100 * math.sqrt(p * (1 - p) / n_val) if n_val and n_val == n_val else np.nan
-        found = [(design, effect, contrast(cells, terms), sum(c * hours[s] for c, s in terms))
-                 for design, effect, terms in design_contrasts(cells, steps)]
-        pooled = {}
-        for design in {d for d, _, _, _ in found}:
-            ss_dof = [(d.var(ddof=1) * (len(d) - 1), len(d) - 1) for dd, _, d, _ in found if dd == design and len(d) >= 2]
-            dof = sum(k for _, k in ss_dof)
-            pooled[design] = math.sqrt(sum(ss for ss, _ in ss_dof) / dof) if dof else np.nan
-        base_h = hours.get(frozenset(), np.nan)
-        for design, effect, d, extra in found:
-            row = {"model": model, "design": design, "effect": effect, "noise_floor": floor, "extra_device_h": extra,
-                   **paired_summary(d, pooled[design], confidence)}
-            # per device-hour the trick adds; one adding under a tenth of the baseline's time is free within timing noise
-            row["delta_per_device_h"] = row["delta_top1"] / extra if extra > 0.1 * base_h else np.nan
-            rows.append(row)
-    order = {d: i for i, d in enumerate(["staircase", "add-one", "leave-one-out", "factorial"])}
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    return out.sort_values(["model", "design"], key=lambda c: c.map(order) if c.name == "design" else c,
-                           kind="stable", ignore_index=True)
-
-
-def paired_summary(d: np.ndarray, sd: float, confidence: float = 0.95) -> dict:
-    """Mean of per-seed contrasts, its t-interval, P(improvement), and the MDE at std `sd`."""
-    n = len(d)
-    row = {"n_pairs": n, "delta_top1": d.mean() if n else np.nan, "ci_low": np.nan, "ci_high": np.nan,
-           "p_improvement": np.nan, "sd": sd, "mde": np.nan}
-    if n >= 2:
-        se = d.std(ddof=1) / math.sqrt(n)
-        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * se
-        prob = scipy_stats.t.cdf(d.mean() / se, n - 1) if se > 0 else (np.sign(d.mean()) + 1) / 2
-        row.update(ci_low=d.mean() - half, ci_high=d.mean() + half, p_improvement=float(prob))
-        if sd == sd and sd > 0:
-            row["mde"] = detectable_delta(n, sd, confidence=confidence)
-    return row
-
-
-def effects_markdown(effects: pd.DataFrame, confidence: float = 0.95) -> str:
-    """The effects as a Markdown table per model, with what the columns mean."""
-    pct = f"{round(confidence * 100)}%"
-    lines = [f"Each trick's Δ top-1 (points) in each design run, paired by seed: mean [{pct} interval], "
-             "P(improvement), the std of a per-seed contrast (pooled over the design), the minimum effect "
-             f"detectable at 80 % power with the seeds there, and the device-hours the trick adds (a distilling run "
-             "charged its share of its teacher's) with Δ per added device-hour.", ""]
-    for model, group in effects.groupby("model", sort=False):
-        lines += [f"**{model}** (noise floor of one top-1: ±{group['noise_floor'].iloc[0]:.2f})", "",
-                  "| design | effect | seeds | Δ top-1 | interval | P(improvement) | sd | detectable | extra device-h | Δ per device-h |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+def effects_markdown(found: pd.DataFrame, confidence: float = 0.95) -> str:
+    """The effects as a Markdown table per model, with their family and what the columns mean."""
+    pct, alpha = f"{round(confidence * 100)} %", 1 - confidence
+    tests = int(found["p"].notna().sum())
+    lines = [f"Each trick's Δ top-1 (points) in each design run, paired by seed: mean [{pct} t-interval], its p and "
+             f"its p after Holm's correction over the family of all {tests} tests of this table; **detected** means "
+             f"Holm-adjusted p < {alpha:.2g}. A contrast two designs ask for is one row (`staircase = add-one`). "
+             "Test-set s.e.: the noise of the same contrast from the evaluation images alone (the runs' "
+             "per-image files; – where a run has none), with McNemar's exact p for two arms. Detectable: the Δ found "
+             "at 80 % power with these seeds (the per-seed sd pooled over the design). Extra device-h: the seed-paired "
+             "device-hours the contrast adds [interval] (a distilling run charged its share of its teacher's), from "
+             "each run's cost basis; Δ per device-h only where that cost is detected and the contrast has two arms. "
+             "Arms differ in: every resolved setting that differs between its arms.", ""]
+    for model, group in found.groupby("model", sort=False):
+        lines += [f"**{model}**", "",
+                  "| design | effect | seeds | Δ top-1 [interval] | p | p (Holm) | detected | test-set s.e. | McNemar p "
+                  "| detectable | extra device-h [interval] | Δ per device-h | cost basis | arms differ in |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group.itertuples():
-            interval = f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.ci_low == r.ci_low else "–"
-            cells = [r.design, r.effect, str(r.n_pairs), f"{r.delta_top1:+.2f}", interval,
-                     f"{r.p_improvement:.2f}" if r.p_improvement == r.p_improvement else "–",
-                     f"{r.sd:.2f}" if r.sd == r.sd else "–", f"{r.mde:.2f}" if r.mde == r.mde else "–",
-                     f"{r.extra_device_h:+.3g}", f"{r.delta_per_device_h:+.3g}" if r.delta_per_device_h == r.delta_per_device_h else "–"]
+            interval = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.ci_low == r.ci_low else ""
+            cost = f" [{r.extra_low:+.2g}, {r.extra_high:+.2g}]" if r.extra_low == r.extra_low else ""
+            within = " (within noise)" if r.extra_low == r.extra_low and r.extra_low <= 0 <= r.extra_high else ""
+            cells = [" = ".join(filter(None, [r.design, r.also])), r.effect, str(r.n_pairs), f"{r.delta_top1:+.2f}{interval}", _num(r.p, "{:.2g}"),
+                     _num(r.p_holm, "{:.2g}"), "**yes**" if r.detected else "no", _num(r.test_se, "±{:.2f}"),
+                     _num(r.p_mcnemar, "{:.2g}"), _num(r.mde, "{:.2f}"), f"{r.extra_device_h:+.2g}{cost}{within}",
+                     _num(r.delta_per_device_h, "{:+.3g}"), r.cost_basis or "–", r.differs or "–"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -202,8 +73,7 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 def plot_cost(runs: pd.DataFrame):
     """Mean top-1 against mean device-hours (a distilling run charged its share of its teacher's)
     for every set of tricks run, one panel per model, the Pareto front drawn through them."""
-    runs = with_stacks(runs).assign(device_h=device_hours(runs))
-    runs = runs[(runs["role"] != "teacher") & runs["stack"].notna()]
+    runs = tidy(runs)
     models = sorted(runs["model"].unique())
     fig = Figure(figsize=(6 * len(models), 4.5), layout="constrained")
     for ax, model in zip(fig.subplots(1, len(models), squeeze=False)[0], models):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.runs import RunDir, files
+from bench.runs.environment import machine_name
 from bench.runs.files import Unreadable
 from bench.runs.rundir import CONFIG_PREFIX, flat_config
 
@@ -40,6 +41,7 @@ class Results:
     runs: one row per finished run (RUN_COLUMNS, then the flattened config).
     curves: one row per run and epoch: `path` and the metrics.jsonl keys (epoch, val_top1, lr, ...).
     gaps: one row per run and validation image: `path`, `logit_gap` (max logit − mean of the others).
+    correct: per run `path` that kept one, whether top-1 got each validation image right (bool array).
     from_runs_csv: read from a runs.csv (no run directories): the report leaves that file as it is.
     skipped: one line per file that could not be read (a damaged run directory) and what was left out.
     """
@@ -47,6 +49,7 @@ class Results:
     runs: pd.DataFrame
     curves: pd.DataFrame
     gaps: pd.DataFrame
+    correct: dict = field(default_factory=dict)
     from_runs_csv: bool = False
     skipped: tuple[str, ...] = ()
 
@@ -65,8 +68,16 @@ def load_runs(results_dir: Path, skipped: Optional[dict[str, str]] = None) -> pd
             if skipped is not None:
                 skipped[path] = str(err)
             continue
-        rows.append({**row, "path": path, **flat_config(config)})
+        rows.append({"machine": row.get("machine") or machine(final.parent), **row, "path": path, **flat_config(config)})
     return runs_frame(rows)
+
+
+def machine(run_dir: Path) -> Optional[str]:
+    """What a run recorded before final.json kept it: `machine_name` of its env.json."""
+    try:
+        return machine_name(files.read_json(Path(run_dir) / RunDir.ENV))
+    except Unreadable:
+        return None
 
 
 def _skip(skipped: Optional[list[str]], line: str) -> None:
@@ -141,6 +152,26 @@ def load_logit_gaps(results_dir: Path, run_paths, skipped: Optional[list[str]] =
     return concat(frames, GAP_COLUMNS)
 
 
+def load_correct(results_dir: Path, run_paths, skipped: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+    """Per run that kept its val_correct.npy, its per-image top-1 hits (a damaged file is said in
+    `skipped` and left out; runs recorded before the file are absent)."""
+    out = {}
+    for p in run_paths:
+        file = Path(results_dir) / p / RunDir.CORRECT
+        if not file.is_file():
+            continue
+        try:
+            hits = np.load(file, allow_pickle=False)
+            if hits.dtype != bool or hits.ndim != 1:
+                raise ValueError(f"a {hits.dtype} array of shape {hits.shape}, not one bool per image")
+        except (ValueError, OSError, EOFError) as err:
+            _skip(skipped, f"skipped {file}: unreadable ({type(err).__name__}: {str(err)[:120]}); "
+                           "the run's test-set noise is left out")
+            continue
+        out[str(p)] = hits
+    return out
+
+
 def load_results(results_dir: Path) -> Results:
     """Everything a report needs, read from the run directories under `results_dir`.
 
@@ -159,7 +190,7 @@ def load_results(results_dir: Path) -> Results:
     df, skipped = _keep_previous_rows(df, damaged, results_dir / RUNS_CSV)
     curves = load_curves(results_dir, df["path"], skipped, [_int_or_none(e) for e in df["epochs"]])
     gaps = load_logit_gaps(results_dir, df["path"], skipped)
-    return Results(df, curves, gaps, skipped=tuple(skipped))
+    return Results(df, curves, gaps, load_correct(results_dir, df["path"], skipped), skipped=tuple(skipped))
 
 
 def _int_or_none(value: Any) -> Optional[int]:

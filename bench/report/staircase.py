@@ -5,7 +5,6 @@ both on label smoothing) branch from their parent instead of being chained one a
 """
 from __future__ import annotations
 
-import math
 import textwrap
 from typing import Optional
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bench.report.contrasts import binomial_se
 from bench.report.stats import step_stats
 from bench.report.style import COLORS, PAPER_COLOR, STYLE, students
 
@@ -38,9 +38,8 @@ def measurement_noise(runs: pd.DataFrame) -> tuple[Optional[int], Optional[float
     counts = set(s["val_images"].dropna().astype(int))
     if len(counts) != 1 or s["val_images"].isna().any():
         return None, None
-    n, top1 = counts.pop(), s["top1"].astype(float)
-    p = min(max(top1.mean() / 100, 1 / n), 1 - 1 / n)
-    return n, 100 * math.sqrt(p * (1 - p) / n)
+    n = counts.pop()
+    return n, binomial_se(float(s["top1"].astype(float).mean()), n)
 
 
 def _limits(low: float, high: float, span: float) -> tuple[float, float]:

@@ -1,5 +1,5 @@
-"""Statistics over the runs DataFrame: per-step mean ± std, Δ against the parent step with
-seed-paired t-intervals, the paper's published values beside ours."""
+"""The staircase's numbers over the runs DataFrame: per-step mean ± std, Δ against the parent step
+from the contrast engine (bench.report.contrasts), the paper's published values beside ours."""
 from __future__ import annotations
 
 import math
@@ -7,39 +7,35 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
-from scipy import stats as scipy_stats
 
+from bench.report.contrasts import detectable_delta, effects, pooled_sd, seeds_to_detect
 from bench.report.frames import PAPER_DATASET, paper_values
 from bench.runs.rundir import CONFIG_PREFIX
 
 
-def paired_deltas(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Each student step's top-1 change against the step it builds on, paired by seed: over the
-    `n_pairs` seeds both steps have, the mean difference, its two-sided `confidence` t-interval
-    (n_pairs ≥ 2) and whether it excludes 0. Seeds only one of the two steps has are left out."""
-    students = df[df["role"] == "student"]
-    rows = []
-    for (model, step), group in students.groupby(["model", "step"], sort=False):
-        parent = group["parent_step"].iloc[0]
-        base = students[(students["model"] == model) & (students["step"] == parent)]
-        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
-        d = (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)
-        row = {"model": model, "step": step, "parent_step": parent, "n_pairs": len(d),
-               "delta_top1": d.mean() if len(d) else np.nan, "ci_low": np.nan, "ci_high": np.nan, "excludes_zero": False}
-        if len(d) >= 2:
-            half = scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-            row.update(ci_low=d.mean() - half, ci_high=d.mean() + half,
-                       excludes_zero=bool(d.mean() - half > 0 or d.mean() + half < 0))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "step", "parent_step", "n_pairs", "delta_top1", "ci_low",
-                                       "ci_high", "excludes_zero"])
+def staircase_deltas(runs: pd.DataFrame, correct: Optional[dict] = None, confidence: float = 0.95) -> pd.DataFrame:
+    """Each student step's top-1 change against the step it builds on, from the contrast engine
+    (bench.report.contrasts): paired by seed over the `n_pairs` seeds both steps have (0: none, or
+    a first step), its t-interval and p, the Holm-adjusted p over the folder's steps (one family),
+    whether it is detected after that, and its test-set noise where the runs kept their per-image files."""
+    steps = runs[runs["role"] == "student"].drop_duplicates(["model", "step"])
+    found = effects(runs, correct, confidence, designs=("staircase",)).rename(columns={"effect": "step"})
+    out = steps[["model", "step", "parent_step"]].merge(found.drop(columns=["parent_step"], errors="ignore"),
+                                                         on=["model", "step"], how="left")
+    out["n_pairs"] = out["n_pairs"].fillna(0).astype(int)
+    out["detected"] = out["detected"].astype("boolean").fillna(False).astype(bool)
+    return out[DELTA_COLUMNS].reset_index(drop=True)
 
 
-def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:
+DELTA_COLUMNS = ["model", "step", "parent_step", "n_pairs", "delta_top1", "ci_low", "ci_high", "p", "p_holm", "detected",
+                 "test_se", "p_mcnemar"]
+
+
+def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95,
+               correct: Optional[dict] = None) -> pd.DataFrame:
     """One row per (model, student step) in recipe order: n seeds, mean and std of top-1/top-5,
-    Δ top-1 against the parent step over the seeds both have (`n_pairs`, from `paired_deltas`)
-    and its interval, and the paper's values.
+    Δ top-1 against the parent step over the seeds both have (`n_pairs`, from `staircase_deltas`)
+    with its interval, p and Holm-adjusted p, and the paper's values.
 
     A Δ between two means over different seeds would mix a trick's effect with seed noise (one
     seed of a step minus the mean of two of its parent), so Δ is only ever the paired mean. The
@@ -49,7 +45,7 @@ def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidenc
     """
     students = df[df["role"] == "student"]
     columns = ["model", "step_index", "step", "parent_step", "n", "top1", "top1_std", "top5", "top5_std",
-               "n_pairs", "delta_top1", "ci_low", "ci_high", "excludes_zero", "paper_top1", "paper_delta_top1",
+               "n_pairs", "delta_top1", "ci_low", "ci_high", "p", "p_holm", "detected", "test_se", "paper_top1", "paper_delta_top1",
                "paper_top5", "vs_paper_top1", "vs_paper_top5", "paper_table", "paper_label"]
     if students.empty:
         return pd.DataFrame(columns=columns)
@@ -57,8 +53,8 @@ def step_stats(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidenc
              .agg(parent_step=("parent_step", "first"), n=("seed", "nunique"), top1=("top1", "mean"),
                   top1_std=("top1", "std"), top5=("top5", "mean"), top5_std=("top5", "std"))
              .reset_index())
-    deltas = paired_deltas(students, confidence)
-    stats = stats.merge(deltas.drop(columns="parent_step"), on=["model", "step"], how="left")
+    deltas = staircase_deltas(df, correct, confidence)
+    stats = stats.merge(deltas.drop(columns=["parent_step", "p_mcnemar"]), on=["model", "step"], how="left")
     stats.loc[stats["parent_step"].isna(), "n_pairs"] = np.nan   # a first step has nothing to pair with
     paper = paper_values(df) if paper is None else paper
     stats = stats.merge(paper, on=["model", "step"], how="left")
@@ -80,9 +76,10 @@ def _on_paper_data(students: pd.DataFrame) -> dict[str, bool]:
 
 
 
-def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95) -> pd.DataFrame:
+def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confidence: float = 0.95,
+                   correct: Optional[dict] = None) -> pd.DataFrame:
     """The Table-6 shape: steps in recipe order × (model, statistic), from `step_stats`."""
-    stats = step_stats(df, paper, confidence)
+    stats = step_stats(df, paper, confidence, correct)
     if stats.empty:
         return pd.DataFrame()
     order = stats.drop_duplicates("step").sort_values("step_index")["step"].tolist()
@@ -93,50 +90,10 @@ def ablation_table(df: pd.DataFrame, paper: Optional[pd.DataFrame] = None, confi
 
 
 def seed_noise(df: pd.DataFrame) -> tuple[float, int]:
-    """The std of one step's Δ between seeds, pooled over the steps of a results folder (each
-    step's paired differences against its parent, variances weighted by their degrees of freedom),
-    and those degrees of freedom; (nan, 0) where no step has 2 paired seeds."""
-    students = df[df["role"] == "student"]
-    ss, dof = 0.0, 0
-    for (model, _), group in students.groupby(["model", "step"], sort=False):
-        base = students[(students["model"] == model) & (students["step"] == group["parent_step"].iloc[0])]
-        pairs = group.merge(base, on="seed", suffixes=("", "_parent"))
-        d = (pairs["top1"] - pairs["top1_parent"]).to_numpy(float)
-        if len(d) >= 2:
-            ss, dof = ss + d.var(ddof=1) * (len(d) - 1), dof + len(d) - 1
-    return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
-
-
-def paired_power(delta: float, sd: float, n: int, confidence: float = 0.95) -> float:
-    """P(a two-sided paired t-test over n seeds rejects Δ = 0) when the true Δ is `delta` and a
-    per-seed Δ has std `sd`: the non-central t with n − 1 degrees of freedom and non-centrality
-    delta·√n / sd beyond the critical value."""
-    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
-    nc = abs(delta) * math.sqrt(n) / sd
-    upper, lower = scipy_stats.nct.sf(crit, n - 1, nc), scipy_stats.nct.cdf(-crit, n - 1, nc)
-    # scipy's non-central t gives NaN far in a tail: the lower one from nc ≈ 8 on, where
-    # P(T < −crit) ≤ P(Z < −nc) < 1e-14 (T < −crit needs Z + nc < 0)
-    lower = 0.0 if math.isnan(lower) else lower
-    if math.isnan(upper):
-        return 1.0 if nc > crit else math.nan
-    return float(upper + lower)
-
-
-def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: float = 0.95, most: int = 10_000) -> int:
-    """The fewest seeds per step (paired with its parent's) for `paired_power` ≥ `power`."""
-    n = 2
-    while paired_power(delta, sd, n, confidence) < power:
-        n += 1
-        if n > most:
-            raise ValueError(f"more than {most} seeds")
-    return n
-
-
-def detectable_delta(n: int, sd: float, power: float = 0.8, confidence: float = 0.95) -> float:
-    """The minimum detectable effect: the Δ that n paired seeds find with probability `power`."""
-    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)   # at non-centrality 4·crit + 10, power ≥ 0.99999
-    return float(optimize.brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd,
-                                 (4 * crit + 10) * sd / math.sqrt(n)))
+    """The std of one step's Δ between seeds, pooled over the steps of a results folder, and its
+    degrees of freedom; (nan, 0) where no step has 2 paired seeds."""
+    found = effects(df, designs=("staircase",))
+    return pooled_sd(list(found["per_seed"])) if not found.empty else (math.nan, 0)
 
 
 def seeds_sentence(delta: float, sd: float, dof: int, seeds: int, source: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.config.datasets import DATASETS
 from bench.report.effects import effects_markdown, trick_effects
 from bench.report.frames import RUNS_CSV, Results
-from bench.report.stats import ablation_table, paired_deltas
+from bench.report.stats import ablation_table, staircase_deltas
 from bench.runs import write_text
 from bench.runs.rundir import CONFIG_PREFIX
 
@@ -24,31 +25,41 @@ def _signed(x: float) -> str:
     return "" if pd.isna(x) else f"{x:+.2f}"
 
 
-def _delta(d: float, n_pairs: float, n: int, lo: float, hi: float, excludes: bool) -> str:
-    """Our Δ: '+0.56', with its interval '[lo, hi]' (and * when it excludes 0) over ≥ 2 paired
-    seeds, and '(n=k)' when it is over fewer seeds than the step has."""
+def _delta(d: float, n_pairs: float, n: int, lo: float, hi: float, detected) -> str:
+    """Our Δ: '+0.56', with its interval '[lo, hi]' (and * when it is detected after Holm's
+    correction) over ≥ 2 paired seeds, and '(n=k)' when it is over fewer seeds than the step has."""
     if pd.isna(n_pairs):
         return ""
     if n_pairs == 0:
         return "– (no common seed)"
-    text = _signed(d) + (f" [{_signed(lo)}, {_signed(hi)}]{'*' if excludes else ''}" if not pd.isna(lo) else "")
+    text = _signed(d) + (f" [{_signed(lo)}, {_signed(hi)}]{'*' if _yes(detected) else ''}" if not pd.isna(lo) else "")
     return text + (f" (n={int(n_pairs)})" if n_pairs != n else "")
 
 
+def _yes(flag) -> bool:
+    """A `detected` cell that says yes (NaN, where there is no test, says no)."""
+    return isinstance(flag, (bool, np.bool_)) and bool(flag)
+
+
+def _p(p: float) -> str:
+    return "" if pd.isna(p) else f"{p:.2g}"
+
+
 def findings(table: pd.DataFrame, confidence: float = 0.95) -> list[str]:
-    """Per model, what the paired intervals support: a Δ whose interval excludes 0 with its
-    half-width, and "not detected (±x)" for one whose interval contains 0 (not "no effect": an
-    effect within ±x may be there). Steps with one paired seed have no interval and are listed so."""
+    """Per model, what the paired tests support after Holm's correction over the table's steps:
+    "detected" with the Δ and its interval's half-width, "not detected (±x)" otherwise (not "no
+    effect": an effect within ±x may be there). Steps with one paired seed have no interval."""
     lines = []
     for m in dict.fromkeys(table.columns.get_level_values(0)):
         t = table[m]
         shown, missed, single = [], [], []
-        for step, d, lo, hi, pairs in zip(t.index, t["delta_top1"], t["ci_low"], t["ci_high"], t["n_pairs"]):
+        for step, d, lo, hi, pairs, hit in zip(t.index, t["delta_top1"], t["ci_low"], t["ci_high"], t["n_pairs"],
+                                                t["detected"]):
             if pd.isna(d) or pd.isna(pairs) or pairs == 0:
                 continue
             if pd.isna(lo):
                 single.append(str(step))
-            elif lo > 0 or hi < 0:
+            elif _yes(hit):
                 shown.append(f"{step} {d:+.2f} (±{(hi - lo) / 2:.2f})")
             else:
                 missed.append(f"{step} (±{(hi - lo) / 2:.2f})")
@@ -56,13 +67,13 @@ def findings(table: pd.DataFrame, confidence: float = 0.95) -> list[str]:
                 ([f"not detected: {', '.join(missed)}"] if missed else []) + \
                 ([f"one seed, no interval: {', '.join(single)}"] if single else [])
         if parts:
-            lines.append(f"{m}, Δ top-1 at {confidence:.0%}: " + "; ".join(parts) + ".")
+            lines.append(f"{m}, Δ top-1, Holm-adjusted at {1 - confidence:.2g} over the table's steps: " + "; ".join(parts) + ".")
     return lines
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """`ablation_table` as display strings: per model n, top-1, Δ top-1 over the seeds the step
-    and its parent share (with its paired interval when there are several; * when it excludes 0)
+    and its parent share (with its paired interval when there are several; * when detected after Holm's correction)
     and, with a paper table, the paper's own Δ between the same two steps beside it, then top-5
     and the published values. Ours − published is shown only for runs on the paper's data set."""
     models = list(dict.fromkeys(table.columns.get_level_values(0)))
@@ -75,7 +86,11 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         out[(m, "n")] = n.astype(str)
         out[(m, "top-1 (%)")] = [_mean_std(a, s, k) for a, s, k in zip(t["top1"], t["top1_std"], n)]
         out[(m, "Δ top-1")] = [_delta(*row) for row in zip(t["delta_top1"], t["n_pairs"], n, t["ci_low"],
-                                                            t["ci_high"], t["excludes_zero"])]
+                                                            t["ci_high"], t["detected"])]
+        if t["p"].notna().any():
+            out[(m, "p (Holm)")] = [f"{_p(a)} ({_p(b)})" if not pd.isna(a) else "" for a, b in zip(t["p"], t["p_holm"])]
+        if t["test_se"].notna().any():
+            out[(m, "test-set s.e.")] = ["" if pd.isna(x) else f"±{x:.2f}" for x in t["test_se"]]
         if with_paper:
             out[(m, "paper Δ top-1")] = [_signed(d) for d in t["paper_delta_top1"]]
         out[(m, "top-5 (%)")] = [_mean_std(a, s, k) for a, s, k in zip(t["top5"], t["top5_std"], n)]
@@ -128,8 +143,12 @@ def _note(table: pd.DataFrame, confidence: float, split: str) -> str:
     note += "Δ top-1 is against the step each row builds on, over the seeds both have (paired by seed"
     note += "; (n=k) where that is fewer than the row's n)" if varied else ")"
     if seeds > 1:
-        note += (f", with its {confidence:.0%} t-interval over ≥ 2 pairs (* where it excludes 0: larger than"
-                 " seed noise)")
+        tests = int(table.xs("p", axis=1, level=1).notna().sum().sum())
+        note += (f", with its {confidence:.0%} t-interval over ≥ 2 pairs; p (Holm): its two-sided p and, in brackets,"
+                 f" after Holm's correction over the family of this table's {tests} tests (* where that is below"
+                 f" {1 - confidence:.2g}: detected)")
+    if table.xs("test_se", axis=1, level=1).notna().any().any():
+        note += "; test-set s.e.: the Δ's noise from the evaluation images alone (the runs' per-image files)"
     return note + _paper_note(table) + "."
 
 
@@ -174,16 +193,16 @@ def write_tables(results: Results, out_dir: Path, confidence: float = 0.95) -> s
     out_dir = Path(out_dir)
     if not results.from_runs_csv:
         write_text(out_dir / RUNS_CSV, results.runs.to_csv(index=False))
-    table = ablation_table(results.runs, confidence=confidence)
+    table = ablation_table(results.runs, confidence=confidence, correct=results.correct)
     flat = table.copy()
     flat.columns = [f"{m}/{v}" for m, v in flat.columns]
     write_text(out_dir / "table.csv", flat.to_csv())
-    write_text(out_dir / "deltas.csv", paired_deltas(results.runs, confidence).to_csv(index=False))
+    write_text(out_dir / "deltas.csv", staircase_deltas(results.runs, results.correct, confidence).to_csv(index=False))
     split = evaluated_on(results.runs)
     markdown = table_markdown(table, confidence, split)
     write_text(out_dir / "table.md", markdown)
     write_text(out_dir / "table.tex", table_latex(table, confidence, split))
-    effects = trick_effects(results.runs, confidence)
+    effects = trick_effects(results.runs, results.correct, confidence)
     if not effects.empty:   # runs that record their tricks (bench.ablation.designs)
         write_text(out_dir / "effects.csv", effects.to_csv(index=False))
         write_text(out_dir / "effects.md", effects_markdown(effects, confidence))

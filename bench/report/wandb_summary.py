@@ -17,7 +17,7 @@ from bench.config import WandbConfig
 from bench.engine import distributed as dist
 from bench.report.effects import trick_effects
 from bench.report.frames import load_results
-from bench.report.stats import ablation_table, paired_deltas
+from bench.report.stats import ablation_table, staircase_deltas
 from bench.report.tables import format_table
 
 SUMMARY_JOB = "summary"
@@ -40,11 +40,11 @@ def _number(value: Any) -> Any:
 
 
 def delta_summary(deltas: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
-    """{model: {step: {delta_top1, ci_low, ci_high, n_pairs, excludes_zero}}} of `paired_deltas`."""
+    """{model: {step: {delta_top1, ci_low, ci_high, n_pairs, p, p_holm, detected}}} of `staircase_deltas`."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for row in deltas.to_dict("records"):
         out.setdefault(str(row["model"]), {})[str(row["step"])] = {
-            k: _number(row[k]) for k in ("parent_step", "delta_top1", "ci_low", "ci_high", "n_pairs", "excludes_zero")
+            k: _number(row[k]) for k in ("parent_step", "delta_top1", "ci_low", "ci_high", "n_pairs", "p", "p_holm", "detected")
             if k in row}
     return out
 
@@ -56,15 +56,15 @@ def summary_data(out: Path) -> dict[str, Any]:
 
     found = load_results(out)
     data: dict[str, Any] = {"runs": wandb.Table(dataframe=found.runs.map(_cell))}
-    shown = format_table(ablation_table(found.runs))
+    shown = format_table(ablation_table(found.runs, correct=found.correct))
     if not shown.empty:
         shown.columns = [f"{m} {c}" for m, c in shown.columns]
         data["table"] = wandb.Table(dataframe=shown.reset_index())
-    deltas = paired_deltas(found.runs)
+    deltas = staircase_deltas(found.runs, found.correct)
     if not deltas.empty:
         data["deltas"] = wandb.Table(dataframe=deltas.map(_cell))
         data["delta"] = delta_summary(deltas)
-    effects = trick_effects(found.runs)
+    effects = trick_effects(found.runs, found.correct)
     if not effects.empty:
         data["effects"] = wandb.Table(dataframe=effects.map(_cell))
     for png in sorted((out / "figures").glob("*.png")):

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import timm
 import torch
@@ -70,6 +71,21 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def machine_name(env: dict) -> Optional[str]:
+    """What a run trained on, from its env.json: "cuda:0: NVIDIA H100 ...", or the CPU's model and
+    the kernels ATen ran ("cpu: AMD EPYC (AVX512)": AVX2 and AVX-512 kernels train to other numbers
+    and at other speeds); None where env.json does not say."""
+    if not isinstance(env, dict) or "device" not in env:
+        return None
+    if env["device"] != "cpu":
+        return f"{env['device']}: {env.get('device_name')}"
+    if not env.get("cpu_model"):
+        return None
+    flags = env.get("cpu_flags") or []
+    isa = env.get("cpu_kernels") or ("AVX512" if any(str(f).startswith("avx512") for f in flags) else "AVX2")
+    return f"cpu: {env['cpu_model']} ({isa})"
 
 
 def env_info(device: torch.device, world_size: int = 1, **resolved) -> dict:

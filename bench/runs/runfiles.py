@@ -22,6 +22,7 @@ class RunFiles:
     CHECKPOINT = "last.pt"
     WEIGHTS = "model.pt"
     LOGIT_GAPS = "val_logit_gaps.npy"   # per validation image: max logit − mean of the others
+    CORRECT = "val_correct.npy"         # per validation image, in the data set's order: top-1 right (bool)
     FINAL = "final.json"
     FAILED = "failed.json"              # a run stopped by a NaN/inf loss; removed when it finishes
     JOB = "job.json"                    # the SLURM job that trains it, its logs
@@ -152,11 +153,12 @@ class RunFiles:
         path = self / self.CHECKPOINT
         return files.load_torch(path) if path.is_file() else None
 
-    def save_outputs(self, weights: dict, logit_gaps: Any) -> None:
-        """The final weights and the validation logit gaps, before final.json."""
+    def save_outputs(self, weights: dict, logit_gaps: Any, correct: Any) -> None:
+        """The final weights and, per validation image, its logit gap and whether top-1 got it right, before final.json."""
         self.still_here()
         files.save_torch(self / self.WEIGHTS, weights)
         files.write_npy(self / self.LOGIT_GAPS, logit_gaps)
+        files.write_npy(self / self.CORRECT, correct)
 
     def remove_started(self, out: Path) -> None:
         """Delete what starting this run wrote (and nothing else), then its empty folders up to `out`."""
