@@ -31,14 +31,14 @@ from bench.config import WandbConfig, load_recipe, parse_override, with_bare_ove
 from bench.engine import distributed as dist
 from bench.engine.data.fake import write_fake_data
 from bench.errors import BenchError
+from bench.fidelity import fidelity_main
 from bench.perf.commands import cmd_bench, cmd_bench_ablation, cmd_bench_loader, cmd_bench_pipeline, cmd_bench_recipe, cmd_bench_threads
 from bench.perf.gpu_check import gpu_check_main
 from bench.perf.model_info import models_table
 from bench.report import write_report
 from bench.report.compare import compare_main, measured_noise
-from bench.report.fidelity import fidelity_main
 from bench.report.frames import load_paper
-from bench.report.stats import seeds_sentence
+from bench.report.power import seeds_sentence
 from bench.report.wandb import write_wandb_report
 from bench.report.wandb_summary import log_report
 from bench.runs import atomic_write

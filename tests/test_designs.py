@@ -233,7 +233,7 @@ def test_power_where_scipys_noncentral_t_gives_nan():
     from scipy import integrate
     from scipy import stats as scipy_stats
 
-    from bench.report.contrasts import detectable_delta, paired_power
+    from bench.report.power import detectable_delta, paired_power
 
     sd, delta = 7.287730056797286, 65.15519014070587
     crit, nc = scipy_stats.t.ppf(0.975, 1), delta * math.sqrt(2) / sd

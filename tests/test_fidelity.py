@@ -11,7 +11,7 @@ from bench.ablation.preview import plan_table, plan_totals, table3_rates
 from bench.cli import ROOT, main
 from bench.config import DataConfig, load_recipe, parse_override
 from bench.engine.data.device_aug import DeviceAugment
-from bench.report.fidelity import SETTINGS, fidelity_markdown, table6_specs
+from bench.fidelity import SETTINGS, fidelity_markdown, table6_specs
 from bench.report.frames import load_paper
 
 

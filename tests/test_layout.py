@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bench"
 # bottom to top; a module may import from its own layer and the ones before it
-LAYERS = ["errors", "strict", "tricks", "config", "runs", "engine", "ablation", "report", "perf", "cli"]
+LAYERS = ["errors", "strict", "tricks", "config", "runs", "engine", "ablation", "report", "perf", "fidelity", "cli"]
 # dependencies of one path only may be imported where they are used: W&B, SLURM submission, the
 # bundled digits (scikit-learn)
 LAZY_OK = {"wandb", "submitit", "sklearn"}

@@ -12,7 +12,7 @@ import torch
 
 from bench.engine import logit_gaps
 from bench.errors import BenchError
-from bench.report import compare, contrasts, frames, staircase, stats, tables
+from bench.report import compare, contrasts, frames, power, staircase, stats, tables
 from bench.report import figures as plots
 
 
@@ -245,15 +245,15 @@ def test_compare_command_on_the_committed_budgets(capsys, tmp_path):
 
 def test_seeds_to_detect_matches_the_published_one_sample_t_power():
     """G*Power's one-sample (paired) t-test, two-sided α = 0.05, power 0.8: d = 1 needs 10, d = 0.5 34."""
-    assert contrasts.seeds_to_detect(1.0, 1.0) == 10 and contrasts.paired_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
-    assert contrasts.seeds_to_detect(0.5, 1.0) == 34 and contrasts.seeds_to_detect(0.25, 0.5) == 34
-    mde = contrasts.detectable_delta(3, 0.22)
-    assert contrasts.paired_power(mde, 0.22, 3) == pytest.approx(0.8, abs=1e-6) and contrasts.detectable_delta(12, 0.22) < mde
+    assert power.seeds_to_detect(1.0, 1.0) == 10 and power.paired_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert power.seeds_to_detect(0.5, 1.0) == 34 and power.seeds_to_detect(0.25, 0.5) == 34
+    mde = power.detectable_delta(3, 0.22)
+    assert power.paired_power(mde, 0.22, 3) == pytest.approx(0.8, abs=1e-6) and power.detectable_delta(12, 0.22) < mde
 
 
 def test_the_planned_seeds_find_the_effect_at_the_stated_power_by_simulation():
     rng = np.random.default_rng(2)
-    n = contrasts.seeds_to_detect(0.3, 0.2)
+    n = power.seeds_to_detect(0.3, 0.2)
 
     def rejects(true_delta: float) -> float:
         d = rng.normal(true_delta, 0.2, size=(4000, n))
@@ -278,7 +278,7 @@ def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(folder)]) == 0
     sd, _ = stats.seed_noise(frames.load_results(folder).runs)
     out = capsys.readouterr().out
-    assert f"{contrasts.seeds_to_detect(0.3, sd)} seeds per step; the 3 seeds planned detect {contrasts.detectable_delta(3, sd):.2f}" in out
+    assert f"{power.seeds_to_detect(0.3, sd)} seeds per step; the 3 seeds planned detect {power.detectable_delta(3, sd):.2f}" in out
     assert main(["plan", str(recipe), "--detect", "0.3"]) == 2
     assert "no seed noise to go on; give --noise RESULTS_DIR" in capsys.readouterr().err
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(ROOT / "results" / "default")]) == 2

@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 from scipy import stats as scipy_stats
 
+from bench.report.power import detectable_delta
 from bench.runs.rundir import CONFIG_PREFIX
 
 Terms = tuple[tuple[float, frozenset], ...]   # (coefficient, the tricks on) per cell
@@ -86,13 +86,12 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 def t_summary(d: np.ndarray, confidence: float = 0.95) -> dict:
     """The mean of per-seed contrasts `d`, its two-sided t-interval and p-value (n ≥ 2; with no
     spread the interval is the mean itself and p is 0, or 1 for a mean of 0)."""
-    n = len(d)
-    row = {"n_pairs": n, "delta": float(d.mean()) if n else math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
-    if n >= 2:
-        se = d.std(ddof=1) / math.sqrt(n)
-        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * se
-        p = 2 * scipy_stats.t.sf(abs(d.mean()) / se, n - 1) if se > 0 else float(d.mean() == 0)
-        row.update(low=d.mean() - half, high=d.mean() + half, p=float(p))
+    row = {"n_pairs": len(d), "delta": float(d.mean()) if len(d) else math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    if len(d) >= 2 and d.std() == 0:
+        row.update(low=row["delta"], high=row["delta"], p=float(row["delta"] == 0))
+    elif len(d) >= 2:
+        test = scipy_stats.ttest_1samp(d, 0.0)
+        row.update(zip(("low", "high"), test.confidence_interval(confidence)), p=float(test.pvalue))
     return row
 
 
@@ -103,13 +102,10 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float
     diff = b.mean() - a.mean() if len(a) and len(b) else math.nan
     if len(a) < 2 or len(b) < 2:
         return diff, math.nan, math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if a.std() == b.std() == 0:
         return diff, diff, diff, float(diff == 0)
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, dof) * se
-    return diff, diff - half, diff + half, float(2 * scipy_stats.t.sf(abs(diff) / se, dof))
+    test = scipy_stats.ttest_ind(b, a, equal_var=False)
+    return (diff, *map(float, test.confidence_interval(confidence)), float(test.pvalue))
 
 
 def test_set_noise(correct: list[list[np.ndarray]], coefs: list[float]) -> tuple[float, float]:
@@ -173,40 +169,6 @@ def binomial_se(top1: float, n: int) -> float:
     """The binomial s.e. (points) of one top-1 (%) measured on n images, p kept within [1/n, 1 − 1/n]."""
     p = min(max(top1 / 100, 1 / n), 1 - 1 / n)
     return 100 * math.sqrt(p * (1 - p) / n)
-
-
-# ---- power ----------------------------------------------------------------------------------
-
-def paired_power(delta: float, sd: float, n: int, confidence: float = 0.95) -> float:
-    """P(a two-sided paired t-test over n seeds rejects Δ = 0) when the true Δ is `delta` and a
-    per-seed Δ has std `sd`: the non-central t with n − 1 degrees of freedom and non-centrality
-    delta·√n / sd beyond the critical value."""
-    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
-    nc = abs(delta) * math.sqrt(n) / sd
-    upper, lower = scipy_stats.nct.sf(crit, n - 1, nc), scipy_stats.nct.cdf(-crit, n - 1, nc)
-    # scipy's non-central t gives NaN far in a tail: the lower one from nc ≈ 8 on, where
-    # P(T < −crit) ≤ P(Z < −nc) < 1e-14 (T < −crit needs Z + nc < 0)
-    lower = 0.0 if math.isnan(lower) else lower
-    if math.isnan(upper):
-        return 1.0 if nc > crit else math.nan
-    return float(upper + lower)
-
-
-def seeds_to_detect(delta: float, sd: float, power: float = 0.8, confidence: float = 0.95, most: int = 10_000) -> int:
-    """The fewest seeds per step (paired with its parent's) for `paired_power` ≥ `power`."""
-    n = 2
-    while paired_power(delta, sd, n, confidence) < power:
-        n += 1
-        if n > most:
-            raise ValueError(f"more than {most} seeds")
-    return n
-
-
-def detectable_delta(n: int, sd: float, power: float = 0.8, confidence: float = 0.95) -> float:
-    """The minimum detectable effect: the Δ that n paired seeds find with probability `power`."""
-    crit = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)   # at non-centrality 4·crit + 10, power ≥ 0.99999
-    return float(optimize.brentq(lambda d: paired_power(d, sd, n, confidence) - power, 1e-9 * sd,
-                                 (4 * crit + 10) * sd / math.sqrt(n)))
 
 
 # ---- the contrasts a folder's runs allow ----------------------------------------------------

@@ -134,41 +134,24 @@ def load_curves(results_dir: Path, run_paths, skipped: Optional[list[str]] = Non
     return concat(frames, CURVE_COLUMNS)
 
 
-def load_logit_gaps(results_dir: Path, run_paths, skipped: Optional[list[str]] = None) -> pd.DataFrame:
-    """The stored validation logit gaps of the given runs (runs without the file, or with a
-    damaged one, said in `skipped`, are absent)."""
-    frames = []
-    for p in run_paths:
-        file = Path(results_dir) / p / RunDir.LOGIT_GAPS
-        if not file.is_file():
-            continue
-        try:
-            gaps = np.load(file, allow_pickle=False).astype(float).ravel()
-        except (ValueError, OSError, EOFError) as err:   # truncated, garbage or empty
-            _skip(skipped, f"skipped {file}: unreadable ({type(err).__name__}: {str(err)[:120]}); "
-                           "the run's logit gaps are left out")
-            continue
-        frames.append(pd.DataFrame({"path": p, "logit_gap": gaps}))
-    return concat(frames, GAP_COLUMNS)
-
-
-def load_correct(results_dir: Path, run_paths, skipped: Optional[list[str]] = None) -> dict[str, np.ndarray]:
-    """Per run that kept its val_correct.npy, its per-image top-1 hits (a damaged file is said in
-    `skipped` and left out; runs recorded before the file are absent)."""
+def load_per_image(results_dir: Path, run_paths, name: str, skipped: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+    """Per run that kept the per-image file `name` (RunDir.LOGIT_GAPS: float, RunDir.CORRECT:
+    bool), its 1-D array; a damaged file is said in `skipped` and left out, and runs recorded
+    before the file are absent."""
     out = {}
     for p in run_paths:
-        file = Path(results_dir) / p / RunDir.CORRECT
+        file = Path(results_dir) / p / name
         if not file.is_file():
             continue
         try:
-            hits = np.load(file, allow_pickle=False)
-            if hits.dtype != bool or hits.ndim != 1:
-                raise ValueError(f"a {hits.dtype} array of shape {hits.shape}, not one bool per image")
-        except (ValueError, OSError, EOFError) as err:
+            values = np.load(file, allow_pickle=False)
+            if values.ndim != 1 or (name == RunDir.CORRECT) != (values.dtype == bool):
+                raise ValueError(f"a {values.dtype} array of shape {values.shape}, not one value per image")
+        except (ValueError, OSError, EOFError) as err:   # truncated, garbage or empty
             _skip(skipped, f"skipped {file}: unreadable ({type(err).__name__}: {str(err)[:120]}); "
-                           "the run's test-set noise is left out")
+                           f"the run's {name} is left out")
             continue
-        out[str(p)] = hits
+        out[str(p)] = values
     return out
 
 
@@ -189,8 +172,9 @@ def load_results(results_dir: Path) -> Results:
         return Results(read_runs_csv(results_dir / RUNS_CSV), concat([], CURVE_COLUMNS), concat([], GAP_COLUMNS), from_runs_csv=True)
     df, skipped = _keep_previous_rows(df, damaged, results_dir / RUNS_CSV)
     curves = load_curves(results_dir, df["path"], skipped, [_int_or_none(e) for e in df["epochs"]])
-    gaps = load_logit_gaps(results_dir, df["path"], skipped)
-    return Results(df, curves, gaps, load_correct(results_dir, df["path"], skipped), skipped=tuple(skipped))
+    gaps = load_per_image(results_dir, df["path"], RunDir.LOGIT_GAPS, skipped)
+    gaps = concat([pd.DataFrame({"path": p, "logit_gap": g.astype(float)}) for p, g in gaps.items()], GAP_COLUMNS)
+    return Results(df, curves, gaps, load_per_image(results_dir, df["path"], RunDir.CORRECT, skipped), skipped=tuple(skipped))
 
 
 def _int_or_none(value: Any) -> Optional[int]:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bench.report.contrasts import detectable_delta, effects, pooled_sd, seeds_to_detect
+from bench.report.contrasts import effects, pooled_sd
 from bench.report.frames import PAPER_DATASET, paper_values
 from bench.runs.rundir import CONFIG_PREFIX
 
@@ -94,13 +94,3 @@ def seed_noise(df: pd.DataFrame) -> tuple[float, int]:
     degrees of freedom; (nan, 0) where no step has 2 paired seeds."""
     found = effects(df, designs=("staircase",))
     return pooled_sd(list(found["per_seed"])) if not found.empty else (math.nan, 0)
-
-
-def seeds_sentence(delta: float, sd: float, dof: int, seeds: int, source: str) -> str:
-    """What `plan --detect` says: the seeds per step that find `delta` at 80 % power, and the Δ the
-    planned seeds can find."""
-    have = (f"the {seeds} seeds planned detect {detectable_delta(seeds, sd):.2f}" if seeds >= 2
-            else "the 1 seed planned has no interval")
-    return (f"To detect Δ top-1 = {delta:g} at 80 % power (two-sided paired t at 95 %): {seeds_to_detect(delta, sd)} "
-            f"seeds per step; {have}. Seed noise from {source}: a step's Δ varies between seeds with std {sd:.2f} "
-            f"points (pooled over its steps, {dof} degrees of freedom).")

@@ -19,7 +19,7 @@ from bench.runs import write_text
 TRAIN = "train_imagenet.py"     # GluonCV's scripts/classification/imagenet/train_imagenet.py
 ZOO = "model zoo command"       # GluonCV's published training command for ResNet50_v1d (mixup row)
 RECIPES = ("recipes/table6.yaml",)
-ROOT = Path(__file__).resolve().parents[2]   # the repository: recipes/ and docs/
+ROOT = Path(__file__).resolve().parents[1]   # the repository: recipes/ and docs/
 WHO = {"paper": "the paper", "gluoncv": "GluonCV", "neither": "neither"}   # whom a `Setting` follows
 
 
