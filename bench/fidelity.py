@@ -3,13 +3,14 @@ sets it, and as the recipes resolve it, read from the planned runs so the page c
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from bench.ablation import RunSpec, plan
-from bench.ablation.preview import CostModel, plan_table, plan_totals, table3_rates
+from bench.ablation.preview import TABLE3, CostModel, plan_table, plan_totals, table3_rates
 from bench.config import ModelConfig, RunConfig, load_recipe
 from bench.config.datasets import DATASETS
 from bench.engine.models import family
@@ -17,6 +18,7 @@ from bench.report.frames import load_paper
 from bench.runs import write_text
 
 TRAIN = "train_imagenet.py"     # GluonCV's scripts/classification/imagenet/train_imagenet.py
+REC = "--use-rec"               # the record-file path of train_imagenet.py, which the published commands use
 ZOO = "model zoo command"       # GluonCV's published training command for ResNet50_v1d (mixup row)
 RECIPES = ("recipes/table6.yaml",)
 ROOT = Path(__file__).resolve().parents[1]   # the repository: recipes/ and docs/
@@ -96,14 +98,14 @@ SETTINGS = [
             _of(ALL, lambda c: f"efficient.no_bias_decay = {str(c.efficient.no_bias_decay).lower()}")),
     Setting("precision", "FP16 parameters, activations and gradients, an FP32 copy of the parameters for the "
             "update, and a scalar on the loss (Section 3.1, Table 3)",
-            f"{ZOO}: --dtype float16: net.cast('float16'), SGD multi_precision (FP32 master weights)",
+            f"{ZOO}: --dtype float16: net.cast('float16'), SGD multi_precision (FP32 master weights); no loss scaling",
             _of(ALL, lambda c: f"{c.efficient.precision} autocast, FP32 weights, dynamic loss scale"
                 if c.efficient.precision == "fp16" else f"{c.efficient.precision}"), follows="neither",
             plan_column="precision",
             why="PyTorch's automatic mixed precision, not a network cast to FP16: the weights stay FP32 (the "
                 "master copy), convolutions and matrix products run in FP16, and the ops autocast keeps in FP32 "
                 "(BatchNorm, softmax, the losses) stay there; the gradient scaler is the paper's scalar on the loss, "
-                "adjusted as training runs. A whole-network cast is not offered (autocast is PyTorch's supported "
+                "adjusted as training runs (GluonCV scales no loss). A whole-network cast is not offered (autocast is PyTorch's supported "
                 "path to it); `efficient.precision` chooses fp16, bf16 or fp32"),
     Setting("train crop", "random area 8–100 %, aspect 3/4–4/3, resized to 224 (Section 2.1)",
             f"{TRAIN}: RandomResizedCrop(input_size)",
@@ -122,10 +124,11 @@ SETTINGS = [
     Setting("PCA lighting", "coefficients from N(0, 0.1) (Section 2.1)", f"{TRAIN}: RandomLighting(0.1)",
             _of(ALL, lambda c: f"data.lighting_std = {c.data.lighting_std:g}")),
     Setting("normalisation", "subtract 123.68, 116.779, 103.939, divide by 58.393, 57.12, 57.375 (Section 2.1): "
-            "0.485, 0.458, 0.408 and 0.229, 0.224, 0.225 of 255", f"{TRAIN}: Normalize([0.485, 0.456, 0.406], "
-            "[0.229, 0.224, 0.225])", _of(ALL, lambda c: f"data.normalize = {c.data.normalize}"), follows="gluoncv",
-            why="GluonCV's constants (torchvision's too) produced the published numbers; the paper's G and B means are "
-                "0.0016–0.002 higher, under 1 % of a channel's std; `data.normalize: paper` gives the paper's"),
+            "0.485, 0.458, 0.408 and 0.229, 0.224, 0.225 of 255",
+            f"{ZOO}: {REC}, whose ImageRecordIter subtracts mean_r/g/b 123.68, 116.779, 103.939 and divides by "
+            "std_r/g/b 58.393, 57.12, 57.375 (the paper's); its folder path's Normalize([0.485, 0.456, 0.406], "
+            "[0.229, 0.224, 0.225]) is not the published one", _of(ALL, lambda c: f"data.normalize = {c.data.normalize}"),
+            follows="both"),
     Setting("evaluation", "shorter side 256, center crop 224; Inception-V3 342 / 299 (Section 2.1)",
             f"{TRAIN}: Resize(ceil(input_size / 0.875)), CenterCrop(input_size); --input-size 299 for Inception-V3",
             lambda s: "; ".join(f"{m}: {_values(_runs('efficient', m)(s), lambda c: f'{c.data.eval_resize} / {c.data.image_size}')}"
@@ -143,24 +146,32 @@ SETTINGS = [
                 "and every other class's by 1e-7 (the paper's ε is GluonCV's ε·K/(K − 1)); "
                 "`label_smoothing.form: uniform` gives GluonCV's"),
     Setting("distillation loss", "ℓ(p, softmax(z)) + T²·ℓ(softmax(r/T), softmax(z/T)) (Eq. 6)",
-            "loss.py DistillationSoftmaxCrossEntropyLoss, --hard-weight 0.5: 0.5·hard + 0.5·T²·soft",
+            "loss.py DistillationSoftmaxCrossEntropyLoss, --hard-weight 0.5: 0.5·hard + 0.5·T²·soft (code written "
+            "after the paper: not what produced its numbers)",
             _of(DISTILL, lambda c: "Eq. 6" if c.distill.hard_weight is None else f"hard_weight {c.distill.hard_weight:g}"),
             follows="paper",
-            why="Eq. 6 as written; GluonCV's loss is Eq. 6 halved, which under SGD halves the step against weight "
-                "decay; `distill.hard_weight: 0.5` gives GluonCV's"),
+            why="Eq. 6 as written; GluonCV's distillation code came after the paper, and its loss is Eq. 6 halved, "
+                "which under SGD halves the step against weight decay; `distill.hard_weight: 0.5` gives GluonCV's"),
     Setting("temperature", "T = 20 (Section 5.3)", f"{TRAIN}: --temperature 20",
             _of(DISTILL, lambda c: f"T = {c.distill.temperature:g}")),
     Setting("teacher", "ResNet-152-D with cosine decay and label smoothing (Section 5.3); with mixup for the "
-            "last row (Section 5.4)", f"{TRAIN}: --teacher (a pretrained model-zoo model)",
+            "last row (Section 5.4)", f"{TRAIN}: --teacher resnet152_v1d, the model zoo's weights, which were trained "
+            "with mixup: the same teacher for both rows",
             _of(TEACHERS, lambda c: f"{c.model.name}: {c.schedule.kind}, ε = {c.label_smoothing.eps:g}"
-                                    + (f", mixup α = {c.mixup.alpha:g}, {c.schedule.epochs} epochs" if c.mixup else ""))),
+                                    + (f", mixup α = {c.mixup.alpha:g}, {c.schedule.epochs} epochs" if c.mixup else "")),
+            follows="paper",
+            why="the paper's distillation row has a teacher without mixup and its last row one with it; GluonCV's "
+                "`--teacher resnet152_v1d` loads the mixup-trained weights for both; `teachers:` and each step's "
+                "`distill.teacher` choose"),
     Setting("teacher training", "(not stated: ResNet-152-D's batch, learning rate, precision and epochs)",
-            f"{TRAIN}: --teacher loads a model-zoo resnet152_v1d, trained by its own command",
+            "the model zoo's resnet152_v1d commands: batch 512, lr 0.2, fp32, 120 epochs (80.26 % top-1); with mixup "
+            "batch 256, lr 0.1, fp32, 200 epochs (80.61 %)",
             _of(TEACHERS, lambda c: f"batch {c.data.global_batch_size}, peak lr {c.peak_lr():g}, {c.efficient.precision}, "
                                     f"{c.schedule.epochs} epochs"), follows="neither",
             why="the teachers train here with the students' batch, learning rate and precision, and the schedule "
                 "and tricks the paper gives them, so that a teacher differs from its students only where the paper "
-                "says; `teachers:` in the recipe sets them"),
+                "says; GluonCV's published teachers used batch 512 (256 with mixup), lr 0.2 (0.1) and fp32; "
+                "`teachers:` in the recipe sets them"),
     Setting("teacher's input", "the student's images (mixed, with mixup)",
             f"{TRAIN}: teacher(X) on the student's batch, 299 px for Inception-V3",
             lambda s: f"teachers trained at {_values(TEACHERS(s), lambda c: c.data.image_size)} px; "
@@ -203,12 +214,15 @@ def _plan_section(specs: Sequence[RunSpec]) -> list[str]:
         return ["## plan: what Table 6 costs", "", f"The paper's Table 3 gives no rate for {totals['runs_without_estimate']} "
                 "of these runs (it times FP16 and FP32 on V100s); `python run_ablation.py plan recipes/table6.yaml "
                 "--bench JSON` prices them from a rate measured by `bench`.", ""]
-    fp16 = {family(r.model): r for r in rates if r.precision == "fp16"}
+    fp16 = [r for r in rates if r.precision == "fp16"]
     flops = lambda model, size: costs.gflops(model, size)
 
     def rate(model: ModelConfig, size: int) -> tuple[float, str]:
-        ref = fp16[family(model.name)]
-        g, g_ref = flops(model, size), flops(ModelConfig(name=ref.model), ref.image_size)
+        """As `CostModel`: the rate of its family whose FLOPs are nearest, scaled by FLOPs."""
+        g = flops(model, size)
+        ref = min((r for r in fp16 if family(r.model) == family(model.name)),
+                  key=lambda r: abs(math.log(g / flops(ModelConfig(name=r.model), r.image_size))))
+        g_ref = flops(ModelConfig(name=ref.model), ref.image_size)
         return ref.images_per_s * g_ref / g, f"{ref.images_per_s:.1f} × {g_ref:.2f} / {g:.2f}"
 
     lines = ["## plan: what Table 6 costs", "",
@@ -222,12 +236,15 @@ def _plan_section(specs: Sequence[RunSpec]) -> list[str]:
              "runs as for a training command.", "",
              "```bash", "python run_ablation.py plan recipes/table6.yaml --paper-times", "```", "",
              "The rates: Table 3's minutes per epoch of 1,281,167 images on 8 V100s (FP16, batch 1024), as images/s "
-             "per V100, and each model's forward GFLOPs (multiply-adds, counted here) at its crop:", ""]
-    for ref in fp16.values():
+             "per V100, ResNet-50-D's 3 % below ResNet-50's as the paper measured it (its FLOPs would say 12 %), and "
+             "each model's forward GFLOPs (multiply-adds, counted here) at its crop:", ""]
+    for ref in fp16:
         minutes = DATASETS["imagenet"].train_images / ref.images_per_s / 60 / 8
-        lines.append(f"- {ref.model} at {ref.image_size} px: 1,281,167 / ({minutes:.3g} × 60 × 8) = {ref.images_per_s:.1f} "
+        how = f"1,281,167 / ({minutes:.3g} × 60 × 8)" if ref.source == TABLE3 else ref.source.removeprefix(f"{TABLE3}, ")
+        lines.append(f"- {ref.model} at {ref.image_size} px: {how} = {ref.images_per_s:.1f} "
                      f"images/s, {flops(ModelConfig(name=ref.model), ref.image_size):.2f} GFLOPs")
-    lines += ["", "A model of the same family runs at that rate × the reference's GFLOPs / its own. A distillation "
+    lines += ["", "A model of the same family runs at the rate of the reference nearest it in FLOPs × the reference's "
+              "GFLOPs / its own. A distillation "
               "run also passes its images through the teacher, forward only: a third of the teacher's training "
               "time per image (a backward pass costs about two forwards), so its rate is 1 / (1 / student + "
               "1 / (3 × teacher)). Device-hours = epochs × 1,281,024 images (whole batches of 1,024) / images/s "

@@ -36,7 +36,7 @@ def test_a_recipe_change_changes_the_page():
                                                                  parse_override("distill.hard_weight=0.5")))
     page, before = fidelity_markdown(changed), fidelity_markdown(table6_specs(ROOT))
     assert page != before
-    assert "(FP32 master weights) | bf16 | neither |" in page
+    assert "(FP32 master weights); no loss scaling | bf16 | neither |" in page
     assert "| hard_weight 0.5 |" in page and "| Eq. 6 |" in before
 
 

@@ -140,14 +140,16 @@ def test_the_papers_table3_times_give_per_v100_rates_and_the_table6_cost():
     teacher = by_run["teachers/resnet152d/seed0"]
     assert teacher["images_per_s"] < efficient["images_per_s"] / 2          # ResNet-152-D: 2.7x the FLOPs
     assert distill["images_per_s"] == pytest.approx(1 / (1 / efficient["images_per_s"] + 1 / (3 * teacher["images_per_s"])), rel=1e-3)
+    # ResNet-50-D at the paper's "3 % slower" than ResNet-50, not at its FLOPs (12 %)
+    assert efficient["images_per_s"] == pytest.approx(0.97 * rates[("resnet50_v1", "fp16")], rel=1e-3)   # shown to 0.1
     inception = by_run["inception_v3/01-efficient/seed0"]
     assert inception["images_per_s"] == pytest.approx(rates[("inception_v3", "fp16")], rel=1e-3)  # Table 3's own model
-    # about 3,000 V100-hours when each model is charged for its own FLOPs and teacher (a flat
-    # ResNet-50 rate for every run gives about half)
+    # about 3,100 V100-hours when each model is charged for its own FLOPs and teacher (a flat
+    # ResNet-50 rate for every run gives 1,736)
     total = plan_totals(table)["device_hours"]
     assert 3_000 < total < 3_500
     flat = table["train_images"].sum() / rates[("resnet50_v1", "fp16")] / 3600
-    assert total > 1.8 * flat
+    assert total > 1.7 * flat
 
 
 def test_plan_refuses_a_bench_file_it_cannot_read(tmp_path, capsys):
