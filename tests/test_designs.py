@@ -313,3 +313,29 @@ def test_the_test_sets_own_noise_of_a_paired_difference():
     assert fx["p_mcnemar"] == pytest.approx(scipy_stats.binomtest(4, 5).pvalue)
     del correct["m/efficient/seed0"]
     assert math.isnan(trick_effects(runs, correct).set_index(["design", "effect"]).loc[("staircase", "cosine"), "test_se"])
+
+
+def test_a_contrast_whose_arms_differ_beyond_the_trick_is_refused_in_one_line(capsys):
+    """Milestones given with --set stay where they are in the runs mixup lengthens: the add-one
+    mixup contrast would then change the schedule's shape as well, and nothing is planned."""
+    path = ROOT / "recipes" / "fashion-mnist-table6-cpu.yaml"
+    args = ["plan", str(path), "--design", "add-one", "--tricks", "cosine", "mixup"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--set", "schedule.milestones=[1,2]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "efficient+mixup" in err and "schedule's shape" in err and str(path) in err
+
+
+def test_what_the_arms_differ_in_beyond_the_tricks_own_set():
+    from bench.ablation.designs import beyond_the_trick
+    from bench.config import RunConfig
+    recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-cpu.yaml")
+    base = RunConfig.model_validate({"schedule": {"kind": "step", "epochs": 3, "milestones": [1, 2]}})
+    mixed = RunConfig.model_validate({**base.model_dump(), "mixup": {"alpha": 0.2},
+                                      "schedule": {"kind": "step", "epochs": 5, "milestones": [1.666667, 3.333333]}})
+    assert beyond_the_trick(recipe, "mixup", mixed, base) == []
+    wider = RunConfig.model_validate({**mixed.model_dump(), "data": {**mixed.data.model_dump(), "global_batch_size": 256}})
+    assert beyond_the_trick(recipe, "mixup", wider, base) == ["data.global_batch_size"]
+    cosine = RunConfig.model_validate({**base.model_dump(), "schedule": {"kind": "cosine", "epochs": 3, "milestones": [2]}})
+    assert beyond_the_trick(recipe, "cosine", cosine, base) == []   # a cosine run's milestones are unused

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Optional
 
-from bench.config import Recipe
+from bench.config import Recipe, RunConfig
 from bench.config.recipe import NAME_MAX, parent_step
 from bench.errors import ConfigError
+from bench.strict import flat
 
 DESIGNS = ("staircase", "leave-one-out", "add-one", "factorial")
 
@@ -95,3 +96,39 @@ def design_cells(recipe: Recipe, design: str = "staircase", tricks: Optional[Seq
             name = f"{name[:NAME_MAX - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
         cells.append(Cell(name, 0, base.name, tuple(own[step] for step in (base.name, *subset)), (base.name, *subset)))
     return cells
+
+
+def arm_pairs(recipe: Recipe, cells: Sequence[Cell]) -> list[tuple[Cell, Cell, str]]:
+    """(with, without, trick) for every two runs of a design that differ in one trick: a staircase
+    step and its parent, and every set of tricks beside the same set less one of them (the arms of
+    the add-one, leave-one-out and factorial contrasts)."""
+    by_tricks = {c.tricks: c for c in cells}
+    pairs = [(c, by_tricks[p.tricks], c.name) for c in cells if c.index and c.parent
+             for p in cells if p.name == c.parent and p.tricks in by_tricks]
+    for cell in cells:
+        for trick in cell.tricks:
+            less = tuple(t for t in cell.tricks if t != trick)
+            if less in by_tricks and not (cell.index and cell.parent == by_tricks[less].name):
+                pairs.append((cell, by_tricks[less], trick))
+    return pairs
+
+
+def beyond_the_trick(recipe: Recipe, trick: str, with_cfg, without_cfg) -> list[str]:
+    """What two resolved arms differ in that is not the trick's own `set:`: each such key, and "the
+    schedule's shape" where both decay by steps and their milestones sit at other fractions of their
+    training (a --set of milestones on a run that a trick lengthens). A trick section that the set
+    switches on (mixup, distill, ...) may differ in all its keys; a set's schedule.epochs moves the
+    milestones with it (bench.config.overrides.stack_sets); milestones unused by an arm that does not
+    decay by steps are no difference."""
+    own = flat(next(s.set for s in recipe.steps if s.name == trick))
+    sections = {k.split(".")[0] for k in own if getattr(RunConfig.model_fields.get(k.split(".")[0]), "default", 0) is None}
+    allowed = set(own) | ({"schedule.milestones"} if "schedule.epochs" in own else set())
+    if "step" not in (with_cfg.schedule.kind, without_cfg.schedule.kind) or with_cfg.schedule.kind != without_cfg.schedule.kind:
+        allowed |= {"schedule.milestones", "schedule.gamma"}   # unused by a run that does not decay by steps
+    keys = [d.split(":")[0] for d in with_cfg.differences(without_cfg)]
+    extra = [k for k in keys if k not in allowed and k.split(".")[0] not in sections]
+    a, b = with_cfg.schedule, without_cfg.schedule
+    if a.kind == b.kind == "step" and a.epochs != b.epochs and \
+            [round(m / a.epochs, 4) for m in a.milestones] != [round(m / b.epochs, 4) for m in b.milestones]:
+        extra.append("the schedule's shape (step milestones at other fractions of training)")
+    return extra

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import timm
 
-from bench.ablation.designs import design_cells
+from bench.ablation.designs import arm_pairs, beyond_the_trick, design_cells
 from bench.config import Recipe, RunConfig, check_recipe, model_names, resolve_step, resolve_teacher, smoke_config
 from bench.engine.models import LOCAL_MODELS
 from bench.errors import ConfigError
@@ -116,12 +116,28 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 students.append(RunSpec(model, "student" if cell.index else "design", cell.name, cell.index, cell.parent,
                                         seed, cfg, path, teacher_dir, recipe.paper_table,
                                         recipe.paper_models.get(model, model), teacher_cfg, identity, "+".join(cell.stack)))
+    check_contrasts(recipe, cells, students, where)
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))
         teachers.append(RunSpec(cfg.model.name, "teacher", name, 0, None, seed, cfg, path))
     check_specs(teachers + students, where)   # unknown models, secrets: before anything is written
     return teachers + students
+
+
+def check_contrasts(recipe: Recipe, cells, students: Sequence[RunSpec], where: str) -> None:
+    """Every contrast the design makes changes its trick alone: the two arms of each (per model, at
+    its first seed) differ only in the trick's own `set:` (`beyond_the_trick`), else a one-line error
+    before anything runs."""
+    configs = {(s.model, s.step): s.config for s in reversed(students)}   # the first seed's
+    for model in dict.fromkeys(s.model for s in students):
+        for with_, without, trick in arm_pairs(recipe, cells):
+            if (model, with_.name) in configs and (model, without.name) in configs:
+                extra = beyond_the_trick(recipe, trick, configs[(model, with_.name)], configs[(model, without.name)])
+                if extra:
+                    raise ConfigError(f"{where}: model '{model}': {with_.name} against {without.name} (the trick "
+                                      f"'{trick}') also changes {', '.join(extra)}, which is not in '{trick}''s set:; "
+                                      "set it in that step alone, or the same in both runs")
 
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
