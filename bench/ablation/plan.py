@@ -39,6 +39,7 @@ class RunSpec:
     teacher_config: Optional[RunConfig] = None   # a teacher given as weights (train: false)
     teacher_hash: Optional[str] = None   # the teacher's identity, part of a distilled run's (`teacher_hash`)
     stack: Optional[str] = None   # its tricks, after the baseline: "efficient+cosine+mixup" (bench.ablation.designs)
+    recipe: Optional[str] = None  # the recipe's name: a results folder holds one recipe's runs
 
     @property
     def label(self) -> str:
@@ -50,6 +51,7 @@ class RunSpec:
                 "parent_step": self.parent_step, "seed": self.seed, "config_hash": self.config.config_hash(),
                 "teacher": str(self.teacher_path) if self.teacher_path else _given_teacher(self.teacher_config),
                 "teacher_hash": self.teacher_hash, **({"stack": self.stack} if self.stack else {}),
+                **({"recipe": self.recipe} if self.recipe else {}),
                 "paper_table": self.paper_table, "paper_model": self.paper_model}
 
 
@@ -115,12 +117,13 @@ def plan(recipe: Recipe, *, seeds: Optional[Sequence[int]] = None, only: Optiona
                 path = student_path(model, cell.index, cell.name, seed) if cell.index else Path(model, cell.name, f"seed{seed}")
                 students.append(RunSpec(model, "student" if cell.index else "design", cell.name, cell.index, cell.parent,
                                         seed, cfg, path, teacher_dir, recipe.paper_table,
-                                        recipe.paper_models.get(model, model), teacher_cfg, identity, "+".join(cell.stack)))
+                                        recipe.paper_models.get(model, model), teacher_cfg, identity, "+".join(cell.stack),
+                                        recipe.name))
     check_contrasts(recipe, cells, students, where)
     teachers = []
     for path, (name, seed) in teachers_needed.items():
         cfg = shrink(resolve_teacher(recipe, name, where, overrides, seed))
-        teachers.append(RunSpec(cfg.model.name, "teacher", name, 0, None, seed, cfg, path))
+        teachers.append(RunSpec(cfg.model.name, "teacher", name, 0, None, seed, cfg, path, recipe=recipe.name))
     check_specs(teachers + students, where)   # unknown models, secrets: before anything is written
     return teachers + students
 

@@ -18,6 +18,11 @@ def write_report(results_dir: Path, figures: bool = True, require_runs: bool = F
     be read is skipped with one line on stderr; with `require_runs`, a directory without a run to
     report is a one-line error. The tables and figures go to `out` (default: `results_dir`)."""
     results = load_results(results_dir) if results is None else results
+    recipes = results.runs.dropna(subset=["recipe"]).drop_duplicates("recipe") if "recipe" in results.runs else []
+    if len(recipes) > 1:
+        (a, pa), (b, pb) = list(zip(recipes["recipe"], recipes["path"]))[:2]
+        raise BenchError(f"{results_dir}: holds runs of recipe '{a}' ({pa}) and of recipe '{b}' ({pb}); a step's Δ "
+                         "would be taken against another recipe's run: report each recipe's folder on its own; nothing was written")
     for line in results.skipped:
         print(line, file=sys.stderr)
     if require_runs and results.runs.empty:

@@ -134,6 +134,9 @@ def load_curves(results_dir: Path, run_paths, skipped: Optional[list[str]] = Non
     return concat(frames, CURVE_COLUMNS)
 
 
+PER_IMAGE = {RunDir.LOGIT_GAPS: "logit gaps", RunDir.CORRECT: "per-image results"}   # what the skipped line says
+
+
 def load_per_image(results_dir: Path, run_paths, name: str, skipped: Optional[list[str]] = None) -> dict[str, np.ndarray]:
     """Per run that kept the per-image file `name` (RunDir.LOGIT_GAPS: float, RunDir.CORRECT:
     bool), its 1-D array; a damaged file is said in `skipped` and left out, and runs recorded
@@ -149,7 +152,7 @@ def load_per_image(results_dir: Path, run_paths, name: str, skipped: Optional[li
                 raise ValueError(f"a {values.dtype} array of shape {values.shape}, not one value per image")
         except (ValueError, OSError, EOFError) as err:   # truncated, garbage or empty
             _skip(skipped, f"skipped {file}: unreadable ({type(err).__name__}: {str(err)[:120]}); "
-                           f"the run's {name} is left out")
+                           f"the run's {PER_IMAGE[name]} are left out")
             continue
         out[str(p)] = values
     return out
