@@ -158,12 +158,12 @@ def test_the_committed_fashion_mnist_runs_are_finished_under_their_recipe():
         assert RunDir(out / spec.path).state(spec.config, spec.teacher_hash).name == "finished", spec.path
 
 
-def test_the_committed_converged_runs_are_whole_and_what_the_same_command_skips():
-    """results/fashion_mnist_table6_converged is trained seed by seed across sessions: every run
+def test_the_committed_32_epoch_runs_are_whole_and_what_the_same_command_skips():
+    """results/fashion_mnist_table6_32ep is trained seed by seed across sessions: every run
     directory committed is finished under the recipe as it is now (so the same command skips it),
     none is half-written, and each finished teacher's weights are there for its students."""
-    recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-converged.yaml")
-    out = ROOT / "results" / "fashion_mnist_table6_converged"
+    recipe = load_recipe(ROOT / "recipes" / "fashion-mnist-table6-32ep.yaml")
+    out = ROOT / "results" / "fashion_mnist_table6_32ep"
     specs = plan(recipe)
     assert len(specs) == (2 + 6) * 3
     planned = {str(s.path) for s in specs}

@@ -135,7 +135,7 @@ class Stop(Exception):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_resume_after_an_interruption_gives_the_same_weights(tiny_cfg, tmp_path, monkeypatch, compiled):
     cfg = with_(tiny_cfg, mixup={"alpha": 0.2}, label_smoothing={"eps": 0.1})
-    if compiled:   # torch.compile (recipes/fashion-mnist-table6-converged.yaml): the same exact resume
+    if compiled:   # torch.compile (recipes/fashion-mnist-table6-32ep.yaml): the same exact resume
         cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"compile": True})})
     full = engine.train(cfg, tmp_path / "full", progress=False)
 

@@ -231,7 +231,7 @@ def test_compare_never_pairs_seeds_across_folders():
 
 def test_compare_command_on_the_committed_budgets(capsys, tmp_path):
     from bench.cli import ROOT, main
-    a, b = ROOT / "results" / "fashion_mnist_table6", ROOT / "results" / "fashion_mnist_table6_converged"
+    a, b = ROOT / "results" / "fashion_mnist_table6", ROOT / "results" / "fashion_mnist_table6_32ep"
     before = sorted(str(p) for p in b.rglob("*"))
     assert main(["compare", str(a), str(b), "--format", "csv"]) == 0
     table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out)).set_index("step")
@@ -276,7 +276,7 @@ def test_seed_noise_pools_each_steps_paired_variance():
 
 def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
     from bench.cli import ROOT, main
-    recipe, folder = ROOT / "recipes" / "fashion-mnist-table6-converged.yaml", ROOT / "results" / "fashion_mnist_table6_converged"
+    recipe, folder = ROOT / "recipes" / "fashion-mnist-table6-32ep.yaml", ROOT / "results" / "fashion_mnist_table6_32ep"
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(folder)]) == 0
     sd, _ = stats.seed_noise(frames.load_results(folder).runs)
     out = capsys.readouterr().out

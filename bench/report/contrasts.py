@@ -20,11 +20,11 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from bench.report.power import detectable_delta
+from bench.config import RunConfig
 from bench.runs.rundir import CONFIG_PREFIX
+from bench.strict import flat
 
 Terms = tuple[tuple[float, frozenset], ...]   # (coefficient, the tricks on) per cell
-TIDY = ["model", "role", "step", "parent_step", "tricks", "seed", "top1", "top5", "device_h", "cost_basis",
-        "machine", "path"]
 # the keys whose values say nothing of what a run is (where it ran, how it was fed)
 UNCOMPARED = ("seed", "runtime.", "data.root", "data.workers", "data.download", "model.checkpoint")
 
@@ -69,8 +69,10 @@ def device_hours(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
-    """The students' and design runs' rows the contrasts read (TIDY): `tricks` is the frozenset of
-    the tricks on after the baseline; a run whose stack cannot be told is left out."""
+    """The students' and design runs' rows the contrasts read: the runs' columns (model, seed,
+    top1, top5, val_loss, path, config.*) with `stack`, `tricks` (the frozenset of the tricks on
+    after the baseline), `device_h`, `cost_basis` and `machine`; a run whose stack cannot be told
+    is left out."""
     runs = runs.assign(**{c: None for c in ("path", "teacher", "train_time_s", "world_size", "parent_step")
                           if c not in runs})
     hours, basis = device_hours(runs)
@@ -216,17 +218,23 @@ def design_contrasts(cells, steps: list[tuple[str, frozenset, frozenset]]) -> li
 
 
 def differing_keys(configs: dict[frozenset, dict], pairs: list) -> str:
-    """The resolved settings (config keys) in which the arms of any pair differ."""
+    """The resolved settings (config keys) in which the arms of any pair differ; a key a run
+    recorded before it existed counts as its default (`bench.strict`: a new key keeps the old
+    behaviour), and milestones unused by a cosine arm beside a step arm are no difference (as `plan`)."""
+    defaults = flat(RunConfig().model_dump(mode="json"))
+    value = lambda cfg, k: str(defaults.get(k) if _missing(cfg.get(k)) else cfg.get(k))
     keys = set()
     for a, b in pairs:
         ca, cb = configs[a], configs[b]
-        keys |= {k for k in ca.keys() | cb.keys() if not _same(ca.get(k), cb.get(k))}
+        differ = {k for k in ca.keys() | cb.keys() if value(ca, k) != value(cb, k)}
+        if not value(ca, "schedule.kind") == value(cb, "schedule.kind") == "step":   # unused by an arm without step decay
+            differ -= {"schedule.milestones", "schedule.gamma"}
+        keys |= differ
     return ", ".join(sorted(keys))
 
 
-def _same(a, b) -> bool:
-    missing = lambda v: v is None or (isinstance(v, float) and math.isnan(v))
-    return (missing(a) and missing(b)) or str(a) == str(b)
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def model_contrasts(group: pd.DataFrame, correct: dict[str, np.ndarray], confidence: float = 0.95) -> pd.DataFrame:
@@ -275,7 +283,8 @@ def effects(runs: pd.DataFrame, correct: Optional[dict[str, np.ndarray]] = None,
     out["p_holm"] = holm(out["p"].astype(float))
     out["detected"] = out["p_holm"] < 1 - confidence
     two_arms = out["terms"].map(len) == 2 if len(out) else pd.Series(dtype=bool)
-    costly = two_arms & (out["extra_low"] > 0)   # a gain per device-hour only for a cost that is there
+    one_basis = ~out["cost_basis"].astype(str).str.contains(";")
+    costly = two_arms & one_basis & (out["extra_low"] > 0)   # a gain per device-hour only for a cost that is there
     out["delta_per_device_h"] = (out["delta_top1"] / out["extra_device_h"]).where(costly)
     return out
 

@@ -40,7 +40,8 @@ def effects_markdown(found: pd.DataFrame, confidence: float = 0.95) -> str:
              "per-image files; – where a run has none), with McNemar's exact p for two arms. Detectable: the Δ found "
              "at 80 % power with these seeds (the per-seed sd pooled over the design). Extra device-h: the seed-paired "
              "device-hours the contrast adds [interval] (a distilling run charged its share of its teacher's), from "
-             "each run's cost basis; Δ per device-h only where that cost is detected and the contrast has two arms. "
+             "each run's cost basis (where the arms' runs mix bases or machines, the difference measures no cost); Δ per "
+             "device-h only where that cost is detected on one basis and the contrast has two arms. "
              "Arms differ in: every resolved setting that differs between its arms.", ""]
     for model, group in found.groupby("model", sort=False):
         lines += [f"**{model}**", "",
@@ -51,6 +52,7 @@ def effects_markdown(found: pd.DataFrame, confidence: float = 0.95) -> str:
             interval = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if r.ci_low == r.ci_low else ""
             cost = f" [{r.extra_low:+.2g}, {r.extra_high:+.2g}]" if r.extra_low == r.extra_low else ""
             within = " (within noise)" if r.extra_low == r.extra_low and r.extra_low <= 0 <= r.extra_high else ""
+            within += " (bases mixed: no measurement)" if ";" in str(r.cost_basis) else ""
             cells = [" = ".join(filter(None, [r.design, r.also])), r.effect, str(r.n_pairs), f"{r.delta_top1:+.2f}{interval}", _num(r.p, "{:.2g}"),
                      _num(r.p_holm, "{:.2g}"), "**yes**" if r.detected else "no", _num(r.test_se, "±{:.2f}"),
                      _num(r.p_mcnemar, "{:.2g}"), _num(r.mde, "{:.2f}"), f"{r.extra_device_h:+.2g}{cost}{within}",
@@ -85,6 +87,7 @@ def plot_cost(runs: pd.DataFrame):
             tricks = row.stack.split("+")
             ax.annotate(" + ".join(tricks[1:]) or tricks[0], (row.device_h, row.top1), fontsize=7,
                         xytext=(4, 2), textcoords="offset points")
-        ax.set(title=model, xlabel="device-hours per run (mean over seeds)", ylabel="top-1 (%), mean over seeds")
+        basis = "; ".join(sorted(set(runs.loc[runs["model"] == model, "cost_basis"].astype(str))))
+        ax.set(title=model, xlabel=f"device-hours per run (mean over seeds; {basis})", ylabel="top-1 (%), mean over seeds")
         ax.legend(loc="lower right")
     return fig
