@@ -116,10 +116,12 @@ class WandbTracker(Tracker):
         self._guard("logging batches", self._flush)
         self._guard("logging an epoch", lambda: self.run.log(dict(row)))
 
-    def _upload_gaps(self) -> None:
-        """The validation logit gaps (Fig. 4b) as a file of the run; files in run.dir are uploaded."""
-        if (self.run_dir / RunDir.LOGIT_GAPS).is_file():
-            shutil.copyfile(self.run_dir / RunDir.LOGIT_GAPS, Path(self.run.dir) / RunDir.LOGIT_GAPS)
+    def _upload_per_image(self) -> None:
+        """The validation logit gaps (Fig. 4b) and per-image results (the test set's noise) as files
+        of the run; files in run.dir are uploaded."""
+        for name in (RunDir.LOGIT_GAPS, RunDir.CORRECT):
+            if (self.run_dir / name).is_file():
+                shutil.copyfile(self.run_dir / name, Path(self.run.dir) / name)
 
     def _log_weights(self) -> None:
         if self.artifact is not None and (self.run_dir / RunDir.WEIGHTS).is_file():
@@ -129,7 +131,7 @@ class WandbTracker(Tracker):
         self._guard("logging batches", self._flush)
         if final is not None:
             self._guard("writing the summary", lambda: self.run.summary.update({**final, "final": dict(final)}))
-            self._guard("uploading the logit gaps", self._upload_gaps, stop=False)
+            self._guard("uploading the per-image files", self._upload_per_image, stop=False)
             self._guard("logging the model artifact", self._log_weights, stop=False)
         self._guard("finishing the run", lambda: self.run.finish(exit_code=1 if failed else 0))
         self.run = None

@@ -77,8 +77,9 @@ def restore_partial(t: Training, partial: dict) -> EpochStats:
                 "terms_sum": {k: sum(r["terms_sum"][k] for r in ranks) * (ctx.rank == 0) for k in ranks[0]["terms_sum"]}}
     if "buffers" in mine:
         t.model.load_state_dict(mine["buffers"], strict=False)
-    return EpochStats(mine["loss_sum"].to(t.device), mine["images"], partial["lr"], partial["time_s"], mine.get("cpu_s", 0.0),
-                      {k: v.to(t.device) for k, v in mine["terms_sum"].items()}, partial["epoch"], partial["batch"])
+    return EpochStats(mine["loss_sum"].to(t.device), mine["images"], partial["lr"], partial["time_s"],
+                      {k: v.to(t.device) for k, v in mine["terms_sum"].items()}, partial["epoch"], partial["batch"],
+                      mine.get("cpu_s", 0.0))
 
 
 def restore_checkpoint(t: Training, run_dir: RunDir) -> EpochStats:

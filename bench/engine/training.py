@@ -77,10 +77,10 @@ class EpochStats:
     images: int = 0          # images this rank trained on
     lr: float = 0.0          # of the last step
     time_s: float = 0.0
-    cpu_s: float = 0.0       # this process's CPU time in the epoch (time.process_time)
     terms_sum: dict = field(default_factory=dict)   # with distillation: Σ part × batch size of the loss's parts
     epoch: int = 0
     batch: int = 0           # batches of the epoch trained: the data position
+    cpu_s: float = 0.0       # this process's CPU time in the epoch (time.process_time)
 
     def add(self, loss: torch.Tensor, images: int, lr: float, terms: Optional[dict]) -> None:
         """One more batch of `images` images whose mean loss is `loss` (and parts `terms`)."""

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from bench.report.power import detectable_delta
 from bench.config import RunConfig
+from bench.report.power import detectable_delta
 from bench.runs.rundir import CONFIG_PREFIX
 from bench.strict import flat
 

@@ -38,13 +38,13 @@ def _history(run) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _gaps(run) -> Optional[np.ndarray]:
-    """The run's uploaded validation logit gaps, or None."""
+def _per_image(run, name: str) -> Optional[np.ndarray]:
+    """The run's uploaded per-image file (RunDir.LOGIT_GAPS, RunDir.CORRECT), or None."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            run.file(RunDir.LOGIT_GAPS).download(root=tmp, replace=True)
-            return np.load(Path(tmp) / RunDir.LOGIT_GAPS).astype(float)
-    except Exception:   # not uploaded (older run, no gaps): the report goes without Fig. 4b
+            run.file(name).download(root=tmp, replace=True)
+            return np.load(Path(tmp) / name, allow_pickle=False)
+    except Exception:   # not uploaded (an older run): the report goes without Fig. 4b or the test-set noise
         return None
 
 
@@ -78,6 +78,7 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
     rows: dict[str, dict] = {}
     curves: dict[str, pd.DataFrame] = {}
     gaps: dict[str, np.ndarray] = {}
+    correct: dict[str, np.ndarray] = {}
     for run in found:
         final = _plain(run.summary.get("final"))
         run_path, columns = config_columns(_plain(dict(run.config)))
@@ -85,14 +86,17 @@ def load_wandb_results(path: str, group: str, api=None) -> Results:
             continue
         rows[run_path] = {**final, "path": run_path, **columns}
         curves[run_path] = _history(run).assign(path=run_path)
-        gap = _gaps(run)
+        gap, right = _per_image(run, RunDir.LOGIT_GAPS), _per_image(run, RunDir.CORRECT)
         if gap is not None:
-            gaps[run_path] = gap
+            gaps[run_path] = gap.astype(float)
+        if right is not None and right.dtype == bool:
+            correct[run_path] = right
     if not rows:
         raise BenchError(f"--from-wandb {path} --group {group}: no finished runs in this group")
     df = runs_frame([rows[p] for p in sorted(rows, key=lambda p: Path(p).parts)])
     return Results(df, concat([curves[p] for p in df["path"] if not curves[p].empty], CURVE_COLUMNS),
-                   concat([pd.DataFrame({"path": p, "logit_gap": gaps[p]}) for p in df["path"] if p in gaps], GAP_COLUMNS))
+                   concat([pd.DataFrame({"path": p, "logit_gap": gaps[p]}) for p in df["path"] if p in gaps], GAP_COLUMNS),
+                   {p: correct[p] for p in df["path"] if p in correct})
 
 
 def write_wandb_report(path: str, group: str, out_dir: Path, api=None, figures: bool = True) -> str:
