@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
 from pathlib import Path
@@ -223,3 +224,18 @@ def test_bad_input_gives_the_documented_line_and_writes_nothing(case, tmp_path, 
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".locks" not in p.parts)
     assert set(after) - set(before) <= {Path("o")}   # at most the results folder (and its .locks/)
     assert not out.exists() or not [p for p in out.iterdir() if p.name != ".locks"] or (out / "teachers").exists()
+
+
+def test_a_folder_with_two_recipes_runs_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    source = Path(__file__).resolve().parent.parent / "results" / "fashion_mnist_table6" / "resnet18d"
+    for name, recipe in (("01-efficient", "one"), ("02-cosine", "two")):
+        run = tmp_path / "out" / "resnet18d" / name / "seed0"
+        run.mkdir(parents=True)
+        for f in (RunDir.FINAL, RunDir.CONFIG):
+            (run / f).write_bytes((source / name / "seed0" / f).read_bytes())
+        final = json.loads((run / RunDir.FINAL).read_text())
+        (run / RunDir.FINAL).write_text(json.dumps({**final, "recipe": recipe}))
+    assert main(["report", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'one'" in err and "'two'" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["resnet18d"]   # no table written

@@ -2,9 +2,7 @@
 paper's own Δ, the staircase's branches and axis, the curves' panels."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -285,20 +283,3 @@ def test_plan_says_how_many_seeds_detect_a_delta_or_why_it_cannot(capsys):
     assert "no seed noise to go on; give --noise RESULTS_DIR" in capsys.readouterr().err
     assert main(["plan", str(recipe), "--detect", "0.3", "--noise", str(ROOT / "results" / "default")]) == 2
     assert "measures no seed noise" in capsys.readouterr().err
-
-
-def test_a_folder_with_two_recipes_runs_is_one_line_and_nothing_is_written(tmp_path, capsys):
-    from bench.cli import main
-    from bench.runs import RunDir
-    source = Path(__file__).resolve().parent.parent / "results" / "fashion_mnist_table6" / "resnet18d"
-    for name, recipe in (("01-efficient", "one"), ("02-cosine", "two")):
-        run = tmp_path / "out" / "resnet18d" / name / "seed0"
-        run.mkdir(parents=True)
-        for f in (RunDir.FINAL, RunDir.CONFIG):
-            (run / f).write_bytes((source / name / "seed0" / f).read_bytes())
-        final = json.loads((run / RunDir.FINAL).read_text())
-        (run / RunDir.FINAL).write_text(json.dumps({**final, "recipe": recipe}))
-    assert main(["report", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "'one'" in err and "'two'" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["resnet18d"]   # no table written
