@@ -21,6 +21,7 @@ from typing import Optional
 
 from bench.config import Recipe, RunConfig
 from bench.config.recipe import NAME_MAX, parent_step
+from bench.config.schema import STEP_ONLY
 from bench.errors import ConfigError
 from bench.strict import flat
 
@@ -123,8 +124,8 @@ def beyond_the_trick(recipe: Recipe, trick: str, with_cfg, without_cfg) -> list[
     own = flat(next(s.set for s in recipe.steps if s.name == trick))
     sections = {k.split(".")[0] for k in own if getattr(RunConfig.model_fields.get(k.split(".")[0]), "default", 0) is None}
     allowed = set(own) | ({"schedule.milestones"} if "schedule.epochs" in own else set())
-    if "step" not in (with_cfg.schedule.kind, without_cfg.schedule.kind) or with_cfg.schedule.kind != without_cfg.schedule.kind:
-        allowed |= {"schedule.milestones", "schedule.gamma"}   # unused by a run that does not decay by steps
+    if not with_cfg.schedule.kind == without_cfg.schedule.kind == "step":
+        allowed |= STEP_ONLY
     keys = [d.split(":")[0] for d in with_cfg.differences(without_cfg)]
     extra = [k for k in keys if k not in allowed and k.split(".")[0] not in sections]
     a, b = with_cfg.schedule, without_cfg.schedule

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from bench.config.datasets import DATASETS, EVAL_CROP
-from bench.strict import Strict, execution, experiment, flat
+from bench.config.validation import section_class
+from bench.strict import Strict, execution, experiment, flat, is_execution
 from bench.tricks import DistillConfig, EfficientConfig, LabelSmoothingConfig, MixingConfig, MixupConfig, lr_at
 from bench.tricks.cutmix import CutMixConfig
 
@@ -145,6 +146,10 @@ class ScheduleConfig(Strict):
         return (["warmup"] if self.warmup_epochs > 0 else []) + (["cosine"] if self.kind == "cosine" else [])
 
 
+# used only by a run that decays by steps: two runs that do not both decay so do not differ in them
+STEP_ONLY = frozenset({"schedule.milestones", "schedule.gamma"})
+
+
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = execution("auto")   # auto: CUDA, then MPS, then the CPU
     channels_last: bool = execution(True)     # memory layout: the same maths, other kernels (as threads)
@@ -232,6 +237,18 @@ class RunConfig(Strict):
             return "off" if value is None else json.dumps(value, sort_keys=True)
         keys = flat(self.experiment()).keys() | flat(other.experiment()).keys()
         return [f"{key}: {shown(other, key)} → {shown(self, key)}" for key in sorted(keys) if shown(other, key) != shown(self, key)]
+
+
+def experiment_key(dotted: str) -> bool:
+    """Whether a recorded config key ("runtime.threads", "mixup.alpha") is part of what a run is,
+    not an execution key (`bench.strict.execution`); a key the schema no longer has counts."""
+    cls, *parents, leaf = (RunConfig, *dotted.split("."))
+    for part in parents:
+        field = cls.model_fields.get(part)
+        cls = section_class(field.annotation) if field else None
+        if cls is None:
+            return True
+    return not (leaf in cls.model_fields and is_execution(cls, leaf))
 
 
 # The experiment schema. Changing the default of an experiment key changes what the runs that kept

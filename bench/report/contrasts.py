@@ -20,13 +20,12 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from bench.config import RunConfig
+from bench.config.schema import STEP_ONLY, experiment_key
 from bench.report.power import detectable_delta
 from bench.runs.rundir import CONFIG_PREFIX
 from bench.strict import flat
 
 Terms = tuple[tuple[float, frozenset], ...]   # (coefficient, the tricks on) per cell
-# the keys whose values say nothing of what a run is (where it ran, how it was fed)
-UNCOMPARED = ("seed", "runtime.", "data.root", "data.workers", "data.download", "model.checkpoint")
 
 
 # ---- the tidy frame -------------------------------------------------------------------------
@@ -227,8 +226,8 @@ def differing_keys(configs: dict[frozenset, dict], pairs: list) -> str:
     for a, b in pairs:
         ca, cb = configs[a], configs[b]
         differ = {k for k in ca.keys() | cb.keys() if value(ca, k) != value(cb, k)}
-        if not value(ca, "schedule.kind") == value(cb, "schedule.kind") == "step":   # unused by an arm without step decay
-            differ -= {"schedule.milestones", "schedule.gamma"}
+        if not value(ca, "schedule.kind") == value(cb, "schedule.kind") == "step":
+            differ -= STEP_ONLY
         keys |= differ
     return ", ".join(sorted(keys))
 
@@ -241,8 +240,8 @@ def model_contrasts(group: pd.DataFrame, correct: dict[str, np.ndarray], confide
     """Every distinct contrast one model's tidy runs allow, each once: a contrast two designs ask
     for (a staircase step that is also an add-one) is one row of the first, `also` naming the other."""
     cells = {tricks: g.drop_duplicates("seed").set_index("seed") for tricks, g in group.groupby("tricks")}
-    config_cols = [c for c in group.columns if c.startswith(CONFIG_PREFIX)
-                   and not c[len(CONFIG_PREFIX):].startswith(UNCOMPARED)]
+    keys = [c[len(CONFIG_PREFIX):] for c in group.columns if c.startswith(CONFIG_PREFIX)]
+    config_cols = [CONFIG_PREFIX + k for k in keys if experiment_key(k) and k != "seed"]   # the seed pairs the arms
     configs = {t: {c[len(CONFIG_PREFIX):]: g[c].iloc[0] for c in config_cols} for t, g in cells.items()}
     by_step = group[group["role"] == "student"].drop_duplicates("step").set_index("step")
     steps = [(name, row["tricks"], by_step.at[row["parent_step"], "tricks"]) for name, row in by_step.iterrows()
